@@ -1,1 +1,218 @@
-int main() { return 0; }
+// The backstop server: parses flags and configuration, starts the configured roles and the HTTP
+// admin port, then waits for signals (SIGHUP reloads, SIGTERM/SIGINT drain and exit).
+
+#include <signal.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include "common/config.h"
+#include "common/http_server.h"
+#include "common/log.h"
+
+namespace backstop {
+namespace {
+
+constexpr std::string_view kVersion = BACKSTOP_VERSION;
+
+// Exit codes: 0 clean exit, 1 runtime failure, 2 bad flags or configuration.
+constexpr int kExitFailure = 1;
+constexpr int kExitUsage = 2;
+
+struct Flags {
+  std::string config_path;
+  std::string check_config_path;
+  std::vector<std::string> roles;
+  std::string log_level = "info";
+};
+
+absl::StatusOr<RoleSet> ParseRoles(const std::vector<std::string>& names) {
+  RoleSet roles;
+  for (const std::string& name : names) {
+    bool known = false;
+    for (Role role : RoleSet::All().ToVector()) {
+      if (name == RoleName(role)) {
+        roles.Add(role);
+        known = true;
+      }
+    }
+    if (!known) {
+      return absl::InvalidArgumentError(
+          fmt::format("--role: unknown role \"{}\" (expected ingest, queue or delivery)", name));
+    }
+  }
+  if (roles.empty()) {
+    return absl::InvalidArgumentError("--role: at least one role is required");
+  }
+  return roles;
+}
+
+std::string RoleList(const RoleSet& roles) {
+  std::string list;
+  for (Role role : roles.ToVector()) {
+    if (!list.empty()) {
+      list.append(",");
+    }
+    list.append(RoleName(role));
+  }
+  return list;
+}
+
+// Loads the configuration and applies the command-line overrides.
+absl::StatusOr<Config> LoadEffectiveConfig(const Flags& flags) {
+  absl::StatusOr<Config> config = LoadConfigFile(flags.config_path);
+  if (!config.ok() || flags.roles.empty()) {
+    return config;
+  }
+  absl::StatusOr<RoleSet> roles = ParseRoles(flags.roles);
+  if (!roles.ok()) {
+    return roles.status();
+  }
+  config->node.roles = *roles;
+  return config;
+}
+
+void LogWarnings(const log::Logger& logger, const Config& config) {
+  for (const std::string& warning : config.warnings) {
+    logger.Warn("configuration warning", {{"detail", warning}});
+  }
+}
+
+int CheckConfig(const std::string& path) {
+  absl::StatusOr<Config> config = LoadConfigFile(path);
+  if (!config.ok()) {
+    std::cerr << config.status().message() << "\n";
+    return kExitUsage;
+  }
+  for (const std::string& warning : config->warnings) {
+    std::cerr << "warning: " << warning << "\n";
+  }
+  std::cout << ConfigSummary(*config);
+  return 0;
+}
+
+// Blocks the signals we handle so that every thread started later inherits the mask and they
+// are delivered only to sigwait() in the main thread.
+sigset_t BlockHandledSignals() {
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  // A peer closing a socket must surface as EPIPE on the write, not kill the process.
+  signal(SIGPIPE, SIG_IGN);
+  return signals;
+}
+
+int Serve(const Flags& flags) {
+  const log::Logger logger("main");
+  absl::StatusOr<Config> loaded = LoadEffectiveConfig(flags);
+  if (!loaded.ok()) {
+    std::cerr << loaded.status().message() << "\n";
+    logger.Error("invalid configuration",
+                 {{"path", flags.config_path}, {"error", std::string(loaded.status().message())}});
+    return kExitUsage;
+  }
+  Config config = *std::move(loaded);
+  LogWarnings(logger, config);
+
+  const sigset_t signals = BlockHandledSignals();
+
+  absl::StatusOr<std::unique_ptr<HttpServer>> http =
+      HttpServer::Start(HttpServerOptions{.listen = config.http.listen.ToString()});
+  if (!http.ok()) {
+    std::cerr << "backstop: " << http.status().message() << "\n";
+    logger.Error("cannot start the HTTP admin server",
+                 {{"error", std::string(http.status().message())}});
+    return kExitFailure;
+  }
+  (*http)->Handle("/livez", [](const HttpRequest&) {
+    return HttpResponse{200, "text/plain; charset=utf-8", "ok\n"};
+  });
+
+  logger.Info("backstop starting", {{"version", kVersion},
+                                    {"node_id", config.node.id},
+                                    {"hostname", config.node.hostname},
+                                    {"roles", RoleList(config.node.roles)},
+                                    {"config", flags.config_path}});
+  logger.Info("http admin listening", {{"address", (*http)->address()}});
+  // The roles arrive with their own issues (queue, ingest, delivery); until then this process
+  // serves only its admin port, and says so rather than pretending.
+  for (Role role : config.node.roles.ToVector()) {
+    logger.Warn("role not implemented yet; nothing started for it", {{"role", RoleName(role)}});
+  }
+  std::cerr << fmt::format("backstop {}: node {} ({}), roles {}\n  admin  http://{}/livez\n",
+                           kVersion, config.node.id, config.node.hostname,
+                           RoleList(config.node.roles), (*http)->address());
+
+  while (true) {
+    int signal_number = 0;
+    if (sigwait(&signals, &signal_number) != 0) {
+      continue;
+    }
+    if (signal_number == SIGHUP) {
+      absl::StatusOr<Config> reloaded = LoadEffectiveConfig(flags);
+      if (!reloaded.ok()) {
+        logger.Error("configuration reload failed; keeping the running configuration",
+                     {{"path", flags.config_path},
+                      {"error", std::string(reloaded.status().message())}});
+        continue;
+      }
+      config = *std::move(reloaded);
+      LogWarnings(logger, config);
+      logger.Info("configuration reloaded",
+                  {{"path", flags.config_path}, {"domains", config.domains.size()}});
+      continue;
+    }
+    logger.Info("draining", {{"signal", signal_number == SIGTERM ? "SIGTERM" : "SIGINT"}});
+    break;
+  }
+  http->reset();
+  logger.Info("stopped");
+  return 0;
+}
+
+int Main(int argc, char** argv) {
+  CLI::App app{"backstop — a clustered backup MX"};
+  Flags flags;
+  bool show_version = false;
+  app.add_option("-c,--config", flags.config_path, "Configuration file (TOML)")
+      ->check(CLI::ExistingFile);
+  app.add_option("--check-config", flags.check_config_path,
+                 "Validate FILE, print its problems or a summary, and exit");
+  app.add_option("--role", flags.roles, "Roles to run, overriding node.roles: ingest,queue,delivery")
+      ->delimiter(',');
+  app.add_option("--log-level", flags.log_level, "debug, info, warn or error")
+      ->check(CLI::IsMember({"debug", "info", "warn", "error"}));
+  app.add_flag("--version", show_version, "Print the version and exit");
+  CLI11_PARSE(app, argc, argv);
+
+  if (show_version) {
+    std::cout << "backstop " << kVersion << "\n";
+    return 0;
+  }
+  log::Level level = log::Level::kInfo;
+  log::ParseLevel(flags.log_level, &level);
+  log::Configure(log::Options{.min_level = level});
+  if (!flags.check_config_path.empty()) {
+    return CheckConfig(flags.check_config_path);
+  }
+  if (flags.config_path.empty()) {
+    std::cerr << "backstop: --config FILE is required (try examples/standalone.toml)\n";
+    return kExitUsage;
+  }
+  return Serve(flags);
+}
+
+}  // namespace
+}  // namespace backstop
+
+int main(int argc, char** argv) { return backstop::Main(argc, argv); }

@@ -1,0 +1,94 @@
+# The README's commands. `make run` and `make test` work on a fresh Debian 12 machine: they
+# install what is missing (apt), build, then run or test.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+PRESET ?= release
+BUILD_DIR := build/$(PRESET)
+BACKSTOP := $(BUILD_DIR)/cmd/backstop/backstop
+CONFIG ?= examples/standalone.toml
+JOBS ?= $(shell nproc)
+# Debian's interpreter, where the python3-* test packages install (not a pyenv or venv one).
+PYTHON ?= /usr/bin/python3
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+# Everything the build, the tests and the benchmarks need, from Debian 12.
+APT_PACKAGES := \
+  build-essential cmake ninja-build ccache pkg-config git \
+  liburing-dev libssl-dev libc-ares-dev librocksdb-dev \
+  libgrpc++-dev protobuf-compiler protobuf-compiler-grpc libprotobuf-dev \
+  prometheus-cpp-dev libcivetweb-dev civetweb libtomlplusplus-dev \
+  libspdlog-dev libfmt-dev libcli11-dev libabsl-dev \
+  libgtest-dev libgmock-dev libbenchmark-dev \
+  python3 python3-pytest python3-pytest-xdist python3-aiosmtpd python3-dnslib \
+  swaks dnsmasq-base dnsutils openssl curl
+# Only `make fmt` and `make lint` need these.
+LINT_PACKAGES := clang-format-16 clang-tidy-16
+
+.PHONY: help deps deps-lint configure build run test unit system bench sim fmt lint \
+        test-asan test-tsan clean
+
+help:
+	@echo "make run     install deps, build, start the embedded default ($(CONFIG))"
+	@echo "make test    install deps, build, run every unit, simulation and system test"
+	@echo "make bench   build and run the micro-benchmarks"
+	@echo "make sim     run the Raft simulator for SEEDS seeds x STEPS steps"
+	@echo "make fmt / make lint / make test-asan / make test-tsan / make clean"
+
+# Installs only what is missing, so it is quick when everything is present.
+define apt_install
+	@missing=$$(dpkg-query -W -f='$${Package} $${db:Status-Status}\n' $(1) 2>/dev/null \
+	    | awk '$$2 == "installed" {print $$1}' | sort -u | comm -13 - <(tr ' ' '\n' <<< "$(strip $(1))" | sort -u)); \
+	if [ -n "$$missing" ]; then \
+	  echo "Installing missing Debian packages:" $$missing; \
+	  log=$$(mktemp); \
+	  { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install \
+	      -y -qq --no-install-recommends $$missing; } > $$log 2>&1 \
+	    || { tail -n 40 $$log; echo "apt-get failed; full log in $$log"; exit 1; }; \
+	  rm -f $$log; \
+	fi
+endef
+
+deps:
+	$(call apt_install,$(APT_PACKAGES))
+
+deps-lint:
+	$(call apt_install,$(LINT_PACKAGES))
+
+configure: deps
+	@[ -f $(BUILD_DIR)/build.ninja ] || cmake --preset $(PRESET)
+
+build: configure
+	cmake --build $(BUILD_DIR)
+
+run: build
+	@mkdir -p data
+	$(BACKSTOP) --config $(CONFIG)
+
+test: build
+	ctest --test-dir $(BUILD_DIR) -j$(JOBS) --output-on-failure
+	BACKSTOP_BIN=$(abspath $(BACKSTOP)) $(PYTHON) -m pytest tests/system -n $(JOBS) -p no:cacheprovider
+
+bench: build
+	@for b in $(BUILD_DIR)/bench/*_bench; do [ -x "$$b" ] && "$$b" || exit 1; done
+
+SEEDS ?= 2000
+STEPS ?= 2000
+sim: build
+	$(BUILD_DIR)/tests/raft_sim --seeds $(SEEDS) --steps $(STEPS)
+
+FORMAT_FILES = $(shell git ls-files '*.h' '*.cc' '*.proto')
+fmt: deps-lint
+	clang-format-16 -i $(FORMAT_FILES)
+
+lint: deps-lint build
+	clang-tidy-16 -p $(BUILD_DIR) --quiet $(shell git ls-files '*.cc')
+
+test-asan:
+	$(MAKE) test PRESET=asan
+
+test-tsan:
+	$(MAKE) test PRESET=tsan
+
+clean:
+	rm -rf build

@@ -1,0 +1,156 @@
+"""Fixtures that run real `backstop` processes for the system tests.
+
+Every process gets its own temporary directory and configuration. Listening ports are 0 where
+the binary supports it (the bound address is read back from its JSON log), and every process is
+stopped when the test ends, whatever happened.
+"""
+
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+BACKSTOP_BIN = os.environ.get("BACKSTOP_BIN", str(REPO / "build/release/cmd/backstop/backstop"))
+START_TIMEOUT = 20.0
+STOP_TIMEOUT = 15.0
+
+
+def reserve_port():
+    """A currently free loopback TCP port, for addresses that cannot be 0 (queue peers)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def standalone_config(data_dir, queue_port, extra=""):
+    """The embedded default (all roles, one voter) on loopback, with ephemeral ports."""
+    return f"""
+[node]
+id = 1
+hostname = "mx2.test"
+data_dir = "{data_dir}"
+roles = ["ingest", "queue", "delivery"]
+
+[smtp]
+listen = ["127.0.0.1:0"]
+
+[queue]
+listen = "127.0.0.1:{queue_port}"
+peers = ["1@127.0.0.1:{queue_port}"]
+
+[http]
+listen = "127.0.0.1:0"
+
+[[domain]]
+name = "example.test"
+primary = ["127.0.0.1:2526"]
+recipients = ["alice", "bob"]
+{extra}
+"""
+
+
+class BackstopProcess:
+    """One running `backstop` and its log (JSON lines on stdout, captured to a file)."""
+
+    def __init__(self, workdir, config_path, args):
+        self.workdir = workdir
+        self.config_path = config_path
+        self.log_path = workdir / "backstop.log"
+        self.stderr_path = workdir / "backstop.stderr"
+        self._log = open(self.log_path, "wb")
+        self._stderr = open(self.stderr_path, "wb")
+        self.proc = subprocess.Popen(
+            [BACKSTOP_BIN, "--config", str(config_path), *args],
+            stdout=self._log, stderr=self._stderr, stdin=subprocess.DEVNULL, cwd=workdir)
+        self.http_address = None
+
+    def logs(self):
+        """Every JSON log line written so far, parsed (a line that is not JSON fails the test)."""
+        lines = self.log_path.read_text(errors="strict").splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def wait_for_log(self, predicate, timeout=START_TIMEOUT, what="log line"):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for entry in self.logs():
+                if predicate(entry):
+                    return entry
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"backstop exited with {self.proc.returncode} before {what}; "
+                    f"stderr: {self.stderr_path.read_text()}")
+            time.sleep(0.05)
+        raise AssertionError(f"no {what} within {timeout}s; log: {self.log_path.read_text()}")
+
+    def wait_started(self):
+        entry = self.wait_for_log(lambda e: e.get("msg") == "http admin listening",
+                                  what="'http admin listening'")
+        self.http_address = entry["address"]
+        return self
+
+    def http_get(self, path, timeout=5.0):
+        """(status, content type, body) of GET http://<admin address><path>."""
+        try:
+            with urllib.request.urlopen(f"http://{self.http_address}{path}",
+                                        timeout=timeout) as response:
+                return response.status, response.headers.get("Content-Type"), response.read()
+        except urllib.error.HTTPError as error:
+            return error.code, error.headers.get("Content-Type"), error.read()
+
+    def signal(self, signum):
+        self.proc.send_signal(signum)
+
+    def wait_exit(self, timeout=STOP_TIMEOUT):
+        return self.proc.wait(timeout=timeout)
+
+    def stop(self):
+        """SIGTERM, then SIGKILL if it does not exit in time. Returns the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        self._stderr.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def backstop(tmp_path):
+    """Factory: backstop(config_text=None, args=()) starts a process and waits until it serves.
+
+    Without config_text it runs the standalone configuration. Every process is stopped at the
+    end of the test.
+    """
+    started = []
+
+    def start(config_text=None, args=(), wait=True):
+        workdir = tmp_path / f"node{len(started)}"
+        workdir.mkdir()
+        if config_text is None:
+            config_text = standalone_config(workdir / "data", reserve_port())
+        config_path = workdir / "backstop.toml"
+        config_path.write_text(config_text)
+        process = BackstopProcess(workdir, config_path, list(args))
+        started.append(process)
+        return process.wait_started() if wait else process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+def run_backstop(*args, timeout=30):
+    """Runs the binary to completion (for --check-config, --version)."""
+    return subprocess.run([BACKSTOP_BIN, *args], capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
