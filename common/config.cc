@@ -158,18 +158,22 @@ absl::StatusOr<uint16_t> ParsePort(std::string_view text) {
   return static_cast<uint16_t>(port);
 }
 
-// Collects errors and warnings with positions, and renders them as DESIGN §4 promises.
+// Errors carry a column (they point at what to fix); warnings a line only.
+enum class Severity : uint8_t { kError, kWarning };
+
+// Collects the errors and warnings of one ParseConfig call, rendered as config.h promises.
+// Lives on ParseConfig's stack; single-threaded.
 class Diagnostics {
  public:
   explicit Diagnostics(std::string_view source) : source_(source) {}
 
   void Error(Position position, std::string_view key, std::string_view problem) {
-    errors_.push_back({position, Render(position, /*with_column=*/true, key, problem)});
+    errors_.push_back({position, Render(position, Severity::kError, key, problem)});
     // "smtp.listen[1]" fails "smtp.listen" too.
     failed_keys_.emplace(key.substr(0, key.find('[')));
   }
   void Warn(Position position, std::string_view key, std::string_view what) {
-    warnings_.push_back(Render(position, /*with_column=*/false, key, what));
+    warnings_.push_back(Render(position, Severity::kWarning, key, what));
   }
 
   bool has_errors() const { return !errors_.empty(); }
@@ -199,12 +203,12 @@ class Diagnostics {
   std::vector<std::string> TakeWarnings() { return std::move(warnings_); }
 
  private:
-  std::string Render(Position position, bool with_column, std::string_view key,
+  std::string Render(Position position, Severity severity, std::string_view key,
                      std::string_view text) const {
     if (position.line == 0) {
       return fmt::format("{}: {}: {}", source_, key, text);
     }
-    if (with_column) {
+    if (severity == Severity::kError) {
       return fmt::format("{}:{}:{}: {}: {}", source_, position.line, position.column, key, text);
     }
     return fmt::format("{}:{}: {}: {}", source_, position.line, key, text);
@@ -216,8 +220,9 @@ class Diagnostics {
   std::set<std::string> failed_keys_;
 };
 
-// One TOML table being read, with its dotted path. A missing table is a Section without
-// `table`: every read leaves the default in place.
+// One TOML table being read, with its dotted path; reads report into the Diagnostics. A
+// missing table is a Section without `table`: every read leaves the default in place. Borrows
+// the parsed document and the Diagnostics, both on ParseConfig's stack; single-threaded.
 class Section {
  public:
   Section(const toml::table* table, std::string path, Position position, Diagnostics* diag)
@@ -489,6 +494,13 @@ constexpr std::string_view kCidrText = "a CIDR like \"10.0.0.0/8\" or an IP addr
 void ReadNode(const Section& s, NodeConfig* node) {
   s.RejectUnknownKeys({"id", "hostname", "data_dir", "roles"});
   s.ReadInteger("id", 1, kInt64Max, &node->id);
+  // The default is DESIGN's example name; a real node must know the name its customers' MX
+  // records give it, or it would not recognise itself there (RFC 5321 §5.1) and could loop.
+  if (s.Get("hostname") == nullptr) {
+    s.Warn("hostname", fmt::format("not set: using \"{}\"; set the name this node has in MX "
+                                   "records",
+                                   node->hostname));
+  }
   if (const std::optional<std::string> hostname = s.ReadString("hostname")) {
     if (!IsDnsName(*hostname)) {
       s.Error("hostname",

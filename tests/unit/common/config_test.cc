@@ -559,6 +559,16 @@ TEST(ConfigTest, WarnsWhenDomainQueueCannotHoldOneMaximalMessage) {
                                           "smtp.max_message_size (50MiB)")));
 }
 
+TEST(ConfigTest, WarnsWhenHostnameIsLeftAtItsDefault) {
+  EXPECT_THAT(Parse("").warnings,
+              testing::Contains("t.toml: node.hostname: not set: using \"mx2.example.net\"; set "
+                                "the name this node has in MX records"));
+  EXPECT_THAT(Parse("[node]\nid = 1\n").warnings,
+              testing::Contains(StartsWith("t.toml:1: node.hostname: not set")));
+  EXPECT_THAT(Parse("[node]\nhostname = \"mx.example\"\n").warnings,
+              testing::Not(testing::Contains(HasSubstr("node.hostname"))));
+}
+
 TEST(ConfigTest, WarnsAboutIngestWithoutDomains) {
   EXPECT_THAT(Parse("").warnings, testing::Contains(StartsWith("t.toml: domain: no [[domain]]")));
 }
