@@ -1,0 +1,195 @@
+#pragma once
+
+// The configuration of a Backstop process, DESIGN §4. The TOML keys are a stable contract:
+// every key of §4 has a field here holding exactly the documented default, so a missing
+// section or key means "the default". ParseConfig validates everything it can without touching
+// the filesystem or the network (TLS files are opened by their users) and reports every problem
+// at once, each with its position, so that `backstop --check-config` is one round trip.
+//
+// These are plain values: build one with ParseConfig / LoadConfigFile, then copy or share it
+// read-only between threads.
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace backstop {
+
+// A validated "host:port". `host` is an IPv4 literal, an IPv6 literal (written in brackets,
+// stored without them) or a DNS name.
+struct HostPort {
+  std::string host;
+  uint16_t port = 0;
+
+  // "host:port", or "[v6]:port" for IPv6 literals; ParseHostPort reads it back.
+  std::string ToString() const;
+  friend bool operator==(const HostPort&, const HostPort&) = default;
+};
+
+// Parses "host:port", "[v6]:port", or, when `default_port` is given, also "host" / "[v6]".
+// Accepts port 0 (ephemeral, for listening); callers that connect must refuse it.
+absl::StatusOr<HostPort> ParseHostPort(std::string_view text, int default_port = -1);
+
+enum class Role : uint8_t { kIngest, kQueue, kDelivery };
+
+// "ingest", "queue", "delivery".
+std::string_view RoleName(Role role);
+
+// The roles one process runs.
+class RoleSet {
+ public:
+  static RoleSet All();
+
+  bool Has(Role role) const { return (bits_ & Bit(role)) != 0; }
+  void Add(Role role) { bits_ |= Bit(role); }
+  bool empty() const { return bits_ == 0; }
+  // In the fixed order ingest, queue, delivery.
+  std::vector<Role> ToVector() const;
+  friend bool operator==(const RoleSet&, const RoleSet&) = default;
+
+ private:
+  static uint8_t Bit(Role role) { return static_cast<uint8_t>(1u << static_cast<uint8_t>(role)); }
+  uint8_t bits_ = 0;
+};
+
+struct NodeConfig {
+  uint64_t id = 1;
+  std::string hostname = "mx2.example.net";
+  std::string data_dir = "./data";
+  RoleSet roles = RoleSet::All();
+};
+
+struct SmtpConfig {
+  std::vector<HostPort> listen = {{"127.0.0.1", 2525}};
+  uint64_t max_message_size = uint64_t{50} << 20;
+  uint32_t max_recipients = 100;
+  absl::Duration commit_timeout = absl::Seconds(30);
+  std::string tls_cert;  // empty (with tls_key) = no STARTTLS
+  std::string tls_key;
+  bool proxy_protocol = false;
+  std::vector<std::string> trusted_proxies;  // CIDRs ("10.0.0.0/8") or single addresses
+};
+
+struct QueuePeer {
+  uint64_t id = 0;
+  HostPort address;
+  friend bool operator==(const QueuePeer&, const QueuePeer&) = default;
+};
+
+struct QueueConfig {
+  HostPort listen = {"127.0.0.1", 7025};
+  std::vector<QueuePeer> peers = {{1, {"127.0.0.1", 7025}}};
+  // Empty on a node with the queue role = its own voter, in process.
+  std::vector<HostPort> endpoints;
+};
+
+struct DeliveryConfig {
+  absl::Duration retry_initial = absl::Minutes(1);
+  absl::Duration retry_max = absl::Minutes(15);
+  absl::Duration max_queue_lifetime = absl::Hours(5 * 24);
+  absl::Duration delay_warning = absl::ZeroDuration();  // 0 = no delayed-delivery DSN
+  uint32_t connections_per_domain = 8;
+  uint16_t smtp_port = 25;
+};
+
+struct DnsConfig {
+  std::vector<HostPort> servers;  // IP literals; port 53 when omitted; empty = resolv.conf
+};
+
+struct HttpConfig {
+  HostPort listen = {"127.0.0.1", 8025};
+};
+
+// All three set = mTLS on every gRPC connection; all empty = plaintext.
+struct ClusterTlsConfig {
+  std::string ca;
+  std::string cert;
+  std::string key;
+  bool enabled() const { return !ca.empty(); }
+};
+
+struct GreylistConfig {
+  bool enabled = false;
+  absl::Duration delay = absl::Minutes(5);
+  absl::Duration retry_window = absl::Hours(2 * 24);
+  uint32_t auto_allow_after = 5;   // 0 = never auto-allow a client
+  std::vector<std::string> allow;  // client CIDRs or single addresses never greylisted
+};
+
+struct DnsblConfig {
+  bool enabled = false;
+  std::vector<std::string> zones = {"zen.spamhaus.org"};
+  std::vector<std::string> allow_zones;
+};
+
+enum class RdnsRequirement : uint8_t { kPtr, kFcrdns };
+
+struct RdnsConfig {
+  bool enabled = false;
+  RdnsRequirement require = RdnsRequirement::kPtr;
+};
+
+struct SenderFilterConfig {
+  bool enabled = true;
+};
+
+struct HeadersFilterConfig {
+  bool enabled = true;
+};
+
+struct FiltersConfig {
+  GreylistConfig greylist;
+  DnsblConfig dnsbl;
+  RdnsConfig rdns;
+  SenderFilterConfig sender;
+  HeadersFilterConfig headers;
+};
+
+enum class DomainTls : uint8_t { kOpportunistic, kRequired };
+
+struct DomainConfig {
+  std::string name;               // lower-cased
+  std::vector<HostPort> primary;  // empty = MX records with lower preference than ours
+  DomainTls tls = DomainTls::kOpportunistic;
+  // Full addresses (domain part lower-cased) or bare local parts, as written otherwise.
+  // Empty = accept any local part.
+  std::vector<std::string> recipients;
+  bool recipient_callout = false;
+  uint64_t max_queued_messages = 100'000;
+  uint64_t max_queued_bytes = uint64_t{1} << 30;
+  uint64_t max_monthly_bytes = uint64_t{10} << 30;
+  uint64_t max_daily_connections = 100'000;
+};
+
+struct Config {
+  NodeConfig node;
+  SmtpConfig smtp;
+  QueueConfig queue;
+  DeliveryConfig delivery;
+  DnsConfig dns;
+  HttpConfig http;
+  ClusterTlsConfig cluster_tls;
+  FiltersConfig filters;
+  std::vector<DomainConfig> domains;  // the [[domain]] tables, in file order
+  // Legal but suspicious settings, "<source>:<line>: <key>: <what>" (no line when the cause is
+  // a missing key), for the binary to log at startup.
+  std::vector<std::string> warnings;
+};
+
+// Parses and validates a TOML document. On failure the status (InvalidArgument) message has
+// one line per problem, "<source>:<line>:<column>: <dotted key>: <problem>", sorted by
+// position; problems that concern a key absent from the file point at its enclosing table, or
+// carry no position when that is absent too.
+absl::StatusOr<Config> ParseConfig(std::string_view toml_text, std::string_view source_name);
+
+// Reads `path` and parses it with `path` as the source name.
+absl::StatusOr<Config> LoadConfigFile(const std::string& path);
+
+// A few lines for `backstop --check-config`: node, roles, listen addresses, domains, voters.
+std::string ConfigSummary(const Config& config);
+
+}  // namespace backstop
