@@ -11,7 +11,9 @@ RealClock& RealClock::Get() {
   return clock;
 }
 
-absl::Time RealClock::Now() const { return absl::Now(); }
+absl::Time RealClock::Now() const {
+  return absl::Now();
+}
 
 absl::Duration RealClock::Monotonic() const {
   timespec ts{};

@@ -45,8 +45,8 @@ class FakeClock final : public Clock {
 
  private:
   mutable std::mutex mutex_;
-  absl::Time wall_;            // guarded by mutex_
-  absl::Duration monotonic_;   // guarded by mutex_
+  absl::Time wall_;           // guarded by mutex_
+  absl::Duration monotonic_;  // guarded by mutex_
 };
 
 }  // namespace backstop

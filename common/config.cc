@@ -519,18 +519,13 @@ void ReadNode(const Section& s, NodeConfig* node) {
   RoleSet roles;
   const bool present = s.ForEachString(
       "roles", [&](const std::string& element_key, Position position, const std::string& text) {
-        Role role;
-        if (text == "ingest") {
-          role = Role::kIngest;
-        } else if (text == "queue") {
-          role = Role::kQueue;
-        } else if (text == "delivery") {
-          role = Role::kDelivery;
-        } else {
+        const std::optional<Role> parsed = ParseRole(text);
+        if (!parsed) {
           s.diag()->Error(position, element_key,
                           fmt::format("unknown role \"{}\" (use ingest, queue, delivery)", text));
           return;
         }
+        const Role role = *parsed;
         if (roles.Has(role)) {
           s.diag()->Error(position, element_key, fmt::format("duplicate role \"{}\"", text));
           return;
@@ -979,6 +974,15 @@ std::string_view RoleName(Role role) {
   return "unknown";
 }
 
+std::optional<Role> ParseRole(std::string_view name) {
+  for (Role role : {Role::kIngest, Role::kQueue, Role::kDelivery}) {
+    if (name == RoleName(role)) {
+      return role;
+    }
+  }
+  return std::nullopt;
+}
+
 RoleSet RoleSet::All() {
   RoleSet all;
   all.Add(Role::kIngest);
@@ -997,7 +1001,8 @@ std::vector<Role> RoleSet::ToVector() const {
   return out;
 }
 
-absl::StatusOr<Config> ParseConfig(std::string_view toml_text, std::string_view source_name) {
+absl::StatusOr<Config> ParseConfig(std::string_view toml_text, std::string_view source_name,
+                                   const ConfigOverrides& overrides) {
   Diagnostics diag(source_name);
   toml::table document;
   try {
@@ -1025,6 +1030,9 @@ absl::StatusOr<Config> ParseConfig(std::string_view toml_text, std::string_view 
   ReadClusterTls(root.Sub("cluster_tls"), &config.cluster_tls);
   ReadFilters(root.Sub("filters"), &config.filters);
   ReadDomains(root, document.get("domain"), &config);
+  if (overrides.roles) {
+    config.node.roles = *overrides.roles;
+  }
   CheckRoles(root, smtp, queue, &config);
 
   if (diag.has_errors()) {
@@ -1034,7 +1042,7 @@ absl::StatusOr<Config> ParseConfig(std::string_view toml_text, std::string_view 
   return config;
 }
 
-absl::StatusOr<Config> LoadConfigFile(const std::string& path) {
+absl::StatusOr<Config> LoadConfigFile(const std::string& path, const ConfigOverrides& overrides) {
   std::ifstream file(path, std::ios::binary);
   if (!file) {
     return ErrnoToStatus(errno, fmt::format("cannot open configuration file {}", path));
@@ -1044,7 +1052,7 @@ absl::StatusOr<Config> LoadConfigFile(const std::string& path) {
   if (file.bad()) {
     return ErrnoToStatus(errno, fmt::format("cannot read configuration file {}", path));
   }
-  return ParseConfig(text.str(), path);
+  return ParseConfig(text.str(), path, overrides);
 }
 
 std::string ConfigSummary(const Config& config) {

@@ -10,6 +10,7 @@
 // read-only between threads.
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -38,6 +39,8 @@ enum class Role : uint8_t { kIngest, kQueue, kDelivery };
 
 // "ingest", "queue", "delivery".
 std::string_view RoleName(Role role);
+// The inverse of RoleName; nullopt for any other text.
+std::optional<Role> ParseRole(std::string_view name);
 
 // The roles one process runs.
 class RoleSet {
@@ -180,14 +183,22 @@ struct Config {
   std::vector<std::string> warnings;
 };
 
+// Settings given on the command line, applied before the cross-section checks so that they are
+// validated exactly like the file's own values.
+struct ConfigOverrides {
+  std::optional<RoleSet> roles;  // --role
+};
+
 // Parses and validates a TOML document. On failure the status (InvalidArgument) message has
 // one line per problem, "<source>:<line>:<column>: <dotted key>: <problem>", sorted by
 // position; problems that concern a key absent from the file point at its enclosing table, or
 // carry no position when that is absent too.
-absl::StatusOr<Config> ParseConfig(std::string_view toml_text, std::string_view source_name);
+absl::StatusOr<Config> ParseConfig(std::string_view toml_text, std::string_view source_name,
+                                   const ConfigOverrides& overrides = {});
 
 // Reads `path` and parses it with `path` as the source name.
-absl::StatusOr<Config> LoadConfigFile(const std::string& path);
+absl::StatusOr<Config> LoadConfigFile(const std::string& path,
+                                      const ConfigOverrides& overrides = {});
 
 // A few lines for `backstop --check-config`: node, roles, listen addresses, domains, voters.
 std::string ConfigSummary(const Config& config);

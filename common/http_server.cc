@@ -31,8 +31,7 @@ void SendResponse(mg_connection* connection, const HttpResponse& response, bool 
   const std::string head = fmt::format(
       "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\n"
       "Connection: close\r\n\r\n",
-      response.status, ReasonPhrase(response.status), response.content_type,
-      response.body.size());
+      response.status, ReasonPhrase(response.status), response.content_type, response.body.size());
   mg_write(connection, head.data(), head.size());
   if (include_body && !response.body.empty()) {
     mg_write(connection, response.body.data(), response.body.size());

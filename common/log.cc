@@ -101,9 +101,10 @@ void AppendValue(std::string& out, const Field::Value& value) {
 }  // namespace
 
 bool ParseLevel(std::string_view text, Level* level) {
-  static constexpr std::pair<std::string_view, Level> kLevels[] = {
-      {"debug", Level::kDebug}, {"info", Level::kInfo}, {"warn", Level::kWarn},
-      {"error", Level::kError}};
+  static constexpr std::pair<std::string_view, Level> kLevels[] = {{"debug", Level::kDebug},
+                                                                   {"info", Level::kInfo},
+                                                                   {"warn", Level::kWarn},
+                                                                   {"error", Level::kError}};
   for (const auto& [name, value] : kLevels) {
     if (text == name) {
       *level = value;
@@ -170,8 +171,8 @@ void AppendJsonString(std::string& out, std::string_view text) {
   out.push_back('"');
 }
 
-std::string FormatLine(absl::Time ts, Level level, std::string_view component,
-                       std::string_view msg, Fields fields) {
+std::string FormatLine(absl::Time ts, Level level, std::string_view component, std::string_view msg,
+                       Fields fields) {
   std::string line;
   line.reserve(128 + msg.size());
   line.append("{\"ts\":\"");

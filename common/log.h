@@ -57,8 +57,8 @@ using Fields = std::initializer_list<Field>;
 // Renders one log line (without the trailing newline). Pure, so tests can check the format.
 // Strings are JSON-escaped; bytes that are not valid UTF-8 become U+FFFD, so a peer cannot make
 // us emit invalid JSON.
-std::string FormatLine(absl::Time ts, Level level, std::string_view component,
-                       std::string_view msg, Fields fields);
+std::string FormatLine(absl::Time ts, Level level, std::string_view component, std::string_view msg,
+                       Fields fields);
 
 // Appends `text` to `out` as a quoted JSON string (used by FormatLine and by /status pages).
 void AppendJsonString(std::string& out, std::string_view text);

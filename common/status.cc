@@ -10,7 +10,11 @@ absl::Status ErrnoToStatus(int error_number, std::string_view context) {
   char buffer[256];
   const char* text = strerror_r(error_number, buffer, sizeof(buffer));
   std::string message(context);
-  message.append(": ").append(text).append(" (errno ").append(std::to_string(error_number)).append(")");
+  message.append(": ")
+      .append(text)
+      .append(" (errno ")
+      .append(std::to_string(error_number))
+      .append(")");
   return absl::Status(absl::ErrnoToStatusCode(error_number), message);
 }
 

@@ -21,11 +21,11 @@ absl::Status ErrnoToStatus(int error_number, std::string_view context);
 #define BACKSTOP_STATUS_CONCAT_(a, b) BACKSTOP_STATUS_CONCAT_INNER_(a, b)
 
 // Evaluates `expr` (an absl::Status); returns it from the enclosing function if it is not OK.
-#define RETURN_IF_ERROR(expr)                                                  \
-  do {                                                                         \
-    if (::absl::Status backstop_status_ = (expr); !backstop_status_.ok()) {    \
-      return backstop_status_;                                                 \
-    }                                                                          \
+#define RETURN_IF_ERROR(expr)                                               \
+  do {                                                                      \
+    if (::absl::Status backstop_status_ = (expr); !backstop_status_.ok()) { \
+      return backstop_status_;                                              \
+    }                                                                       \
   } while (false)
 
 // Evaluates `rexpr` (an absl::StatusOr<T>); on error returns its status from the enclosing

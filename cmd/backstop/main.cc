@@ -3,19 +3,21 @@
 
 #include <signal.h>
 
+#include <CLI/CLI.hpp>
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
 #include "common/config.h"
 #include "common/http_server.h"
 #include "common/log.h"
+#include "common/status.h"
 
 namespace backstop {
 namespace {
@@ -36,17 +38,12 @@ struct Flags {
 absl::StatusOr<RoleSet> ParseRoles(const std::vector<std::string>& names) {
   RoleSet roles;
   for (const std::string& name : names) {
-    bool known = false;
-    for (Role role : RoleSet::All().ToVector()) {
-      if (name == RoleName(role)) {
-        roles.Add(role);
-        known = true;
-      }
-    }
-    if (!known) {
+    const std::optional<Role> role = ParseRole(name);
+    if (!role) {
       return absl::InvalidArgumentError(
           fmt::format("--role: unknown role \"{}\" (expected ingest, queue or delivery)", name));
     }
+    roles.Add(*role);
   }
   if (roles.empty()) {
     return absl::InvalidArgumentError("--role: at least one role is required");
@@ -65,18 +62,13 @@ std::string RoleList(const RoleSet& roles) {
   return list;
 }
 
-// Loads the configuration and applies the command-line overrides.
+// Loads the configuration with the command-line overrides applied.
 absl::StatusOr<Config> LoadEffectiveConfig(const Flags& flags) {
-  absl::StatusOr<Config> config = LoadConfigFile(flags.config_path);
-  if (!config.ok() || flags.roles.empty()) {
-    return config;
+  ConfigOverrides overrides;
+  if (!flags.roles.empty()) {
+    ASSIGN_OR_RETURN(overrides.roles, ParseRoles(flags.roles));
   }
-  absl::StatusOr<RoleSet> roles = ParseRoles(flags.roles);
-  if (!roles.ok()) {
-    return roles.status();
-  }
-  config->node.roles = *roles;
-  return config;
+  return LoadConfigFile(flags.config_path, overrides);
 }
 
 void LogWarnings(const log::Logger& logger, const Config& config) {
@@ -161,9 +153,9 @@ int Serve(const Flags& flags) {
     if (signal_number == SIGHUP) {
       absl::StatusOr<Config> reloaded = LoadEffectiveConfig(flags);
       if (!reloaded.ok()) {
-        logger.Error("configuration reload failed; keeping the running configuration",
-                     {{"path", flags.config_path},
-                      {"error", std::string(reloaded.status().message())}});
+        logger.Error(
+            "configuration reload failed; keeping the running configuration",
+            {{"path", flags.config_path}, {"error", std::string(reloaded.status().message())}});
         continue;
       }
       config = *std::move(reloaded);
@@ -188,7 +180,8 @@ int Main(int argc, char** argv) {
       ->check(CLI::ExistingFile);
   app.add_option("--check-config", flags.check_config_path,
                  "Validate FILE, print its problems or a summary, and exit");
-  app.add_option("--role", flags.roles, "Roles to run, overriding node.roles: ingest,queue,delivery")
+  app.add_option("--role", flags.roles,
+                 "Roles to run, overriding node.roles: ingest,queue,delivery")
       ->delimiter(',');
   app.add_option("--log-level", flags.log_level, "debug, info, warn or error")
       ->check(CLI::IsMember({"debug", "info", "warn", "error"}));
@@ -201,7 +194,9 @@ int Main(int argc, char** argv) {
   }
   log::Level level = log::Level::kInfo;
   log::ParseLevel(flags.log_level, &level);
-  log::Configure(log::Options{.min_level = level});
+  log::Options log_options;
+  log_options.min_level = level;
+  log::Configure(log_options);
   if (!flags.check_config_path.empty()) {
     return CheckConfig(flags.check_config_path);
   }
@@ -215,4 +210,6 @@ int Main(int argc, char** argv) {
 }  // namespace
 }  // namespace backstop
 
-int main(int argc, char** argv) { return backstop::Main(argc, argv); }
+int main(int argc, char** argv) {
+  return backstop::Main(argc, argv);
+}

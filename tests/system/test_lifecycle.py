@@ -73,9 +73,17 @@ def test_sighup_with_a_broken_file_keeps_running(backstop):
 
 
 def test_role_flag_overrides_the_configured_roles(backstop):
-    node = backstop(args=["--role", "ingest,delivery"])
+    node = backstop(args=["--role", "queue"])
     start = node.wait_for_log(lambda e: e.get("msg") == "backstop starting")
-    assert start["roles"] == "ingest,delivery"
+    assert start["roles"] == "queue"
+
+
+def test_role_flag_is_validated_like_the_file(backstop):
+    # Without the queue role the node must be told where the queue is.
+    node = backstop(args=["--role", "ingest,delivery"], wait=False)
+    assert node.wait_exit() == 2
+    assert "queue.endpoints: is empty but this node has no queue role" in (
+        node.stderr_path.read_text())
 
 
 def test_unknown_role_flag_is_refused(backstop):

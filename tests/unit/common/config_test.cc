@@ -366,6 +366,34 @@ TEST(ConfigTest, RejectsEmptyDuplicateAndUnknownRoles) {
             "t.toml:2:10: node.roles[0]: unknown role \"relay\" (use ingest, queue, delivery)");
 }
 
+TEST(ConfigTest, ParseRoleIsTheInverseOfRoleName) {
+  for (Role role : RoleSet::All().ToVector()) {
+    EXPECT_EQ(ParseRole(RoleName(role)), role);
+  }
+  EXPECT_EQ(ParseRole("Queue"), std::nullopt);
+  EXPECT_EQ(ParseRole(""), std::nullopt);
+}
+
+TEST(ConfigTest, RoleOverrideReplacesTheFilesRoles) {
+  RoleSet queue_only;
+  queue_only.Add(Role::kQueue);
+  absl::StatusOr<Config> config = ParseConfig("[node]\nroles = [\"ingest\", \"queue\"]\n", "t.toml",
+                                              ConfigOverrides{.roles = queue_only});
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->node.roles, queue_only);
+}
+
+TEST(ConfigTest, RoleOverrideIsValidatedLikeTheFile) {
+  // The file is valid for its own roles; without the queue role the node needs endpoints.
+  RoleSet ingest_only;
+  ingest_only.Add(Role::kIngest);
+  absl::StatusOr<Config> config = ParseConfig("[node]\nroles = [\"ingest\", \"queue\"]\n", "t.toml",
+                                              ConfigOverrides{.roles = ingest_only});
+  ASSERT_FALSE(config.ok());
+  EXPECT_THAT(std::string(config.status().message()),
+              HasSubstr("queue.endpoints: is empty but this node has no queue role"));
+}
+
 TEST(ConfigTest, RejectsBadNodeHostnameAndDataDir) {
   EXPECT_EQ(
       Errors("[node]\nhostname = \"mx_1.example\"\n"),

@@ -25,8 +25,12 @@ TEST(LogFormatTest, WritesFieldsOfEveryType) {
   const std::string id = "0190abc";
   const uint64_t size = 18446744073709551615ULL;
   EXPECT_EQ(FormatLine(kTime, Level::kWarn, "ingest", "m",
-                       {{"id", id}, {"peer", "1.2.3.4"}, {"count", -3}, {"size", size},
-                        {"ratio", 0.5}, {"tls", true}}),
+                       {{"id", id},
+                        {"peer", "1.2.3.4"},
+                        {"count", -3},
+                        {"size", size},
+                        {"ratio", 0.5},
+                        {"tls", true}}),
             R"({"ts":"2026-01-01T00:00:00.123456Z","level":"warn","component":"ingest","msg":"m",)"
             R"("id":"0190abc","peer":"1.2.3.4","count":-3,"size":18446744073709551615,)"
             R"("ratio":0.5,"tls":true})");
@@ -42,9 +46,10 @@ TEST(LogFormatTest, EscapesQuotesBackslashesAndControlCharacters) {
 TEST(LogFormatTest, KeepsValidUtf8AndReplacesInvalidBytes) {
   // "é" is valid; 0xFF, a lone continuation byte, an overlong "/" and a truncated sequence are
   // not, and a peer controls such strings (HELO names, addresses).
-  const std::string line = FormatLine(kTime, Level::kInfo, "c", "\xc3\xa9|\xff|\x80|\xc0\xaf|\xe2\x82",
-                                      {});
-  EXPECT_THAT(line, HasSubstr("\"msg\":\"\xc3\xa9|\\ufffd|\\ufffd|\\ufffd\\ufffd|\\ufffd\\ufffd\""));
+  const std::string line =
+      FormatLine(kTime, Level::kInfo, "c", "\xc3\xa9|\xff|\x80|\xc0\xaf|\xe2\x82", {});
+  EXPECT_THAT(line,
+              HasSubstr("\"msg\":\"\xc3\xa9|\\ufffd|\\ufffd|\\ufffd\\ufffd|\\ufffd\\ufffd\""));
 }
 
 TEST(LogFormatTest, WritesNonFiniteDoublesAsNull) {
@@ -78,8 +83,9 @@ TEST_F(LoggerTest, WritesOneLinePerEventThroughTheConfiguredSink) {
   logger.Error("bounced {}", {{"id", "m2"}});  // braces must not be treated as a format string
   const std::string text = output_.str();
   ASSERT_EQ(std::count(text.begin(), text.end(), '\n'), 2);
-  EXPECT_THAT(text, HasSubstr(R"("level":"info","component":"delivery","msg":"delivered","id":"m1"})"
-                              "\n"));
+  EXPECT_THAT(text,
+              HasSubstr(R"("level":"info","component":"delivery","msg":"delivered","id":"m1"})"
+                        "\n"));
   EXPECT_THAT(text, HasSubstr(R"("msg":"bounced {}","id":"m2"})"));
 }
 

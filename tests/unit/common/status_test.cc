@@ -29,7 +29,9 @@ absl::StatusOr<int> DoubleTwice(int value) {
   return once;
 }
 
-TEST(StatusTest, ReturnIfErrorPassesOkThrough) { EXPECT_EQ(*Double(3), 6); }
+TEST(StatusTest, ReturnIfErrorPassesOkThrough) {
+  EXPECT_EQ(*Double(3), 6);
+}
 
 TEST(StatusTest, ReturnIfErrorReturnsTheError) {
   absl::StatusOr<int> result = Double(-1);
@@ -38,7 +40,9 @@ TEST(StatusTest, ReturnIfErrorReturnsTheError) {
   EXPECT_EQ(result.status().message(), "negative");
 }
 
-TEST(StatusTest, AssignOrReturnDeclaresAndReassigns) { EXPECT_EQ(*DoubleTwice(5), 20); }
+TEST(StatusTest, AssignOrReturnDeclaresAndReassigns) {
+  EXPECT_EQ(*DoubleTwice(5), 20);
+}
 
 TEST(StatusTest, AssignOrReturnPropagatesTheError) {
   EXPECT_EQ(DoubleTwice(-5).status().code(), absl::StatusCode::kInvalidArgument);
