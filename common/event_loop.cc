@@ -296,7 +296,6 @@ void EventLoop::Arm(Operation& op) {
     Die("Operation armed while already in flight");
   }
   op.in_flight_ = true;
-  op.poll_first_ = false;
   ++in_flight_;
   if (draining_) {
     QueueLocally(op, -ECANCELED);
@@ -308,7 +307,7 @@ void EventLoop::Arm(Operation& op) {
 void EventLoop::PrepareSqe(Operation& op, io_uring_sqe* sqe) {
   switch (op.kind_) {
     case Operation::Kind::kAccept:
-      io_uring_prep_multishot_accept(sqe, op.fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      io_uring_prep_multishot_accept(sqe, op.fd_, nullptr, nullptr, SOCK_CLOEXEC);
       break;
     case Operation::Kind::kRecv:
       io_uring_prep_recv(sqe, op.fd_, nullptr, buffer_size_, 0);
@@ -328,9 +327,6 @@ void EventLoop::PrepareSqe(Operation& op, io_uring_sqe* sqe) {
     case Operation::Kind::kPoll:
       io_uring_prep_poll_add(sqe, op.fd_, op.poll_events_);
       break;
-  }
-  if (op.poll_first_) {
-    sqe->ioprio |= IORING_RECVSEND_POLL_FIRST;
   }
   io_uring_sqe_set_data(sqe, &op);
 }
@@ -503,16 +499,6 @@ void EventLoop::ReapCompletions() {
 void EventLoop::Dispatch(Operation& op, int result, uint32_t flags) {
   Completion completion{.result = result, .more = (flags & IORING_CQE_F_MORE) != 0, .data = {}};
   int buffer_id = -1;
-  const bool is_stream_io = op.kind_ == Operation::Kind::kRecv ||
-                            op.kind_ == Operation::Kind::kSend ||
-                            op.kind_ == Operation::Kind::kSendMsg;
-  if (result == -EAGAIN && is_stream_io && !draining_) {
-    // Sockets are non-blocking; when the kernel retries a request from an io-wq worker after
-    // a spurious wakeup, it reports EAGAIN instead of waiting. Wait for readiness, then retry.
-    op.poll_first_ = true;
-    PrepareSqe(op, GetSqe());
-    return;
-  }
   switch (op.kind_) {
     case Operation::Kind::kRecv:
       if ((flags & IORING_CQE_F_BUFFER) != 0) {

@@ -75,8 +75,6 @@ class Operation {
   // SendMsg: the caller's header; its iovecs are advanced in place after a partial send.
   msghdr* msg_ = nullptr;
   uint32_t poll_events_ = 0;
-  // Set after a spurious -EAGAIN: the resubmission waits for readiness first.
-  bool poll_first_ = false;
   // The kernel reads the timespec when it consumes the SQE, so it lives with the request.
   __kernel_timespec timeout_{};
   // Loop-local completion queue (re-arm after ENOBUFS, cancellation while stopping).
@@ -112,8 +110,9 @@ struct EventLoopOptions {
 //
 // Sends: Send()/SendMsg() resend the unsent rest after a partial send and complete once with
 // the full length (or an error). The caller's bytes/msghdr must stay valid until then.
-// Sockets may be non-blocking (Accept() makes them so): a spurious -EAGAIN from the kernel is
-// retried by the loop after waiting for readiness, never delivered.
+// Descriptors given to the loop should be blocking (Accept() returns them so): io_uring then
+// waits for readiness itself. On an O_NONBLOCK descriptor it completes with -EAGAIN instead,
+// which the loop delivers like any other error.
 class EventLoop {
  public:
   static absl::StatusOr<std::unique_ptr<EventLoop>> Create(const EventLoopOptions& options = {});
@@ -135,8 +134,8 @@ class EventLoop {
   bool stopping() const { return stop_requested_.load(std::memory_order_acquire); }
   bool IsLoopThread() const;
 
-  // Multishot accept: one completion per accepted connection (result = the new fd, already
-  // non-blocking and close-on-exec; the peer address comes from getpeername()).
+  // Multishot accept: one completion per accepted connection (result = the new fd, blocking
+  // and close-on-exec; the peer address comes from getpeername()).
   void Accept(Operation& op, int listen_fd);
   // Receives into a provided buffer; Completion::data holds the bytes. One shot: re-arm for
   // more, which gives natural back-pressure per connection.

@@ -90,13 +90,13 @@ UniqueFd ConnectBlocking(const SocketAddress& address) {
 
 enum class FdPairKind { kSocketPair, kPipe };
 
-// Two connected non-blocking descriptors: ours first, the peer's (or the pipe's write end)
+// Two connected (blocking) descriptors: ours first, the peer's (or the pipe's write end)
 // second.
 std::pair<UniqueFd, UniqueFd> NewFdPair(FdPairKind kind) {
   int fds[2] = {-1, -1};
   const int rc = kind == FdPairKind::kSocketPair
-                     ? socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, fds)
-                     : pipe2(fds, O_NONBLOCK | O_CLOEXEC);
+                     ? socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds)
+                     : pipe2(fds, O_CLOEXEC);
   EXPECT_EQ(rc, 0) << std::strerror(errno);
   return {UniqueFd(fds[0]), UniqueFd(fds[1])};
 }
