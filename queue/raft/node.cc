@@ -31,27 +31,39 @@ absl::StatusOr<std::unique_ptr<Node>> Node::Create(const NodeOptions& options,
     return absl::InvalidArgumentError("raft election_ticks must exceed heartbeat_ticks > 0");
   }
   const HardState hs = storage->GetHardState();
-  if (hs.commit > storage->LastIndex() || options.applied > hs.commit) {
+  if (hs.commit > storage->LastIndex() ||
+      options.applied > std::max(hs.commit, storage->FirstIndex() - 1)) {
     return absl::FailedPreconditionError("raft storage: commit index beyond the log");
   }
-  auto node = std::unique_ptr<Node>(new Node(options, storage));
   ASSIGN_OR_RETURN(Snapshot snapshot, storage->GetSnapshot());
-  node->ApplyConfState(snapshot.meta.conf_state);
-  // Membership changes the application already applied are not handed out again, so replay
-  // them here to know the configuration as of `applied`.
-  if (node->log_.applied() > snapshot.meta.index) {
+  // The state machine holds at least the snapshot (entries up to the compaction point may
+  // still be in storage below it).
+  NodeOptions effective = options;
+  effective.applied = std::max(options.applied, snapshot.meta.index);
+  auto node = std::unique_ptr<Node>(new Node(effective, storage));
+  node->applied_conf_ = snapshot.meta.conf_state;
+  // Membership changes in the log after the snapshot: those up to `applied` are part of the
+  // applied configuration; later ones are only in the log (and already in force for voting).
+  const LogIndex last = node->log_.LastIndex();
+  if (last > snapshot.meta.index) {
     std::optional<std::vector<Entry>> entries =
-        node->log_.Slice(snapshot.meta.index + 1, node->log_.applied() + 1, UINT64_MAX);
+        node->log_.Slice(snapshot.meta.index + 1, last + 1, UINT64_MAX);
     if (!entries.has_value()) {
-      return absl::FailedPreconditionError("raft storage: applied entries are compacted away");
+      return absl::FailedPreconditionError("raft storage: entries after the snapshot are missing");
     }
     for (const Entry& e : *entries) {
-      if (e.type == EntryType::kConfChange) {
-        ASSIGN_OR_RETURN(ConfChange change, DecodeConfChange(e.data));
-        node->ApplyConfChange(change);
+      if (e.type != EntryType::kConfChange) {
+        continue;
+      }
+      ASSIGN_OR_RETURN(ConfChange change, DecodeConfChange(e.data));
+      if (e.index <= node->log_.applied()) {
+        ApplyChangeTo(change, node->applied_conf_);
+      } else {
+        node->log_conf_changes_[e.index] = {e.term, change};
       }
     }
   }
+  node->RecomputeConfig();
   return node;
 }
 
@@ -81,7 +93,7 @@ void Node::ResetRandomizedTimeout() {
       static_cast<int>(NextRandom() % static_cast<uint64_t>(options_.election_ticks));
 }
 
-ConfState Node::conf_state() const {
+ConfState Node::effective_conf_state() const {
   return ConfState{std::vector<NodeId>(voters_.begin(), voters_.end()),
                    std::vector<NodeId>(learners_.begin(), learners_.end())};
 }
@@ -178,26 +190,13 @@ void Node::BecomeLeader() {
 // ---------------------------------------------------------------------------------------------
 // Elections
 
-bool Node::HasUnappliedConfChange() const {
-  if (log_.committed() <= log_.applied()) {
-    return false;
-  }
-  std::optional<std::vector<Entry>> entries =
-      log_.Slice(log_.applied() + 1, log_.committed() + 1, UINT64_MAX);
-  if (!entries.has_value()) {
-    return true;  // a snapshot is pending installation: wait for it
-  }
-  return std::any_of(entries->begin(), entries->end(),
-                     [](const Entry& e) { return e.type == EntryType::kConfChange; });
-}
-
 void Node::Campaign() {
   Hup(options_.pre_vote == PreVote::kEnabled ? CampaignKind::kPreElection
                                              : CampaignKind::kElection);
 }
 
 void Node::Hup(CampaignKind kind) {
-  if (role_ == Role::kLeader || !Promotable() || HasUnappliedConfChange()) {
+  if (role_ == Role::kLeader || !Promotable()) {
     return;
   }
   StartCampaign(kind);
@@ -469,6 +468,7 @@ void Node::HandleAppend(const Message& m) {
   }
   if (std::optional<LogIndex> last_new =
           log_.MaybeAppend(m.index, m.log_term, m.commit, m.entries)) {
+    TrackLogConfChanges(m.index, m.entries);
     resp.index = *last_new;
     Send(std::move(resp));
     return;
@@ -513,7 +513,9 @@ void Node::HandleSnapshot(const Message& m) {
     resp.index = log_.LastIndex();
   } else {
     log_.Restore(*m.snapshot);
-    ApplyConfState(meta.conf_state);
+    applied_conf_ = meta.conf_state;
+    log_conf_changes_.clear();
+    RecomputeConfig();
     resp.index = log_.LastIndex();
   }
   Send(std::move(resp));
@@ -614,7 +616,9 @@ void Node::AppendAsLeader(std::vector<Entry> entries) {
     e.term = term_;
     e.time = leader_time_;
   }
+  const LogIndex after = entries.empty() ? log_.LastIndex() : entries.front().index - 1;
   log_.Append(entries);
+  TrackLogConfChanges(after, entries);
   // Our own match moves only once these are persisted (Advance); see the header.
 }
 
@@ -800,8 +804,9 @@ absl::StatusOr<LogIndex> Node::ProposeConfChange(const ConfChange& change, absl:
       if (!voter && !learner) {
         return absl::NotFoundError("raft: node " + Describe(change.node) + " is not a member");
       }
-      if (voter && voters_.size() == 1) {
-        return absl::FailedPreconditionError("raft: cannot remove the last voter");
+      if (change.node == options_.id) {
+        return absl::FailedPreconditionError(
+            "raft: a leader cannot remove itself; transfer leadership first");
       }
       break;
   }
@@ -814,6 +819,7 @@ absl::StatusOr<LogIndex> Node::ProposeConfChange(const ConfChange& change, absl:
   entry.data = EncodeConfChange(change);
   AppendAsLeader({std::move(entry)});
   pending_conf_index_ = log_.LastIndex();
+  MaybeCommit();  // a removal may shrink the quorum
   BroadcastAppend();
   return log_.LastIndex();
 }
@@ -870,46 +876,79 @@ absl::Status Node::TransferLeadership(NodeId to) {
 // ---------------------------------------------------------------------------------------------
 // Membership
 
-void Node::ApplyConfState(const ConfState& conf_state) {
-  voters_ = std::set<NodeId>(conf_state.voters.begin(), conf_state.voters.end());
-  learners_ = std::set<NodeId>(conf_state.learners.begin(), conf_state.learners.end());
-}
-
-void Node::ApplyConfChange(const ConfChange& change) {
+void Node::ApplyChangeTo(const ConfChange& change, ConfState& conf) {
+  auto erase = [](std::vector<NodeId>& ids, NodeId id) { std::erase(ids, id); };
+  auto insert = [](std::vector<NodeId>& ids, NodeId id) {
+    if (std::find(ids.begin(), ids.end(), id) == ids.end()) {
+      ids.insert(std::upper_bound(ids.begin(), ids.end(), id), id);
+    }
+  };
   switch (change.type) {
     case ConfChangeType::kAddLearner:
-      if (!voters_.contains(change.node)) {
-        learners_.insert(change.node);
+      if (std::find(conf.voters.begin(), conf.voters.end(), change.node) == conf.voters.end()) {
+        insert(conf.learners, change.node);
       }
       break;
     case ConfChangeType::kPromoteVoter:
-      learners_.erase(change.node);
-      voters_.insert(change.node);
+      erase(conf.learners, change.node);
+      insert(conf.voters, change.node);
       break;
     case ConfChangeType::kRemove:
-      learners_.erase(change.node);
-      voters_.erase(change.node);
+      erase(conf.learners, change.node);
+      erase(conf.voters, change.node);
       break;
   }
+}
+
+void Node::TrackLogConfChanges(LogIndex after, const std::vector<Entry>& entries) {
+  // Entries after `after` may have replaced a conflicting suffix: forget changes no longer in
+  // the log, then record the new ones.
+  for (auto it = log_conf_changes_.upper_bound(after); it != log_conf_changes_.end();) {
+    if (log_.TermAt(it->first) != it->second.first) {
+      it = log_conf_changes_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  for (const Entry& e : entries) {
+    if (e.type != EntryType::kConfChange || e.index <= log_.applied() ||
+        log_.TermAt(e.index) != e.term) {
+      continue;
+    }
+    absl::StatusOr<ConfChange> change = DecodeConfChange(e.data);
+    if (change.ok()) {
+      log_conf_changes_[e.index] = {e.term, *change};
+    }
+  }
+  RecomputeConfig();
+}
+
+void Node::RecomputeConfig() {
+  ConfState conf = applied_conf_;
+  for (const auto& [index, change] : log_conf_changes_) {
+    ApplyChangeTo(change.second, conf);
+  }
+  voters_ = std::set<NodeId>(conf.voters.begin(), conf.voters.end());
+  learners_ = std::set<NodeId>(conf.learners.begin(), conf.learners.end());
   if (role_ != Role::kLeader) {
     return;
   }
-  if (!voters_.contains(options_.id)) {
-    BecomeFollower(term_, kNoNode);  // removed: a non-member cannot lead
-    return;
-  }
-  const bool member = voters_.contains(change.node) || learners_.contains(change.node);
-  if (member && !progress_.contains(change.node)) {
-    Progress& pr = progress_.emplace(change.node, NewProgress()).first->second;
-    pr.recent_active = true;
-  } else if (!member) {
-    progress_.erase(change.node);
-    if (lead_transferee_ == change.node) {
-      lead_transferee_ = kNoNode;
+  for (auto it = progress_.begin(); it != progress_.end();) {
+    if (!voters_.contains(it->first) && !learners_.contains(it->first)) {
+      if (lead_transferee_ == it->first) {
+        lead_transferee_ = kNoNode;
+      }
+      it = progress_.erase(it);
+    } else {
+      ++it;
     }
   }
-  if (MaybeCommit()) {
-    BroadcastAppend();
+  for (const std::set<NodeId>* members : {&voters_, &learners_}) {
+    for (NodeId peer : *members) {
+      if (!progress_.contains(peer)) {
+        progress_.emplace(peer, NewProgress()).first->second.recent_active = true;
+      }
+    }
   }
 }
 
@@ -978,11 +1017,16 @@ void Node::Advance() {
   for (const Entry& e : ready_conf_changes_) {
     absl::StatusOr<ConfChange> change = DecodeConfChange(e.data);
     if (change.ok()) {
-      ApplyConfChange(*change);
+      ApplyChangeTo(*change, applied_conf_);
     }
   }
   ready_conf_changes_.clear();
   log_.AppliedTo(ready_applied_to_);
+  if (ready_snapshot_index_.has_value() || !log_conf_changes_.empty()) {
+    log_conf_changes_.erase(log_conf_changes_.begin(),
+                            log_conf_changes_.upper_bound(log_.applied()));
+    RecomputeConfig();
+  }
 
   if (role_ == Role::kLeader) {
     auto self = progress_.find(options_.id);

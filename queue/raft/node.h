@@ -113,8 +113,9 @@ class Node {
   // index of the last one. FailedPrecondition when not the leader (the message names the known
   // leader), Unavailable during a leadership transfer.
   absl::StatusOr<LogIndex> Propose(const std::vector<std::string>& payloads, absl::Time now);
-  // Leader only: one membership step; FailedPrecondition while another is pending or before
-  // the leader has committed an entry of its own term.
+  // Leader only: one membership step, in force as soon as it is in a log (Raft thesis §4.1);
+  // FailedPrecondition while another is pending, before the leader has committed an entry of
+  // its own term, or for removing the leader itself (transfer leadership first).
   absl::StatusOr<LogIndex> ProposeConfChange(const ConfChange& change, absl::Time now);
   // Leader only: asks for a linearizable read point; the answer arrives as a ReadState.
   absl::Status ReadIndex(std::string context);
@@ -138,7 +139,10 @@ class Node {
   LogIndex first_index() const { return log_.FirstIndex(); }
   std::optional<Term> TermAt(LogIndex index) const { return log_.TermAt(index); }
   // Membership as of the applied index (what a snapshot taken now must record).
-  ConfState conf_state() const;
+  const ConfState& conf_state() const { return applied_conf_; }
+  // Membership this node acts on: the latest change in its log, committed or not (Raft thesis
+  // §4.1). Elections and commit counting use it.
+  ConfState effective_conf_state() const;
   NodeId lead_transferee() const { return lead_transferee_; }
   // Leader only: the follower's progress, for tests and status pages.
   const Progress* ProgressOf(NodeId peer) const;
@@ -166,7 +170,6 @@ class Node {
   enum class CampaignKind : uint8_t { kPreElection, kElection, kTransfer };
   void StartCampaign(CampaignKind kind);
   void Hup(CampaignKind kind);
-  bool HasUnappliedConfChange() const;
   // Records a (pre-)vote and acts on the result.
   void Poll(NodeId from, bool granted);
   void TickElection();
@@ -192,8 +195,11 @@ class Node {
   void SendTimeoutNow(NodeId to);
   bool CommittedInCurrentTerm() const;
   void ReleasePendingReads();
-  void ApplyConfChange(const ConfChange& change);
-  void ApplyConfState(const ConfState& conf_state);
+  static void ApplyChangeTo(const ConfChange& change, ConfState& conf);
+  // Records the membership changes among `entries` just written after index `after` (and
+  // forgets those a conflicting suffix removed), then recomputes the effective configuration.
+  void TrackLogConfChanges(LogIndex after, const std::vector<Entry>& entries);
+  void RecomputeConfig();
   void ResetProgress();
   Progress NewProgress() const;
 
@@ -208,6 +214,10 @@ class Node {
   NodeId leader_;
   Role role_ = Role::kFollower;
 
+  // Membership: as of the applied index, the unapplied changes in the log, and the effective
+  // result of both (see effective_conf_state()).
+  ConfState applied_conf_;
+  std::map<LogIndex, std::pair<Term, ConfChange>> log_conf_changes_;
   std::set<NodeId> voters_;
   std::set<NodeId> learners_;
   std::map<NodeId, Progress> progress_;  // leader only; includes the leader itself

@@ -792,17 +792,43 @@ TEST(MembershipTest, RemovedNodeCannotDisruptCluster) {
   EXPECT_EQ(c.node(2).term(), term);
 }
 
-TEST(MembershipTest, RemovedLeaderStepsDownAndOthersElect) {
+TEST(MembershipTest, LeaderCannotRemoveItself) {
   TestCluster c(3);
   c.Elect(1);
-  ASSERT_TRUE(c.node(1).ProposeConfChange({ConfChangeType::kRemove, NodeId(1)}, c.now()).ok());
+  EXPECT_EQ(
+      c.node(1).ProposeConfChange({ConfChangeType::kRemove, NodeId(1)}, c.now()).status().code(),
+      absl::StatusCode::kFailedPrecondition);
+}
+
+TEST(MembershipTest, ChangeTakesEffectWhenAppendedNotWhenApplied) {
+  TestCluster c(3);
+  c.Elect(1);
+  c.Isolate(2);
+  c.Isolate(3);
+  ASSERT_TRUE(c.node(1).ProposeConfChange({ConfChangeType::kAddLearner, NodeId(4)}, c.now()).ok());
+  EXPECT_EQ(c.node(1).effective_conf_state().learners, std::vector<NodeId>{NodeId(4)});
+  EXPECT_TRUE(c.node(1).conf_state().learners.empty());  // not applied yet
+  EXPECT_NE(c.node(1).ProgressOf(NodeId(4)), nullptr);
+}
+
+TEST(MembershipTest, FollowerForgetsChangeFromTruncatedSuffix) {
+  TestCluster c(3);
+  c.Elect(1);
+  c.Isolate(1);
+  // The isolated leader appends a removal only it holds; node 2 then leads a new term.
+  ASSERT_TRUE(c.node(1).ProposeConfChange({ConfChangeType::kRemove, NodeId(3)}, c.now()).ok());
   c.Stabilize();
-  EXPECT_NE(c.node(1).role(), Role::kLeader);
-  for (int i = 0; i < 40 && c.node(2).role() != Role::kLeader && c.node(3).role() != Role::kLeader;
+  ASSERT_EQ(c.node(1).effective_conf_state().voters.size(), 2u);
+  for (int i = 0; i < 60 && c.node(2).role() != Role::kLeader && c.node(3).role() != Role::kLeader;
        ++i) {
     c.TickAll(1);
   }
-  EXPECT_TRUE(c.node(2).role() == Role::kLeader || c.node(3).role() == Role::kLeader);
+  const uint64_t leader = c.node(2).role() == Role::kLeader ? 2 : 3;
+  ASSERT_EQ(c.node(leader).role(), Role::kLeader);
+  c.Propose(leader, "x");
+  c.Heal();
+  c.TickAll(3);
+  EXPECT_EQ(c.node(1).effective_conf_state().voters.size(), 3u);
 }
 
 TEST(MembershipTest, RemovingVoterShrinksQuorum) {
