@@ -55,8 +55,11 @@ int main(int argc, char** argv) {
         seed, seed, sweep.run.steps,
         sweep.run.nodes > 0 ? sweep.run.nodes : ((seed - sweep.first_seed) % 2 == 0 ? 3 : 5));
   }
-  std::printf("%lu seeds x %d steps: %zu failed; highest commit index %lu, %lu elections\n",
-              result.runs, sweep.run.steps, result.failing_seeds.size(), result.max_committed,
-              result.total_elections);
+  const backstop::raft::sim::SimStats& t = result.totals;
+  std::printf(
+      "%lu seeds x %d steps: %zu failed; highest commit index %lu; %lu elections, %lu crashes, "
+      "%lu snapshots installed, %lu membership changes, %lu reads, %lu messages\n",
+      result.runs, sweep.run.steps, result.failing_seeds.size(), t.committed, t.elections,
+      t.crashes, t.snapshots_installed, t.conf_changes, t.reads, t.messages);
   return result.failing_seeds.empty() ? 0 : 1;
 }

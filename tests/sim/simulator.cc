@@ -338,7 +338,7 @@ class Simulation {
         n.tick_percent = kRates[rng_.Below(4)];
       }
     }
-    if (rng_.OneIn(120)) {
+    if (rng_.OneIn(60)) {
       ChangeMembership();
     }
     if (rng_.OneIn(250)) {
@@ -851,8 +851,13 @@ SweepResult RunSweep(const SweepOptions& sweep) {
       SimResult r = RunSimulation(options);
       std::lock_guard<std::mutex> lock(mu);
       ++out.runs;
-      out.max_committed = std::max(out.max_committed, r.stats.committed);
-      out.total_elections += r.stats.elections;
+      out.totals.committed = std::max(out.totals.committed, r.stats.committed);
+      out.totals.elections += r.stats.elections;
+      out.totals.crashes += r.stats.crashes;
+      out.totals.snapshots_installed += r.stats.snapshots_installed;
+      out.totals.conf_changes += r.stats.conf_changes;
+      out.totals.reads += r.stats.reads;
+      out.totals.messages += r.stats.messages;
       if (!r.ok) {
         out.failures.push_back(r.violation);
         out.failing_seeds.push_back(options.seed);

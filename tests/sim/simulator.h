@@ -57,8 +57,7 @@ struct SweepOptions {
 
 struct SweepResult {
   uint64_t runs = 0;
-  uint64_t max_committed = 0;
-  uint64_t total_elections = 0;
+  SimStats totals;                      // summed over runs (committed: the highest)
   std::vector<uint64_t> failing_seeds;  // sorted
   std::vector<std::string> failures;    // violation texts, in completion order
 };

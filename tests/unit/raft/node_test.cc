@@ -334,6 +334,33 @@ TEST_F(SoloNodeTest, LeaderSendsAppendsBeforeItsOwnPersistence) {
   EXPECT_EQ(appends, 2);
 }
 
+TEST_F(SoloNodeTest, LeaderSendsHeartbeatEveryHeartbeatTick) {
+  BecomeLeaderOf3();
+  Flush();
+  node_->Tick(kT0);
+  int heartbeats = 0;
+  for (const Message& m : FlushMessages()) {
+    heartbeats += m.type == MessageType::kHeartbeat ? 1 : 0;
+  }
+  EXPECT_EQ(heartbeats, 2);
+}
+
+TEST_F(SoloNodeTest, HeartbeatCommitNeverExceedsFollowersMatch) {
+  BecomeLeaderOf3();
+  Flush();
+  Message ack = Msg(MessageType::kAppendResponse, 2, 2);
+  ack.index = LogIndex(2);
+  node_->Step(ack);
+  ASSERT_EQ(node_->commit(), LogIndex(2));
+  FlushMessages();
+  node_->Tick(kT0);
+  for (const Message& m : FlushMessages()) {
+    if (m.type == MessageType::kHeartbeat) {
+      EXPECT_EQ(m.commit, m.to == NodeId(2) ? LogIndex(2) : LogIndex(0)) << m.to.value();
+    }
+  }
+}
+
 TEST_F(SoloNodeTest, LeaderCountsItselfOnlyForPersistedEntries) {
   BecomeLeaderOf3();
   Message ack = Msg(MessageType::kAppendResponse, 2, 2);
@@ -412,6 +439,48 @@ TEST_F(SoloNodeTest, FollowerRejectionHintSkipsWholeConflictingTerm) {
   EXPECT_EQ(out[0].log_term, Term(1));
 }
 
+TEST_F(SoloNodeTest, SplitVoteCandidateRetriesInNextTerm) {
+  NodeOptions options;
+  options.pre_vote = PreVote::kDisabled;
+  Init(3, options);
+  node_->Campaign();
+  Flush();
+  ASSERT_EQ(node_->term(), Term(2));
+  for (int i = 0; i < 2 * options.election_ticks && node_->term() == Term(2); ++i) {
+    node_->Tick(kT0);
+  }
+  EXPECT_EQ(node_->role(), Role::kCandidate);
+  EXPECT_EQ(node_->term(), Term(3));
+}
+
+TEST_F(SoloNodeTest, SnapshotForEntriesAlreadyHeldOnlyAdvancesCommit) {
+  Init(3, {}, {E(2, 1), E(3, 1)});
+  Message m = Msg(MessageType::kSnapshot, 2, 1);
+  Snapshot snap;
+  snap.meta.index = LogIndex(2);
+  snap.meta.term = Term(1);
+  snap.meta.conf_state = node_->conf_state();
+  m.snapshot = snap;
+  node_->Step(m);
+  Ready rd = Flush();
+  EXPECT_FALSE(rd.snapshot.has_value());
+  EXPECT_EQ(node_->commit(), LogIndex(2));
+  EXPECT_EQ(node_->last_index(), LogIndex(3));
+}
+
+TEST_F(SoloNodeTest, RestartWithAppliedIndexDoesNotReapply) {
+  Init(3, {}, {E(2, 1, "a"), E(3, 1, "b")});
+  ASSERT_TRUE(storage_.SetHardState(HardState{Term(1), kNoNode, LogIndex(3)}).ok());
+  NodeOptions options;
+  options.id = NodeId(1);
+  options.applied = LogIndex(2);
+  auto node = Node::Create(options, &storage_);
+  ASSERT_TRUE(node.ok());
+  Ready rd = (*node)->GetReady();
+  ASSERT_EQ(rd.committed_entries.size(), 1u);
+  EXPECT_EQ(rd.committed_entries[0].data, "b");
+}
+
 // ---- PreVote ---------------------------------------------------------------------------------
 
 TEST_F(SoloNodeTest, PreVoteDoesNotChangeTermOrVote) {
@@ -434,6 +503,14 @@ TEST_F(SoloNodeTest, GrantingPreVoteDoesNotChangeTerm) {
   EXPECT_FALSE(out[0].reject);
   EXPECT_EQ(node_->term(), Term(1));
   EXPECT_EQ(node_->vote(), kNoNode);
+}
+
+TEST_F(SoloNodeTest, RejectsPreVoteFromCandidateWithStaleLog) {
+  Init(3, {}, {E(2, 1)});
+  node_->Step(VoteReq(2, 2, 1, 1, MessageType::kPreVote));
+  std::vector<Message> out = FlushMessages();
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_TRUE(out[0].reject);
 }
 
 TEST(PreVoteTest, IsolatedNodeDoesNotInflateTerm) {
@@ -600,6 +677,15 @@ TEST(ReadIndexTest, WaitsForFirstCommitOfLeadersTerm) {
   EXPECT_EQ(c.read_states(1)[0].index, c.node(1).last_index());  // includes the empty entry
 }
 
+TEST(ReadIndexTest, SingleVoterAnswersWithoutHeartbeats) {
+  TestCluster c(1);
+  c.Elect(1);
+  ASSERT_TRUE(c.node(1).ReadIndex("r").ok());
+  c.Stabilize();
+  ASSERT_EQ(c.read_states(1).size(), 1u);
+  EXPECT_EQ(c.read_states(1)[0].index, c.node(1).commit());
+}
+
 TEST(ReadIndexTest, FollowerRefusesReadIndex) {
   TestCluster c(3);
   c.Elect(1);
@@ -749,6 +835,21 @@ TEST(MembershipTest, PromotedLearnerCountsTowardsQuorum) {
   c.Isolate(3);
   c.TickAll(2);
   EXPECT_GT(c.node(1).commit(), before);
+}
+
+TEST(MembershipTest, PromotionRequiresLearner) {
+  TestCluster c(3);
+  c.Elect(1);
+  EXPECT_EQ(c.node(1)
+                .ProposeConfChange({ConfChangeType::kPromoteVoter, NodeId(7)}, c.now())
+                .status()
+                .code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(c.node(1)
+                .ProposeConfChange({ConfChangeType::kAddLearner, NodeId(2)}, c.now())
+                .status()
+                .code(),
+            absl::StatusCode::kAlreadyExists);
 }
 
 TEST(MembershipTest, RejectsSecondChangeWhileOneIsPending) {
