@@ -205,13 +205,8 @@ void Node::Hup(CampaignKind kind) {
 void Node::StartCampaign(CampaignKind kind) {
   if (kind == CampaignKind::kPreElection) {
     BecomePreCandidate();
-    votes_[options_.id] = true;  // a pre-vote changes nothing durable
   } else {
     BecomeCandidate();
-  }
-  if (kind == CampaignKind::kPreElection && voters_.size() == 1) {
-    StartCampaign(CampaignKind::kElection);
-    return;
   }
   const Term term = kind == CampaignKind::kPreElection ? term_ + 1 : term_;
   for (NodeId peer : voters_) {
@@ -229,6 +224,17 @@ void Node::StartCampaign(CampaignKind kind) {
     }
     Send(std::move(m));
   }
+  if (kind == CampaignKind::kPreElection) {
+    Poll(options_.id, true);  // a pre-vote changes nothing durable: it counts at once
+  }
+}
+
+bool Node::Promotable() const {
+  // A node whose removal is in its log but not applied may still campaign (counting only the
+  // votes of its log's configuration): it may hold the only up-to-date log, and the removal
+  // must be committed by someone.
+  return voters_.contains(options_.id) ||
+         std::binary_search(applied_conf_.voters.begin(), applied_conf_.voters.end(), options_.id);
 }
 
 void Node::Poll(NodeId from, bool granted) {
@@ -836,7 +842,8 @@ absl::Status Node::ReadIndex(std::string context) {
     reads_waiting_for_commit_.push_back(std::move(context));
     return absl::OkStatus();
   }
-  if (voters_.size() == 1) {
+  const bool self_votes = voters_.contains(options_.id);
+  if (self_votes && voters_.size() == 1) {
     read_states_.push_back(ReadState{log_.committed(), std::move(context)});
     return absl::OkStatus();
   }
@@ -845,7 +852,11 @@ absl::Status Node::ReadIndex(std::string context) {
       return absl::AlreadyExistsError("raft: read context already pending");
     }
   }
-  pending_reads_.push_back(PendingRead{context, log_.committed(), {options_.id}});
+  PendingRead read{context, log_.committed(), {}};
+  if (self_votes) {
+    read.acks.insert(options_.id);
+  }
+  pending_reads_.push_back(std::move(read));
   BroadcastHeartbeat(context);
   return absl::OkStatus();
 }
@@ -1026,6 +1037,10 @@ void Node::Advance() {
     log_conf_changes_.erase(log_conf_changes_.begin(),
                             log_conf_changes_.upper_bound(log_.applied()));
     RecomputeConfig();
+  }
+  if (role_ == Role::kLeader && !Promotable()) {
+    BecomeFollower(term_, kNoNode);  // our own removal is committed: hand over
+    return;
   }
 
   if (role_ == Role::kLeader) {

@@ -158,7 +158,7 @@ class Node {
 
   Node(const NodeOptions& options, const LogStorage* storage);
 
-  bool Promotable() const { return voters_.contains(options_.id); }
+  bool Promotable() const;
   size_t Quorum() const { return voters_.size() / 2 + 1; }
   bool InLease() const;
   void ResetRandomizedTimeout();

@@ -291,8 +291,10 @@ class Simulation {
 
   // ---- events ----------------------------------------------------------------------------
 
+  // Opens a calm window: no loss, no partitions, everyone up — except, half of the time, one
+  // node that stays crashed or cut off, when the rest still holds a quorum. Progress is then
+  // required all the same: a quorum that can talk must make progress.
   void EnterCalm() {
-    Log("calm window opens");
     calm_start_ = step_;
     calm_first_payload_ = next_payload_;
     progress_seen_ = false;
@@ -306,6 +308,60 @@ class Simulation {
         Start(n);
       }
     }
+    const NodeId excluded = rng_.OneIn(2) ? PickExcludable() : kNoNode;
+    Log("calm window opens (excluding n%lu)", excluded.value());
+    if (excluded.IsNone()) {
+      return;
+    }
+    if (rng_.OneIn(2)) {
+      Crash(nodes_.at(excluded));
+      return;
+    }
+    for (const auto& [other, unused] : nodes_) {
+      blocked_.insert({excluded.value(), other.value()});
+      blocked_.insert({other.value(), excluded.value()});
+    }
+  }
+
+  // A node without which some other node could still win an election: it may campaign, and
+  // a quorum of its log's configuration, all up, would find its log up to date. (A quorum of
+  // some configuration is not enough: the only up-to-date log may sit on a node that is not a
+  // voter in its own log.) Every node is up when this is called.
+  NodeId PickExcludable() {
+    auto it = nodes_.begin();
+    std::advance(it, static_cast<std::ptrdiff_t>(rng_.Below(nodes_.size())));
+    const NodeId excluded = it->first;
+    for (const auto& [cid, c] : nodes_) {
+      if (cid == excluded || !c.alive()) {
+        continue;
+      }
+      const ConfState cs = c.node->effective_conf_state();
+      const ConfState applied = c.node->conf_state();
+      auto has = [](const std::vector<NodeId>& ids, NodeId id) {
+        return std::find(ids.begin(), ids.end(), id) != ids.end();
+      };
+      if (!has(cs.voters, cid) && !has(applied.voters, cid)) {
+        continue;
+      }
+      const LogIndex c_last = c.node->last_index();
+      const Term c_term = c.node->TermAt(c_last).value_or(Term(0));
+      size_t grants = 0;
+      for (NodeId v : cs.voters) {
+        auto vit = nodes_.find(v);
+        if (v == excluded || vit == nodes_.end() || !vit->second.alive()) {
+          continue;
+        }
+        const Node& vn = *vit->second.node;
+        const Term v_term = vn.TermAt(vn.last_index()).value_or(Term(0));
+        if (c_term > v_term || (c_term == v_term && c_last >= vn.last_index())) {
+          ++grants;
+        }
+      }
+      if (!cs.voters.empty() && grants >= cs.voters.size() / 2 + 1) {
+        return excluded;
+      }
+    }
+    return kNoNode;
   }
 
   void ChaosEvents() {
@@ -532,6 +588,9 @@ class Simulation {
     }
     trace_ = Mix(trace_, (static_cast<uint64_t>(m.type) << 56) ^ (m.from.value() << 48) ^
                              (m.to.value() << 40) ^ (m.term.value() << 20) ^ m.index.value());
+    Log("deliver %d n%lu->n%lu t%lu i%lu lt%lu c%lu%s n=%zu", static_cast<int>(m.type),
+        m.from.value(), m.to.value(), m.term.value(), m.index.value(), m.log_term.value(),
+        m.commit.value(), m.reject ? " reject" : "", m.entries.size());
     it->second.node->Step(m);
     ProcessReady(it->second);
   }

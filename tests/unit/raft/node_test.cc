@@ -481,6 +481,34 @@ TEST_F(SoloNodeTest, RestartWithAppliedIndexDoesNotReapply) {
   EXPECT_EQ(rd.committed_entries[0].data, "b");
 }
 
+TEST_F(SoloNodeTest, NodeWhoseRemovalIsOnlyInItsLogStillCampaignsAndStepsDownOnceApplied) {
+  NodeOptions options;
+  options.pre_vote = PreVote::kDisabled;
+  Entry removal = E(2, 1);
+  removal.type = EntryType::kConfChange;
+  removal.data = EncodeConfChange({ConfChangeType::kRemove, NodeId(1)});
+  Init(3, options, {removal});
+  ASSERT_EQ(node_->effective_conf_state().voters, (std::vector<NodeId>{NodeId(2), NodeId(3)}));
+  node_->Campaign();
+  Flush();
+  ASSERT_EQ(node_->role(), Role::kCandidate);  // it holds the only copy of the removal
+  node_->Step(Msg(MessageType::kVoteResponse, 2, 2));
+  EXPECT_EQ(node_->role(), Role::kCandidate);  // its own vote does not count: 1 of {2, 3}
+  node_->Step(Msg(MessageType::kVoteResponse, 3, 2));
+  ASSERT_EQ(node_->role(), Role::kLeader);
+  Flush();
+  Message ack = Msg(MessageType::kAppendResponse, 2, 2);
+  ack.index = LogIndex(3);
+  node_->Step(ack);
+  EXPECT_EQ(node_->role(), Role::kLeader);  // committed, not yet applied
+  ack.from = NodeId(3);
+  node_->Step(ack);
+  ASSERT_EQ(node_->commit(), LogIndex(3));
+  Flush();  // applies the removal
+  EXPECT_EQ(node_->role(), Role::kFollower);
+  EXPECT_TRUE(node_->conf_state().voters == (std::vector<NodeId>{NodeId(2), NodeId(3)}));
+}
+
 // ---- PreVote ---------------------------------------------------------------------------------
 
 TEST_F(SoloNodeTest, PreVoteDoesNotChangeTermOrVote) {
