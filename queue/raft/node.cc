@@ -343,9 +343,11 @@ void Node::Send(Message message) {
   if (message.term == Term(0)) {
     message.term = term_;
   }
-  const bool after = IsResponseAfterPersist(message.type) &&
-                     !(HasFault(options_.test_faults, RaftTestFault::kSendVoteBeforePersist) &&
-                       message.type == MessageType::kVoteResponse);
+  const bool early = (HasFault(options_.test_faults, RaftTestFault::kSendVoteBeforePersist) &&
+                      message.type == MessageType::kVoteResponse) ||
+                     (HasFault(options_.test_faults, RaftTestFault::kAckAppendBeforePersist) &&
+                      message.type == MessageType::kAppendResponse);
+  const bool after = IsResponseAfterPersist(message.type) && !early;
   (after ? messages_after_persist_ : messages_).push_back(std::move(message));
 }
 

@@ -56,6 +56,7 @@ enum class RaftTestFault : uint32_t {
   kGrantVoteWithoutLogCheck = 1 << 0,   // skip §5.4.1's "candidate's log is up to date" check
   kCommitPreviousTermByCount = 1 << 1,  // commit by replica count, ignoring §5.4.2's term check
   kSendVoteBeforePersist = 1 << 2,      // send vote responses before the vote is durable
+  kAckAppendBeforePersist = 1 << 3,     // acknowledge appends before the entries are durable
 };
 constexpr RaftTestFault operator|(RaftTestFault a, RaftTestFault b) {
   return static_cast<RaftTestFault>(static_cast<uint32_t>(a) | static_cast<uint32_t>(b));
@@ -106,8 +107,8 @@ class Node {
   // Advances logical time by one tick. `now` is the caller's wall clock (never read by the node
   // except to stamp entries it creates as leader).
   void Tick(absl::Time now);
-  // Handles a message from a peer. Messages for another node or from an unknown term shape are
-  // ignored.
+  // Handles a message from a peer. Messages addressed to another node, or from ourselves, are
+  // ignored; stale ones are answered or dropped as Raft prescribes.
   void Step(const Message& message);
   // Leader only: appends entries holding `payloads`, stamped with the cluster time. Returns the
   // index of the last one. FailedPrecondition when not the leader (the message names the known
@@ -117,7 +118,9 @@ class Node {
   // FailedPrecondition while another is pending, before the leader has committed an entry of
   // its own term, or for removing the leader itself (transfer leadership first).
   absl::StatusOr<LogIndex> ProposeConfChange(const ConfChange& change, absl::Time now);
-  // Leader only: asks for a linearizable read point; the answer arrives as a ReadState.
+  // Leader only: asks for a linearizable read point; the answer arrives as a ReadState once a
+  // quorum confirmed our leadership (and, for a new leader, once an entry of its term is
+  // committed). Lost if leadership is lost meanwhile: the caller times out and retries.
   absl::Status ReadIndex(std::string context);
   // Leader only: hands leadership to `to` (a voter) once it is caught up.
   absl::Status TransferLeadership(NodeId to);
@@ -126,6 +129,8 @@ class Node {
 
   bool HasReady() const;
   Ready GetReady();
+  // Acknowledges the Ready from the last GetReady(): everything in it is persisted, sent and
+  // applied as described at the top of this file.
   void Advance();
 
   NodeId id() const { return options_.id; }

@@ -25,7 +25,8 @@ int main(int argc, char** argv) {
   app.add_option("--threads", sweep.threads, "worker threads")->capture_default_str();
   app.add_option("--fault", fault,
                  "test-only bug to build in: none, grant-vote-without-log-check, "
-                 "commit-previous-term-by-count, send-vote-before-persist")
+                 "commit-previous-term-by-count, send-vote-before-persist, "
+                 "ack-append-before-persist")
       ->capture_default_str();
   app.add_flag("--verbose", sweep.run.verbose, "trace every event (use with one seed)");
   CLI11_PARSE(app, argc, argv);
@@ -36,6 +37,8 @@ int main(int argc, char** argv) {
     sweep.run.faults = RaftTestFault::kCommitPreviousTermByCount;
   } else if (fault == "send-vote-before-persist") {
     sweep.run.faults = RaftTestFault::kSendVoteBeforePersist;
+  } else if (fault == "ack-append-before-persist") {
+    sweep.run.faults = RaftTestFault::kAckAppendBeforePersist;
   } else if (fault != "none") {
     std::fprintf(stderr, "unknown --fault %s\n", fault.c_str());
     return 2;

@@ -87,5 +87,9 @@ TEST(SimulatorTest, CatchesVoteSentBeforePersistence) {
   ExpectCaught(RaftTestFault::kSendVoteBeforePersist, "election safety");
 }
 
+TEST(SimulatorTest, CatchesAppendAckedBeforePersistence) {
+  ExpectCaught(RaftTestFault::kAckAppendBeforePersist, "not durable");
+}
+
 }  // namespace
 }  // namespace backstop::raft::sim

@@ -252,6 +252,16 @@ TEST_F(SoloNodeTest, AppendAckIsSentOnlyAfterPersistence) {
   ASSERT_EQ(rd.entries.size(), 1u);
 }
 
+TEST_F(SoloNodeTest, TestFaultAcksAppendBeforePersistence) {
+  NodeOptions options;
+  options.test_faults = RaftTestFault::kAckAppendBeforePersist;
+  Init(3, options);
+  node_->Step(Append(2, 1, 1, 1, {E(2, 1)}, 0));
+  Ready rd = node_->GetReady();
+  EXPECT_EQ(rd.messages.size(), 1u);
+  EXPECT_TRUE(rd.messages_after_persist.empty());
+}
+
 TEST_F(SoloNodeTest, NoSecondReadyUntilAdvance) {
   Init(3);
   node_->Step(Append(2, 1, 1, 1, {E(2, 1)}, 0));
