@@ -8,6 +8,18 @@ namespace backstop::raft {
 
 namespace {
 
+// Message types map onto the wire enum by value.
+static_assert(static_cast<int>(MessageType::kAppend) == wire::MSG_APPEND);
+static_assert(static_cast<int>(MessageType::kAppendResponse) == wire::MSG_APPEND_RESPONSE);
+static_assert(static_cast<int>(MessageType::kHeartbeat) == wire::MSG_HEARTBEAT);
+static_assert(static_cast<int>(MessageType::kHeartbeatResponse) == wire::MSG_HEARTBEAT_RESPONSE);
+static_assert(static_cast<int>(MessageType::kVote) == wire::MSG_VOTE);
+static_assert(static_cast<int>(MessageType::kVoteResponse) == wire::MSG_VOTE_RESPONSE);
+static_assert(static_cast<int>(MessageType::kPreVote) == wire::MSG_PRE_VOTE);
+static_assert(static_cast<int>(MessageType::kPreVoteResponse) == wire::MSG_PRE_VOTE_RESPONSE);
+static_assert(static_cast<int>(MessageType::kSnapshot) == wire::MSG_SNAPSHOT);
+static_assert(static_cast<int>(MessageType::kTimeoutNow) == wire::MSG_TIMEOUT_NOW);
+
 int64_t ToMicros(absl::Time t) {
   return absl::ToUnixMicros(t);
 }

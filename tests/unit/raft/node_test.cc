@@ -272,6 +272,59 @@ TEST_F(SoloNodeTest, NoSecondReadyUntilAdvance) {
   EXPECT_TRUE(node_->HasReady());
 }
 
+TEST_F(SoloNodeTest, DoesNotGrantVoteForLowerTerm) {
+  Init(3, {}, {}, Term(3));
+  node_->Step(VoteReq(2, 2, 1, 1));
+  for (const Message& m : FlushMessages()) {
+    EXPECT_FALSE(m.type == MessageType::kVoteResponse && !m.reject);
+  }
+  EXPECT_EQ(node_->vote(), kNoNode);
+  EXPECT_EQ(node_->term(), Term(3));
+}
+
+TEST_F(SoloNodeTest, LeaderTrafficKeepsFollowerFromCampaigning) {
+  Init(3);
+  for (int i = 0; i < 100; ++i) {
+    node_->Tick(kT0);
+    node_->Step(Append(2, 1, 1, 1, {}, 1));
+    FlushMessages();
+  }
+  EXPECT_EQ(node_->role(), Role::kFollower);
+  EXPECT_EQ(node_->term(), Term(1));
+}
+
+TEST(ElectionTimerTest, GrantingVoteResetsElectionTimer) {
+  // Across several randomised timeouts: 9 ticks, a vote in the current term, 9 more ticks. Only
+  // a timer reset by the vote keeps every node from campaigning (timeouts are 10..19).
+  for (uint64_t seed = 1; seed <= 20; ++seed) {
+    MemoryLogStorage storage;
+    ASSERT_TRUE(Bootstrap(storage, ConfState{{NodeId(1), NodeId(2), NodeId(3)}, {}}).ok());
+    ASSERT_TRUE(storage.SetHardState(HardState{Term(2), kNoNode, LogIndex(1)}).ok());
+    NodeOptions options;
+    options.id = NodeId(1);
+    options.pre_vote = PreVote::kDisabled;
+    options.random_seed = seed;
+    auto node = Node::Create(options, &storage);
+    ASSERT_TRUE(node.ok());
+    for (int i = 0; i < options.election_ticks - 1; ++i) {
+      (*node)->Tick(kT0);
+    }
+    Message vote;
+    vote.type = MessageType::kVote;
+    vote.from = NodeId(2);
+    vote.to = NodeId(1);
+    vote.term = Term(2);
+    vote.index = LogIndex(1);
+    vote.log_term = Term(1);
+    (*node)->Step(vote);
+    ASSERT_EQ((*node)->vote(), NodeId(2));
+    for (int i = 0; i < options.election_ticks - 1; ++i) {
+      (*node)->Tick(kT0);
+    }
+    EXPECT_EQ((*node)->role(), Role::kFollower) << "seed " << seed;
+  }
+}
+
 // ---- Figure 2: candidates --------------------------------------------------------------------
 
 TEST_F(SoloNodeTest, CampaignsAfterRandomizedElectionTimeout) {
