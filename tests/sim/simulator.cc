@@ -381,7 +381,8 @@ class Simulation {
       Log("partitions heal");
     }
     for (auto& [id, n] : nodes_) {
-      if (n.alive() && rng_.OneIn(300)) {
+      // Crashes favour nodes with a write in flight: that is where forgotten state hides.
+      if (n.alive() && (rng_.OneIn(300) || (n.pending && rng_.OneIn(30)))) {
         Crash(n);
       } else if (!n.alive() && step_ >= n.down_until) {
         Start(n);
@@ -493,7 +494,8 @@ class Simulation {
       }
     }
     if (rng_.Percent(5)) {
-      if (SimNode* leader = Leader()) {
+      // Reads go to deposed leaders too: they must not answer from a stale commit index.
+      if (SimNode* leader = rng_.OneIn(2) ? Leader() : RandomLeader()) {
         std::string context = "r" + std::to_string(next_read_++);
         if (leader->node->ReadIndex(context).ok()) {
           reads_[context] = max_committed_;
