@@ -93,7 +93,7 @@ absl::Status MemoryLogStorage::SetHardState(const HardState& hard_state) {
 }
 
 absl::Status MemoryLogStorage::ApplySnapshot(const Snapshot& snapshot) {
-  if (snapshot.meta.index <= snapshot_.meta.index && !snapshot_.meta.conf_state.voters.empty()) {
+  if (snapshot.meta.index <= snapshot_.meta.index && snapshot_.meta.index != LogIndex(0)) {
     return absl::FailedPreconditionError("raft snapshot is older than the one held");
   }
   snapshot_ = snapshot;

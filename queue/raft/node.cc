@@ -167,7 +167,6 @@ void Node::ResetProgress() {
   if (self != progress_.end()) {
     self->second.MaybeUpdate(log_.persisted());
     self->second.BecomeReplicate();
-    self->second.recent_active = true;
   }
 }
 
@@ -191,15 +190,11 @@ void Node::BecomeLeader() {
 // Elections
 
 void Node::Campaign() {
-  Hup(options_.pre_vote == PreVote::kEnabled ? CampaignKind::kPreElection
-                                             : CampaignKind::kElection);
-}
-
-void Node::Hup(CampaignKind kind) {
   if (role_ == Role::kLeader || !Promotable()) {
     return;
   }
-  StartCampaign(kind);
+  StartCampaign(options_.pre_vote == PreVote::kEnabled ? CampaignKind::kPreElection
+                                                       : CampaignKind::kElection);
 }
 
 void Node::StartCampaign(CampaignKind kind) {

@@ -174,7 +174,6 @@ class Node {
   void BecomeLeader();
   enum class CampaignKind : uint8_t { kPreElection, kElection, kTransfer };
   void StartCampaign(CampaignKind kind);
-  void Hup(CampaignKind kind);
   // Records a (pre-)vote and acts on the result.
   void Poll(NodeId from, bool granted);
   void TickElection();
@@ -225,7 +224,7 @@ class Node {
   std::map<LogIndex, std::pair<Term, ConfChange>> log_conf_changes_;
   std::set<NodeId> voters_;
   std::set<NodeId> learners_;
-  std::map<NodeId, Progress> progress_;  // leader only; includes the leader itself
+  std::map<NodeId, Progress> progress_;  // leader only; includes itself while a member
   std::map<NodeId, bool> votes_;
   bool self_vote_pending_ = false;  // candidate: own vote counts once persisted
 

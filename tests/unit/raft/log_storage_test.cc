@@ -80,6 +80,17 @@ TEST(MemoryLogStorageTest, ApplySnapshotDropsEntries) {
   EXPECT_EQ(*s.TermAt(LogIndex(10)), Term(3));
 }
 
+TEST(MemoryLogStorageTest, RefusesOlderSnapshot) {
+  MemoryLogStorage s;
+  Snapshot snap;
+  snap.meta.index = LogIndex(10);
+  snap.meta.term = Term(3);
+  ASSERT_TRUE(s.ApplySnapshot(snap).ok());
+  snap.meta.index = LogIndex(9);
+  EXPECT_FALSE(s.ApplySnapshot(snap).ok());
+  EXPECT_EQ(s.LastIndex(), LogIndex(10));
+}
+
 TEST(MemoryLogStorageTest, BootstrapWritesInitialConfiguration) {
   MemoryLogStorage s;
   ConfState conf{{NodeId(1), NodeId(2)}, {}};
