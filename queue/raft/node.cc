@@ -362,6 +362,12 @@ void Node::Step(const Message& m) {
     } else if (m.type == MessageType::kAppend || m.type == MessageType::kHeartbeat ||
                m.type == MessageType::kSnapshot) {
       BecomeFollower(m.term, m.from);
+    } else if (m.type == MessageType::kVote) {
+      // Figure 2: only a vote we grant resets the election timer. A candidate whose log we
+      // refuse must not keep us (perhaps the one up-to-date node) from ever timing out.
+      const int elapsed = election_elapsed_;
+      BecomeFollower(m.term, kNoNode);
+      election_elapsed_ = elapsed;
     } else {
       BecomeFollower(m.term, kNoNode);
     }

@@ -20,7 +20,9 @@ int main(int argc, char** argv) {
   app.add_option("--seeds", sweep.seeds, "number of seeds to run")->capture_default_str();
   app.add_option("--steps", sweep.run.steps, "steps per seed")->capture_default_str();
   app.add_option("--first-seed", sweep.first_seed, "first seed")->capture_default_str();
-  app.add_option("--nodes", sweep.run.nodes, "founding voters (3 or 5; 0 alternates)")
+  app.add_option(
+         "--nodes", sweep.run.nodes,
+         "founding voters (3 or 5; 0: chosen by the seed, with election options varied too)")
       ->capture_default_str();
   app.add_option("--threads", sweep.threads, "worker threads")->capture_default_str();
   app.add_option("--fault", fault,
@@ -53,10 +55,10 @@ int main(int argc, char** argv) {
   }
   for (uint64_t seed : result.failing_seeds) {
     std::printf(
-        "failing seed: %lu (replay: raft_sim --first-seed %lu --seeds 1 --steps %d "
-        "--nodes %d --verbose)\n",
+        "failing seed: %lu (replay: raft_sim --first-seed %lu --seeds 1 --steps %d%s "
+        "--verbose)\n",
         seed, seed, sweep.run.steps,
-        sweep.run.nodes > 0 ? sweep.run.nodes : ((seed - sweep.first_seed) % 2 == 0 ? 3 : 5));
+        sweep.run.nodes > 0 ? (" --nodes " + std::to_string(sweep.run.nodes)).c_str() : "");
   }
   const backstop::raft::sim::SimStats& t = result.totals;
   std::printf(

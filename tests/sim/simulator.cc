@@ -157,7 +157,9 @@ class Simulation {
       }
       CheckStep();
       CheckCommittedDurable();
-      if (calm && step_ == calm_start_ + kProgressBound && !progress_seen_ && result_.ok) {
+      if (calm && step_ == calm_start_ + kProgressBound && !progress_seen_ && result_.ok &&
+          options_.pre_vote == PreVote::kEnabled &&
+          options_.check_quorum == CheckQuorum::kEnabled) {
         Fail("no commit within " + std::to_string(kProgressBound) +
              " steps of a calm, connected cluster; " + Status());
       }
@@ -227,6 +229,8 @@ class Simulation {
     options.max_bytes_per_append = kAppendBytes[rng_.Below(3)];
     options.random_seed = rng_.Next();
     options.test_faults = options_.faults;
+    options.pre_vote = options_.pre_vote;
+    options.check_quorum = options_.check_quorum;
     absl::StatusOr<std::unique_ptr<Node>> node = Node::Create(options, n.storage.get());
     if (!node.ok()) {
       Fail("restart of n" + std::to_string(n.id.value()) +
@@ -894,6 +898,25 @@ SimResult RunSimulation(const SimOptions& options) {
   return Simulation(options).Run();
 }
 
+SimOptions OptionsForSeed(const SimOptions& run, uint64_t seed) {
+  SimOptions options = run;
+  options.seed = seed;
+  if (run.nodes == 0) {
+    options.nodes = seed % 2 == 1 ? 3 : 5;
+    switch ((seed / 2) % 4) {
+      case 2:
+        options.pre_vote = PreVote::kDisabled;
+        break;
+      case 3:
+        options.check_quorum = CheckQuorum::kDisabled;
+        break;
+      default:
+        break;
+    }
+  }
+  return options;
+}
+
 SweepResult RunSweep(const SweepOptions& sweep) {
   SweepResult out;
   std::mutex mu;
@@ -905,10 +928,7 @@ SweepResult RunSweep(const SweepOptions& sweep) {
       if (k >= sweep.seeds) {
         return;
       }
-      SimOptions options = sweep.run;
-      options.seed = sweep.first_seed + k;
-      // Alternate cluster sizes so every sweep covers 3- and 5-node clusters.
-      options.nodes = sweep.run.nodes > 0 ? sweep.run.nodes : (k % 2 == 0 ? 3 : 5);
+      const SimOptions options = OptionsForSeed(sweep.run, sweep.first_seed + k);
       SimResult r = RunSimulation(options);
       std::lock_guard<std::mutex> lock(mu);
       ++out.runs;

@@ -17,8 +17,13 @@ namespace backstop::raft::sim {
 
 struct SimOptions {
   uint64_t seed = 1;
-  int nodes = 3;  // founding voters: 3 or 5 (0 in a sweep: alternate)
+  int nodes = 3;  // founding voters: 3 or 5 (0 in a sweep: chosen by the seed)
   int steps = 2000;
+  // Election options of every node. Liveness is only checked with both enabled (Backstop's
+  // configuration): without PreVote, stale and removed nodes may legitimately delay elections
+  // past the bound.
+  PreVote pre_vote = PreVote::kEnabled;
+  CheckQuorum check_quorum = CheckQuorum::kEnabled;
   // Deliberate bugs to build into every node (tests of the simulator itself).
   RaftTestFault faults = RaftTestFault::kNone;
   // Print every event to stderr (to study a failing seed).
@@ -48,7 +53,10 @@ enum class SweepStop : uint8_t { kNever, kAtFirstFailure };
 
 // Runs seeds first_seed .. first_seed+seeds-1 on `threads` threads.
 struct SweepOptions {
-  SimOptions run;  // seed ignored
+  // Template for every run. With nodes == 0 the seed picks the cluster: odd seeds 3 nodes, even
+  // ones 5; and one seed pair in four runs without PreVote, one without CheckQuorum. The
+  // choice depends on the seed alone, so `--first-seed S --seeds 1` replays seed S.
+  SimOptions run;
   uint64_t first_seed = 1;
   uint64_t seeds = 100;
   int threads = 2;
@@ -61,6 +69,9 @@ struct SweepResult {
   std::vector<uint64_t> failing_seeds;  // sorted
   std::vector<std::string> failures;    // violation texts, in completion order
 };
+
+// The options RunSweep uses for `seed`.
+SimOptions OptionsForSeed(const SimOptions& run, uint64_t seed);
 
 SweepResult RunSweep(const SweepOptions& sweep);
 

@@ -325,6 +325,44 @@ TEST(ElectionTimerTest, GrantingVoteResetsElectionTimer) {
   }
 }
 
+TEST(ElectionTimerTest, RefusedVoteRequestDoesNotResetElectionTimer) {
+  // A candidate with a stale log raises our term but must not postpone our own timeout: we may
+  // be the node with the log everyone needs.
+  for (uint64_t seed = 1; seed <= 20; ++seed) {
+    MemoryLogStorage storage;
+    ASSERT_TRUE(Bootstrap(storage, ConfState{{NodeId(1), NodeId(2), NodeId(3)}, {}}).ok());
+    Entry e;
+    e.index = LogIndex(2);
+    e.term = Term(2);
+    std::vector<Entry> log{e};
+    ASSERT_TRUE(storage.Append(log).ok());
+    ASSERT_TRUE(storage.SetHardState(HardState{Term(2), kNoNode, LogIndex(1)}).ok());
+    NodeOptions options;
+    options.id = NodeId(1);
+    options.pre_vote = PreVote::kDisabled;
+    options.random_seed = seed;
+    auto node = Node::Create(options, &storage);
+    ASSERT_TRUE(node.ok());
+    for (int i = 0; i < options.election_ticks - 1; ++i) {
+      (*node)->Tick(kT0);
+    }
+    Message vote;
+    vote.type = MessageType::kVote;
+    vote.from = NodeId(2);
+    vote.to = NodeId(1);
+    vote.term = Term(3);
+    vote.index = LogIndex(1);
+    vote.log_term = Term(1);  // behind our log: refused
+    (*node)->Step(vote);
+    ASSERT_EQ((*node)->term(), Term(3));
+    ASSERT_EQ((*node)->vote(), kNoNode);
+    for (int i = 0; i < options.election_ticks; ++i) {
+      (*node)->Tick(kT0);
+    }
+    EXPECT_EQ((*node)->role(), Role::kCandidate) << "seed " << seed;
+  }
+}
+
 // ---- Figure 2: candidates --------------------------------------------------------------------
 
 TEST_F(SoloNodeTest, CampaignsAfterRandomizedElectionTimeout) {
