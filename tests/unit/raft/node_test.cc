@@ -293,75 +293,68 @@ TEST_F(SoloNodeTest, LeaderTrafficKeepsFollowerFromCampaigning) {
   EXPECT_EQ(node_->term(), Term(1));
 }
 
-TEST(ElectionTimerTest, GrantingVoteResetsElectionTimer) {
-  // Across several randomised timeouts: 9 ticks, a vote in the current term, 9 more ticks. Only
-  // a timer reset by the vote keeps every node from campaigning (timeouts are 10..19).
-  for (uint64_t seed = 1; seed <= 20; ++seed) {
-    MemoryLogStorage storage;
-    ASSERT_TRUE(Bootstrap(storage, ConfState{{NodeId(1), NodeId(2), NodeId(3)}, {}}).ok());
-    ASSERT_TRUE(storage.SetHardState(HardState{Term(2), kNoNode, LogIndex(1)}).ok());
+// Election-timer tests run over several randomised timeouts (10..19 ticks): each builds a
+// follower of term 2 without PreVote, ticks it 9 times, shows it one vote request, ticks again.
+class ElectionTimerTest : public ::testing::TestWithParam<uint64_t> {
+ protected:
+  void Start(std::vector<Entry> log) {
+    ASSERT_TRUE(Bootstrap(storage_, ConfState{{NodeId(1), NodeId(2), NodeId(3)}, {}}).ok());
+    ASSERT_TRUE(storage_.Append(log).ok());
+    ASSERT_TRUE(storage_.SetHardState(HardState{Term(2), kNoNode, LogIndex(1)}).ok());
     NodeOptions options;
     options.id = NodeId(1);
     options.pre_vote = PreVote::kDisabled;
-    options.random_seed = seed;
-    auto node = Node::Create(options, &storage);
+    options.random_seed = GetParam();
+    auto node = Node::Create(options, &storage_);
     ASSERT_TRUE(node.ok());
-    for (int i = 0; i < options.election_ticks - 1; ++i) {
-      (*node)->Tick(kT0);
+    node_ = *std::move(node);
+  }
+  void TickTimes(int n) {
+    for (int i = 0; i < n; ++i) {
+      node_->Tick(kT0);
     }
+  }
+  // A vote request from node 2 whose last entry is (1, term 1).
+  void RequestVote(uint64_t term) {
     Message vote;
     vote.type = MessageType::kVote;
     vote.from = NodeId(2);
     vote.to = NodeId(1);
-    vote.term = Term(2);
+    vote.term = Term(term);
     vote.index = LogIndex(1);
     vote.log_term = Term(1);
-    (*node)->Step(vote);
-    ASSERT_EQ((*node)->vote(), NodeId(2));
-    for (int i = 0; i < options.election_ticks - 1; ++i) {
-      (*node)->Tick(kT0);
-    }
-    EXPECT_EQ((*node)->role(), Role::kFollower) << "seed " << seed;
+    node_->Step(vote);
   }
+
+  MemoryLogStorage storage_;
+  std::unique_ptr<Node> node_;
+};
+
+TEST_P(ElectionTimerTest, GrantingVoteResetsElectionTimer) {
+  Start({});
+  TickTimes(9);
+  RequestVote(2);
+  ASSERT_EQ(node_->vote(), NodeId(2));
+  TickTimes(9);
+  EXPECT_EQ(node_->role(), Role::kFollower);  // 18 ticks would have fired most timeouts
 }
 
-TEST(ElectionTimerTest, RefusedVoteRequestDoesNotResetElectionTimer) {
+TEST_P(ElectionTimerTest, RefusedVoteRequestDoesNotResetElectionTimer) {
   // A candidate with a stale log raises our term but must not postpone our own timeout: we may
   // be the node with the log everyone needs.
-  for (uint64_t seed = 1; seed <= 20; ++seed) {
-    MemoryLogStorage storage;
-    ASSERT_TRUE(Bootstrap(storage, ConfState{{NodeId(1), NodeId(2), NodeId(3)}, {}}).ok());
-    Entry e;
-    e.index = LogIndex(2);
-    e.term = Term(2);
-    std::vector<Entry> log{e};
-    ASSERT_TRUE(storage.Append(log).ok());
-    ASSERT_TRUE(storage.SetHardState(HardState{Term(2), kNoNode, LogIndex(1)}).ok());
-    NodeOptions options;
-    options.id = NodeId(1);
-    options.pre_vote = PreVote::kDisabled;
-    options.random_seed = seed;
-    auto node = Node::Create(options, &storage);
-    ASSERT_TRUE(node.ok());
-    for (int i = 0; i < options.election_ticks - 1; ++i) {
-      (*node)->Tick(kT0);
-    }
-    Message vote;
-    vote.type = MessageType::kVote;
-    vote.from = NodeId(2);
-    vote.to = NodeId(1);
-    vote.term = Term(3);
-    vote.index = LogIndex(1);
-    vote.log_term = Term(1);  // behind our log: refused
-    (*node)->Step(vote);
-    ASSERT_EQ((*node)->term(), Term(3));
-    ASSERT_EQ((*node)->vote(), kNoNode);
-    for (int i = 0; i < options.election_ticks; ++i) {
-      (*node)->Tick(kT0);
-    }
-    EXPECT_EQ((*node)->role(), Role::kCandidate) << "seed " << seed;
-  }
+  Entry ours;
+  ours.index = LogIndex(2);
+  ours.term = Term(2);
+  Start({ours});
+  TickTimes(9);
+  RequestVote(3);
+  ASSERT_EQ(node_->term(), Term(3));
+  ASSERT_EQ(node_->vote(), kNoNode);
+  TickTimes(10);
+  EXPECT_EQ(node_->role(), Role::kCandidate);  // 19 ticks fire every timeout
 }
+
+INSTANTIATE_TEST_SUITE_P(Seeds, ElectionTimerTest, ::testing::Range<uint64_t>(1, 21));
 
 // ---- Figure 2: candidates --------------------------------------------------------------------
 
