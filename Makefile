@@ -73,9 +73,10 @@ bench: build
 	@for b in $(BUILD_DIR)/bench/*_bench; do [ -x "$$b" ] || continue; "$$b" || exit 1; done
 
 SEEDS ?= 2000
+FIRST_SEED ?= 1
 STEPS ?= 2000
 sim: build
-	$(BUILD_DIR)/tests/raft_sim --seeds $(SEEDS) --steps $(STEPS)
+	$(BUILD_DIR)/tests/raft_sim --seeds $(SEEDS) --steps $(STEPS) --first-seed $(FIRST_SEED)
 
 FORMAT_FILES = $(shell git ls-files '*.h' '*.cc' '*.proto')
 fmt: deps-lint
