@@ -723,10 +723,12 @@ absl::StatusOr<CompleteResult> QueueStateMachine::Txn::Complete(const CompleteEn
     switch (item.outcome_case()) {
       case CompletionItem::kDelivered: {
         RETURN_IF_ERROR(WriteEntry(&*entry, nullptr));
-        // The primary took mail: the domain is up and its whole backlog is due now.
-        ASSIGN_OR_RETURN(DomainRecord record, LoadDomain(entry->domain()));
-        record.clear_schedule();
-        RETURN_IF_ERROR(StoreDomain(entry->domain(), record));
+        if (entry->lease().disposition() == DISPOSITION_DELIVER) {
+          // The primary took mail: the domain is up and its whole backlog is due now.
+          ASSIGN_OR_RETURN(DomainRecord record, LoadDomain(entry->domain()));
+          record.clear_schedule();
+          RETURN_IF_ERROR(StoreDomain(entry->domain(), record));
+        }
         break;
       }
       case CompletionItem::kBounced:

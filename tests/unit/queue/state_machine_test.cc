@@ -539,6 +539,17 @@ TEST_F(StateMachineTest, FailedAttemptsDoubleTheDomainBackoffUpToTheCap) {
   }
 }
 
+TEST(StateMachineOptionsTest, ComeFromTheDeliverySection) {
+  DeliveryConfig delivery;
+  delivery.retry_initial = absl::Seconds(3);
+  delivery.retry_max = absl::Seconds(7);
+  delivery.max_queue_lifetime = absl::Hours(1);
+  const StateMachineOptions options = StateMachineOptions::FromConfig(delivery);
+  EXPECT_EQ(options.retry_initial, absl::Seconds(3));
+  EXPECT_EQ(options.retry_max, absl::Seconds(7));
+  EXPECT_EQ(options.max_queue_lifetime, absl::Hours(1));
+}
+
 TEST_F(StateMachineTest, ConfiguredRetryDurationsSetTheBackoff) {
   options_.retry_initial = absl::Seconds(2);
   options_.retry_max = absl::Seconds(5);
@@ -692,6 +703,21 @@ TEST_F(StateMachineTest, FlushMakesADownDomainDueNow) {
   EXPECT_TRUE(probe.lease().domains(0).entries(0).lease().probe());
 }
 
+TEST_F(StateMachineTest, FlushMakesEntriesWaitingForARetryAtDueNow) {
+  AppendAll({Entry(1), Entry(2)});
+  Apply(LeaseOf(10));
+  const uint64_t token = last_index_;
+  CompletionItem item = Retry(Id(1), token);
+  item.mutable_retry()->set_retry_at_ms(Ms(now_ + absl::Hours(1)));
+  Apply(CompleteOf({item, Delivered(Id(2), token)}));  // the domain stays up
+  ASSERT_FALSE(Domain().schedule().down());
+  EXPECT_THAT(LeasedIds(Apply(LeaseOf(10))), SizeIs(0));
+  Command flush;
+  flush.mutable_flush()->set_domain(kDomain);
+  EXPECT_EQ(Apply(flush).selection().affected(), 1u);
+  EXPECT_THAT(LeasedIds(Apply(LeaseOf(10))), ElementsAre(Id(1)));
+}
+
 TEST_F(StateMachineTest, FlushOfAnUnknownDomainIsNotFound) {
   Command flush;
   flush.mutable_flush()->set_domain("unknown.example");
@@ -714,6 +740,17 @@ TEST_F(StateMachineTest, BounceLeasesTheEntriesForABounceFirstEvenWhenHeldOrDown
   const LeasedEntry& first = leased.lease().domains(0).entries(0);
   EXPECT_EQ(first.lease().disposition(), DISPOSITION_BOUNCE);
   EXPECT_EQ(first.bounce_reason(), "removed by the operator");
+}
+
+TEST_F(StateMachineTest, CompletingABounceLeavesTheDomainScheduleAlone) {
+  AppendAll({Entry(1), Entry(2)});
+  TakeDown(Id(1));
+  Command bounce;
+  bounce.mutable_bounce()->mutable_selector()->add_ids(Id(2));
+  Apply(bounce);
+  ASSERT_THAT(LeasedIds(Apply(LeaseOf(10))), ElementsAre(Id(2)));
+  ASSERT_EQ(Apply(CompleteOf({Delivered(Id(2), last_index_)})).complete().outcomes(0).code(), OK);
+  EXPECT_TRUE(Domain().schedule().down());
 }
 
 // --- Domains ----------------------------------------------------------------------------------
@@ -963,6 +1000,13 @@ TEST_F(StateMachineTest, CheckpointOpensWithTheSameStateAndIndex) {
   const uint64_t digest = Digest(*machine_);
   // Later changes stay out of the checkpoint.
   AppendAll({Entry(100)});
+
+  // Message bytes live in blob files, not in the LSM tree.
+  bool has_blob_file = false;
+  for (const auto& file : std::filesystem::directory_iterator(Dir("checkpoint"))) {
+    has_blob_file |= file.path().extension() == ".blob";
+  }
+  EXPECT_TRUE(has_blob_file);
 
   std::unique_ptr<QueueStateMachine> restored = OpenAt(Dir("checkpoint"));
   ASSERT_NE(restored, nullptr);
