@@ -207,7 +207,7 @@ class QueueStateMachine::Txn {
   absl::Status Retry(const StoredEntry& entry, const RetryLater& retry, CompletionOutcome& outcome);
   absl::StatusOr<CommandResult> Modify(const Selector& selector,
                                        const std::function<bool(StoredEntry&)>& change);
-  absl::StatusOr<CommandResult> Delete(const Selector& selector);
+  absl::StatusOr<CommandResult> DeleteEntries(const Selector& selector);
   absl::StatusOr<CommandResult> Flush(std::string_view domain);
   absl::StatusOr<CommandResult> PutDomain(const DomainSpec& spec, Code if_exists, Code if_absent);
   absl::StatusOr<CommandResult> RemoveDomain(std::string_view name);
@@ -398,7 +398,7 @@ absl::StatusOr<CommandResult> QueueStateMachine::Txn::Run(const Command& command
         return changed;
       });
     case Command::kDelete:
-      return Delete(command.delete_().selector());
+      return DeleteEntries(command.delete_().selector());
     case Command::kFlush:
       return Flush(command.flush().domain());
     case Command::kBounce: {
@@ -714,8 +714,8 @@ absl::StatusOr<CompleteResult> QueueStateMachine::Txn::Complete(const CompleteEn
       outcome.set_code(NOT_FOUND);
       continue;
     }
-    // A lease past its expiry but not yet taken over is still honoured: nobody else can hold
-    // the entry, and refusing would only cause a duplicate delivery.
+    // A lease past its expiry is still honoured until a Lease command reclaims it: nobody else
+    // holds the entry yet, and refusing would only cause a duplicate delivery.
     if (!entry->has_lease() || entry->lease().token() != item.lease_token()) {
       outcome.set_code(STALE_LEASE);
       continue;
@@ -770,7 +770,7 @@ absl::StatusOr<CommandResult> QueueStateMachine::Txn::Modify(
   return result;
 }
 
-absl::StatusOr<CommandResult> QueueStateMachine::Txn::Delete(const Selector& selector) {
+absl::StatusOr<CommandResult> QueueStateMachine::Txn::DeleteEntries(const Selector& selector) {
   if (selector.ids().empty() && selector.domain().empty()) {
     return Refused(INVALID_ARGUMENT, "empty selector");
   }
@@ -928,6 +928,9 @@ absl::StatusOr<std::unique_ptr<QueueStateMachine>> QueueStateMachine::Open(
   rocksdb::DBOptions db_options;
   db_options.create_if_missing = true;
   db_options.create_missing_column_families = true;
+  // After a crash the unsynced WAL tail may be torn: recover the longest consistent prefix of
+  // whole batches (the applied index says which), and let Raft replay the rest.
+  db_options.wal_recovery_mode = rocksdb::WALRecoveryMode::kPointInTimeRecovery;
   std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;
   for (size_t i = 0; i < std::size(kColumnFamilies); ++i) {
     rocksdb::ColumnFamilyOptions cf_options;
@@ -994,6 +997,10 @@ absl::StatusOr<CommandResult> QueueStateMachine::Apply(uint64_t index, absl::Tim
   return Apply(index, cluster_time, command);
 }
 
+absl::Status QueueStateMachine::SyncAppliedState() {
+  return FromRocks(db_->FlushWAL(/*sync=*/true), "sync WAL");
+}
+
 absl::StatusOr<std::string> QueueStateMachine::ReadValue(rocksdb::ColumnFamilyHandle* cf,
                                                          std::string_view key) const {
   std::string value;
@@ -1052,6 +1059,9 @@ absl::StatusOr<std::vector<DomainSummary>> QueueStateMachine::Summaries() const 
 
 absl::StatusOr<ListEntriesResponse> QueueStateMachine::ListEntries(
     const ListEntriesRequest& request) const {
+  if (!ValidDomainName(request.domain())) {
+    return absl::InvalidArgumentError("list entries of which domain?");
+  }
   const std::string prefix = keys::QueuePrefix(request.domain());
   if (!request.page_token().empty() && !request.page_token().starts_with(prefix)) {
     return absl::InvalidArgumentError("page token of another listing");
@@ -1176,6 +1186,7 @@ absl::Status QueueStateMachine::InstallCheckpoint(const std::string& checkpoint_
     return absl::InternalError("install " + checkpoint_dir + ": " + error.message());
   }
   std::filesystem::remove_all(replaced, error);
+  // TODO(snapshot streaming): fsync the parent directory so the rename itself is durable.
   return absl::OkStatus();
 }
 

@@ -4,6 +4,21 @@
 // leases, domain limits and counters, the domain table and the greylist, in one RocksDB
 // database. The Raft layer hands it committed log entries in order; it knows nothing of Raft.
 //
+// Semantics (the proto documents each command):
+//  - Lease first reclaims leases expired by the entry's cluster time, then leases, up to the
+//    request's maximum: entries an operator asked to bounce (DISPOSITION_BOUNCE), then per
+//    domain, oldest first, entries older than max_queue_lifetime (DISPOSITION_EXPIRED, whatever
+//    the schedule), then due entries — all of them for an up domain, and for a down domain one
+//    probe once its next attempt is due and no other probe is out. Domains are served in name
+//    order starting after the last one that filled a lease, so none starves. Held entries are
+//    never leased (and, held, never expire); the lease token is the Lease command's log index.
+//  - Complete: delivered marks the domain up, making its whole backlog due; retry of a probe
+//    doubles the domain's wait (retry_initial … retry_max), the first failure of an up domain
+//    starts it, and failures of entries leased before the outage change nothing.
+//  - Limits hold exactly at their values for configured relay domains: an Append that would take
+//    a domain past one refuses all of that domain's new entries in the command. Unconfigured
+//    destinations (DSNs to senders' domains) and DSNs appended by Complete have no limits.
+//
 // Determinism: Apply depends only on the database contents, the command and the entry's
 // cluster time (the leader's clock stamped into the log entry). It never reads a clock, draws
 // no random numbers, and every iteration runs in key order, so replicas that applied the same
@@ -14,8 +29,8 @@
 // log is the durable record: after a crash RocksDB recovers a prefix of the applied batches
 // (each one whole or not at all), the stored applied index says exactly which, and the Raft
 // layer replays its log from applied_index + 1. Syncing here would add an fsync per commit for
-// nothing. The Raft log must therefore not be compacted past an index until a checkpoint (or a
-// flushed state) covering it exists.
+// nothing. The Raft log must therefore not be compacted past an index until the state covering
+// it is durable (SyncAppliedState, or a checkpoint).
 //
 // Threads: Apply, and the other mutators, from one thread at a time (the apply loop). The const
 // queries may run on any thread concurrently with Apply; each sees the state after some whole
@@ -72,6 +87,10 @@ class QueueStateMachine {
                                       std::string_view command_bytes);
 
   uint64_t applied_index() const { return applied_index_.load(std::memory_order_acquire); }
+
+  // Makes everything applied so far durable (syncs the WAL). The Raft layer calls it before
+  // compacting its log up to applied_index(), since Apply itself does not sync.
+  absl::Status SyncAppliedState();
 
   // Read-only views for the admin API and tests. Message bytes of listed entries are not read.
   absl::StatusOr<std::vector<DomainSummary>> Summaries() const;

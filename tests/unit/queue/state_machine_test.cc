@@ -886,6 +886,8 @@ TEST_F(StateMachineTest, ListEntriesPagesThroughADomainOldestFirst) {
   EXPECT_THAT(seen, ElementsAre(Id(1), Id(2), Id(3), Id(4), Id(5)));
   request.set_domain(kOther);
   EXPECT_FALSE(machine_->ListEntries(request).ok());  // a token of another listing
+  request.set_domain("");
+  EXPECT_FALSE(machine_->ListEntries(request).ok());
 }
 
 // --- Log application --------------------------------------------------------------------------
@@ -947,6 +949,16 @@ TEST_F(StateMachineTest, ReopeningKeepsStateAndAppliedIndex) {
   now_ -= absl::Hours(1);
   AppendAll({Entry(3)});
   EXPECT_EQ(machine_->GetEntry(ToId(Id(3)))->enqueue_ms(), Ms(kStart));
+}
+
+// A crash losing unsynced writes is the simulator's to inject; here only the call's contract.
+TEST_F(StateMachineTest, SyncAppliedStateKeepsStateAndIndex) {
+  AppendAll({Entry(1)});
+  ASSERT_TRUE(machine_->SyncAppliedState().ok());
+  machine_.reset();
+  machine_ = OpenAt(Dir());
+  EXPECT_EQ(machine_->applied_index(), 1u);
+  EXPECT_TRUE(machine_->GetEntry(ToId(Id(1))).ok());
 }
 
 // Every kind of command, in an order that exercises leases, schedules and limits.
