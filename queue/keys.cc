@@ -9,6 +9,7 @@ constexpr char kQueueTag = 'q';
 constexpr char kReadyTag = 'r';
 constexpr char kLeaseTag = 'l';
 constexpr char kGreylistTag = 't';
+constexpr char kGreylistExpiryTag = 'x';
 constexpr uint64_t kSignBit = uint64_t{1} << 63;
 
 void AppendTime(int64_t time_ms, std::string& out) {
@@ -32,6 +33,13 @@ std::optional<IndexKey> ParseSuffix(std::string_view rest, bool with_domain) {
   parsed.time_ms = static_cast<int64_t>(*DecodeFixed64(rest.substr(0, 8)) ^ kSignBit);
   parsed.id = std::string(rest.substr(8));
   return parsed;
+}
+
+// "<tag> <time+1>" sorts after "<tag> <time> <anything>".
+std::string TimeUpperBound(char tag, int64_t time_ms) {
+  std::string key(1, tag);
+  AppendTime(time_ms + 1, key);
+  return key;
 }
 
 }  // namespace
@@ -116,10 +124,7 @@ std::string LeaseKey(int64_t expiry_ms, std::string_view id) {
 }
 
 std::string LeaseUpperBound(int64_t time_ms) {
-  // Every id is 16 bytes, so "<time+1>" sorts after "<time> <any id>".
-  std::string key = LeasePrefix();
-  AppendTime(time_ms + 1, key);
-  return key;
+  return TimeUpperBound(kLeaseTag, time_ms);
 }
 
 std::optional<IndexKey> ParseLeaseKey(std::string_view key) {
@@ -138,6 +143,28 @@ std::string GreylistKey(std::string_view client_network, std::string_view sender
   key.push_back('\0');
   key += recipient;
   return key;
+}
+
+std::string GreylistExpiryPrefix() {
+  return std::string(1, kGreylistExpiryTag);
+}
+
+std::string GreylistExpiryKey(int64_t expiry_ms, std::string_view greylist_key) {
+  std::string key = GreylistExpiryPrefix();
+  AppendTime(expiry_ms, key);
+  key += greylist_key;
+  return key;
+}
+
+std::string GreylistExpiryUpperBound(int64_t time_ms) {
+  return TimeUpperBound(kGreylistExpiryTag, time_ms);
+}
+
+std::optional<std::string> ParseGreylistExpiryKey(std::string_view key) {
+  if (key.size() < 1 + 8 || key[0] != kGreylistExpiryTag) {
+    return std::nullopt;
+  }
+  return std::string(key.substr(1 + 8));
 }
 
 std::string PrefixEnd(std::string_view prefix) {

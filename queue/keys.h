@@ -12,6 +12,7 @@
 //              'r' <kind> <domain> 0 <enqueue_ms:8> <id:16>         → ""  not held, not leased
 //              'l' <expiry_ms:8> <id:16>                            → ""  leased
 //   greylist   't' <client> 0 <sender> 0 <recipient>                → GreylistRecord
+//              'x' <expiry_ms:8> <greylist key>                     → ""  every record
 //
 // A domain name never contains a NUL byte (the state machine refuses such names), so
 // <domain> 0 is an unambiguous prefix.
@@ -59,6 +60,12 @@ std::optional<IndexKey> ParseLeaseKey(std::string_view key);
 
 std::string GreylistKey(std::string_view client_network, std::string_view sender,
                         std::string_view recipient);
+std::string GreylistExpiryKey(int64_t expiry_ms, std::string_view greylist_key);
+std::string GreylistExpiryPrefix();
+// Expiry keys of records expiring at or before `time_ms` sort before this key.
+std::string GreylistExpiryUpperBound(int64_t time_ms);
+// The greylist key an expiry key points at.
+std::optional<std::string> ParseGreylistExpiryKey(std::string_view key);
 
 // The smallest key greater than every key that starts with `prefix`.
 std::string PrefixEnd(std::string_view prefix);

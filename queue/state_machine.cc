@@ -28,6 +28,9 @@ constexpr const char* kColumnFamilies[] = {"default", "domains", "entries",
                                            "bodies",  "index",   "greylist"};
 constexpr size_t kBodiesCf = 3;
 constexpr uint32_t kDefaultPageSize = 100;
+// Expired greylist records removed per greylist check: bounded work per command that still
+// outpaces creation (at most one record per check).
+constexpr size_t kGreylistSweep = 8;
 
 absl::Status FromRocks(const rocksdb::Status& status, std::string_view what) {
   if (status.ok()) {
@@ -183,7 +186,10 @@ class QueueStateMachine::Txn {
   absl::Status Put(rocksdb::ColumnFamilyHandle* cf, std::string_view key, std::string_view value);
   absl::Status Delete(rocksdb::ColumnFamilyHandle* cf, std::string_view key);
   std::unique_ptr<rocksdb::Iterator> NewIterator(rocksdb::ColumnFamilyHandle* cf);
-  absl::StatusOr<std::vector<std::string>> IndexKeys(std::string_view begin, std::string_view end);
+  // Keys of `cf` in [begin, end), at most `limit`.
+  absl::StatusOr<std::vector<std::string>> ScanKeys(rocksdb::ColumnFamilyHandle* cf,
+                                                    std::string_view begin, std::string_view end,
+                                                    size_t limit = SIZE_MAX);
 
   // Records. Every change of an entry goes through WriteEntry, which keeps the index keys and
   // the domain counters in step with it.
@@ -212,6 +218,7 @@ class QueueStateMachine::Txn {
   absl::StatusOr<CommandResult> PutDomain(const DomainSpec& spec, Code if_exists, Code if_absent);
   absl::StatusOr<CommandResult> RemoveDomain(std::string_view name);
   absl::StatusOr<GreylistResult> Greylist(const GreylistCheck& check);
+  absl::Status SweepGreylist();
   absl::StatusOr<ConnectionCountResult> CountConnections(const CountConnection& request);
 
   const QueueStateMachine& machine_;
@@ -262,14 +269,15 @@ std::unique_ptr<rocksdb::Iterator> QueueStateMachine::Txn::NewIterator(
       batch_.NewIteratorWithBase(cf, machine_.db_->NewIterator(rocksdb::ReadOptions(), cf)));
 }
 
-absl::StatusOr<std::vector<std::string>> QueueStateMachine::Txn::IndexKeys(std::string_view begin,
-                                                                           std::string_view end) {
+absl::StatusOr<std::vector<std::string>> QueueStateMachine::Txn::ScanKeys(
+    rocksdb::ColumnFamilyHandle* cf, std::string_view begin, std::string_view end, size_t limit) {
   std::vector<std::string> found;
-  std::unique_ptr<rocksdb::Iterator> it = NewIterator(cf_.index);
-  for (it->Seek(begin); it->Valid() && it->key().ToStringView() < end; it->Next()) {
+  std::unique_ptr<rocksdb::Iterator> it = NewIterator(cf);
+  for (it->Seek(begin); it->Valid() && it->key().ToStringView() < end && found.size() < limit;
+       it->Next()) {
     found.emplace_back(it->key().ToStringView());
   }
-  RETURN_IF_ERROR(FromRocks(it->status(), "index scan"));
+  RETURN_IF_ERROR(FromRocks(it->status(), "scan"));
   return found;
 }
 
@@ -348,7 +356,8 @@ absl::StatusOr<std::vector<StoredEntry>> QueueStateMachine::Txn::Select(const Se
     return selected;
   }
   const std::string prefix = keys::QueuePrefix(selector.domain());
-  ASSIGN_OR_RETURN(std::vector<std::string> queue_keys, IndexKeys(prefix, keys::PrefixEnd(prefix)));
+  ASSIGN_OR_RETURN(std::vector<std::string> queue_keys,
+                   ScanKeys(cf_.index, prefix, keys::PrefixEnd(prefix)));
   for (const std::string& key : queue_keys) {
     ASSIGN_OR_RETURN(StoredEntry entry, LoadIndexedEntry(keys::ParseQueueKey(key)->id));
     selected.push_back(std::move(entry));
@@ -518,7 +527,7 @@ absl::StatusOr<AppendResult> QueueStateMachine::Txn::Append(
 
 absl::Status QueueStateMachine::Txn::ReclaimExpiredLeases() {
   ASSIGN_OR_RETURN(std::vector<std::string> expired,
-                   IndexKeys(keys::LeasePrefix(), keys::LeaseUpperBound(now_ms_)));
+                   ScanKeys(cf_.index, keys::LeasePrefix(), keys::LeaseUpperBound(now_ms_)));
   for (const std::string& key : expired) {
     ASSIGN_OR_RETURN(StoredEntry before, LoadIndexedEntry(keys::ParseLeaseKey(key)->id));
     StoredEntry after = before;
@@ -588,11 +597,8 @@ absl::StatusOr<LeaseResult> QueueStateMachine::Txn::Lease(const LeaseEntries& re
   // Operator bounces first, whatever their domain's schedule.
   const std::string bounce_prefix = keys::ReadyPrefix(keys::ReadyKind::kBounce);
   ASSIGN_OR_RETURN(std::vector<std::string> bounce_keys,
-                   IndexKeys(bounce_prefix, keys::PrefixEnd(bounce_prefix)));
+                   ScanKeys(cf_.index, bounce_prefix, keys::PrefixEnd(bounce_prefix), max_entries));
   for (const std::string& key : bounce_keys) {
-    if (picks.size() == max_entries) {
-      break;
-    }
     ASSIGN_OR_RETURN(StoredEntry entry,
                      LoadIndexedEntry(keys::ParseReadyKey(keys::ReadyKind::kBounce, key)->id));
     picks.push_back({std::move(entry), DISPOSITION_BOUNCE, false});
@@ -864,10 +870,30 @@ absl::StatusOr<GreylistResult> QueueStateMachine::Txn::Greylist(const GreylistCh
     result.set_retry_after_ms(passes_from);
   }
   if (!stored.has_value() || record.SerializeAsString() != stored->SerializeAsString()) {
+    if (stored.has_value()) {
+      RETURN_IF_ERROR(Delete(cf_.greylist, keys::GreylistExpiryKey(stored->expiry_ms(), key)));
+    }
     RETURN_IF_ERROR(Put(cf_.greylist, key, record.SerializeAsString()));
+    RETURN_IF_ERROR(Put(cf_.greylist, keys::GreylistExpiryKey(record.expiry_ms(), key), ""));
   }
   *result.mutable_record() = record;
+  RETURN_IF_ERROR(SweepGreylist());
   return result;
+}
+
+absl::Status QueueStateMachine::Txn::SweepGreylist() {
+  ASSIGN_OR_RETURN(std::vector<std::string> expired,
+                   ScanKeys(cf_.greylist, keys::GreylistExpiryPrefix(),
+                            keys::GreylistExpiryUpperBound(now_ms_), kGreylistSweep));
+  for (const std::string& expiry_key : expired) {
+    const std::optional<std::string> key = keys::ParseGreylistExpiryKey(expiry_key);
+    if (!key.has_value()) {
+      return absl::DataLossError("malformed greylist expiry key");
+    }
+    RETURN_IF_ERROR(Delete(cf_.greylist, *key));
+    RETURN_IF_ERROR(Delete(cf_.greylist, expiry_key));
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<ConnectionCountResult> QueueStateMachine::Txn::CountConnections(

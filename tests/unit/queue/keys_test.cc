@@ -52,6 +52,16 @@ TEST(KeysTest, LeaseUpperBoundIncludesExactlyTheLeasesExpiredByThen) {
   EXPECT_EQ(parsed->id, Id(5));
 }
 
+TEST(KeysTest, GreylistExpiryKeysSortByTimeAndPointAtTheirRecord) {
+  const std::string record = GreylistKey("192.0.2.0/24", "a@b.example", "c@d.example");
+  const std::string expiry = GreylistExpiryKey(100, record);
+  EXPECT_LT(expiry, GreylistExpiryUpperBound(100));
+  EXPECT_GT(expiry, GreylistExpiryUpperBound(99));
+  EXPECT_TRUE(expiry.starts_with(GreylistExpiryPrefix()));
+  EXPECT_EQ(ParseGreylistExpiryKey(expiry), record);
+  EXPECT_FALSE(ParseGreylistExpiryKey(record).has_value());
+}
+
 TEST(KeysTest, PrefixEndIsPastEveryKeyWithThePrefix) {
   EXPECT_EQ(PrefixEnd("ab"), "ac");
   EXPECT_EQ(PrefixEnd(std::string("a\xff", 2)), "b");

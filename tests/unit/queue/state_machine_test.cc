@@ -834,6 +834,27 @@ TEST_F(StateMachineTest, GreylistForgetsATripletNotRetriedWithinTheWindow) {
   EXPECT_EQ(late.greylist().record().first_seen_ms(), Ms(now_));
 }
 
+TEST_F(StateMachineTest, GreylistChecksSweepExpiredRecords) {
+  Apply(GreylistOf("a@origin.example"));
+  now_ += absl::Hours(48);
+  Apply(GreylistOf("b@origin.example"));
+  EXPECT_TRUE(absl::IsNotFound(
+      machine_->GetGreylist("192.0.2.0/24", "a@origin.example", "user@example.com").status()));
+  EXPECT_TRUE(machine_->GetGreylist("192.0.2.0/24", "b@origin.example", "user@example.com").ok());
+}
+
+TEST_F(StateMachineTest, GreylistKeepsARecordWhoseExpiryMovedOn) {
+  Apply(GreylistOf("a@origin.example"));
+  now_ += absl::Minutes(5);
+  Apply(GreylistOf("a@origin.example"));  // passes: kept for 36 days from now
+  now_ += absl::Hours(48);
+  Apply(GreylistOf("b@origin.example"));
+  absl::StatusOr<GreylistRecord> kept =
+      machine_->GetGreylist("192.0.2.0/24", "a@origin.example", "user@example.com");
+  ASSERT_TRUE(kept.ok());
+  EXPECT_EQ(kept->passes(), 1u);
+}
+
 // --- Queries ----------------------------------------------------------------------------------
 
 TEST_F(StateMachineTest, SummariesReportEachDomain) {
