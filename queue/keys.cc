@@ -35,6 +35,13 @@ std::optional<IndexKey> ParseSuffix(std::string_view rest, bool with_domain) {
   return parsed;
 }
 
+// "<prefix> <time> <suffix>", the shape of every time-ordered key.
+std::string TimeKey(std::string prefix, int64_t time_ms, std::string_view suffix) {
+  AppendTime(time_ms, prefix);
+  prefix += suffix;
+  return prefix;
+}
+
 // "<tag> <time+1>" sorts after "<tag> <time> <anything>".
 std::string TimeUpperBound(char tag, int64_t time_ms) {
   std::string key(1, tag);
@@ -72,10 +79,7 @@ std::string QueuePrefix(std::string_view domain) {
 }
 
 std::string QueueKey(std::string_view domain, int64_t enqueue_ms, std::string_view id) {
-  std::string key = QueuePrefix(domain);
-  AppendTime(enqueue_ms, key);
-  key += id;
-  return key;
+  return TimeKey(QueuePrefix(domain), enqueue_ms, id);
 }
 
 std::optional<IndexKey> ParseQueueKey(std::string_view key) {
@@ -98,10 +102,7 @@ std::string ReadyPrefix(ReadyKind kind, std::string_view domain) {
 
 std::string ReadyKey(ReadyKind kind, std::string_view domain, int64_t enqueue_ms,
                      std::string_view id) {
-  std::string key = ReadyPrefix(kind, domain);
-  AppendTime(enqueue_ms, key);
-  key += id;
-  return key;
+  return TimeKey(ReadyPrefix(kind, domain), enqueue_ms, id);
 }
 
 std::optional<IndexKey> ParseReadyKey(ReadyKind kind, std::string_view key) {
@@ -117,10 +118,7 @@ std::string LeasePrefix() {
 }
 
 std::string LeaseKey(int64_t expiry_ms, std::string_view id) {
-  std::string key = LeasePrefix();
-  AppendTime(expiry_ms, key);
-  key += id;
-  return key;
+  return TimeKey(LeasePrefix(), expiry_ms, id);
 }
 
 std::string LeaseUpperBound(int64_t time_ms) {
@@ -150,10 +148,7 @@ std::string GreylistExpiryPrefix() {
 }
 
 std::string GreylistExpiryKey(int64_t expiry_ms, std::string_view greylist_key) {
-  std::string key = GreylistExpiryPrefix();
-  AppendTime(expiry_ms, key);
-  key += greylist_key;
-  return key;
+  return TimeKey(GreylistExpiryPrefix(), expiry_ms, greylist_key);
 }
 
 std::string GreylistExpiryUpperBound(int64_t time_ms) {
