@@ -1184,6 +1184,82 @@ absl::StatusOr<uint64_t> QueueStateMachine::ContentDigest() const {
   return digest;
 }
 
+absl::Status QueueStateMachine::CheckInvariants() const {
+  rocksdb::ReadOptions read_options;
+  read_options.snapshot = db_->GetSnapshot();
+  const auto check = [&]() -> absl::Status {
+    std::map<std::string, DomainUsage> expected;  // counters recomputed from the entries
+    size_t index_keys = 0;
+    size_t entries = 0;
+    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(read_options, cf_.entries));
+    for (it->SeekToFirst(); it->Valid(); it->Next()) {
+      ++entries;
+      StoredEntry entry;
+      if (!entry.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+        return absl::InternalError("unparsable entry");
+      }
+      const std::string id = MessageId::FromBytes(entry.id()).value_or(MessageId()).ToString();
+      for (const std::string& key : IndexKeysOf(entry)) {
+        ++index_keys;
+        std::string unused;
+        if (!db_->Get(read_options, cf_.index, key, &unused).ok()) {
+          return absl::InternalError("entry " + id + " misses an index key");
+        }
+      }
+      std::string body;
+      if (!db_->Get(read_options, cf_.bodies, entry.id(), &body).ok() ||
+          body.size() != entry.message_size()) {
+        return absl::InternalError("entry " + id + " has no message bytes of its size");
+      }
+      RETURN_IF_ERROR(ApplyContribution(nullptr, &entry, expected[entry.domain()]));
+    }
+    RETURN_IF_ERROR(FromRocks(it->status(), "entry scan"));
+
+    const auto count_keys = [&](rocksdb::ColumnFamilyHandle* cf) {
+      size_t count = 0;
+      std::unique_ptr<rocksdb::Iterator> keys_it(db_->NewIterator(read_options, cf));
+      for (keys_it->SeekToFirst(); keys_it->Valid(); keys_it->Next()) {
+        ++count;
+      }
+      return count;
+    };
+    if (count_keys(cf_.index) != index_keys) {
+      return absl::InternalError("the index holds keys of no entry");
+    }
+    if (count_keys(cf_.bodies) != entries) {
+      return absl::InternalError("message bytes of no entry");
+    }
+
+    std::unique_ptr<rocksdb::Iterator> domains(db_->NewIterator(read_options, cf_.domains));
+    for (domains->SeekToFirst(); domains->Valid(); domains->Next()) {
+      DomainRecord record;
+      if (!record.ParseFromArray(domains->value().data(),
+                                 static_cast<int>(domains->value().size()))) {
+        return absl::InternalError("unparsable domain record");
+      }
+      DomainUsage counters = record.usage();
+      for (DomainUsage* usage : {&counters, &expected[domains->key().ToString()]}) {
+        usage->clear_month();
+        usage->clear_month_bytes();
+        usage->clear_day();
+        usage->clear_day_connections();
+      }
+      if (counters.SerializeAsString() != expected[domains->key().ToString()].SerializeAsString()) {
+        return absl::InternalError("counters of " + domains->key().ToString() +
+                                   " disagree with its entries");
+      }
+      expected.erase(domains->key().ToString());
+    }
+    if (!expected.empty()) {
+      return absl::InternalError("entries of " + expected.begin()->first + " have no domain");
+    }
+    return FromRocks(domains->status(), "domain scan");
+  };
+  const absl::Status status = check();
+  db_->ReleaseSnapshot(read_options.snapshot);
+  return status;
+}
+
 absl::Status QueueStateMachine::CreateCheckpoint(const std::string& dir) const {
   rocksdb::Checkpoint* raw = nullptr;
   RETURN_IF_ERROR(FromRocks(rocksdb::Checkpoint::Create(db_.get(), &raw), "checkpoint"));

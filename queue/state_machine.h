@@ -102,6 +102,11 @@ class QueueStateMachine {
                                              std::string_view sender,
                                              std::string_view recipient) const;
 
+  // Checks that the indexes, message bytes and per-domain counters agree with the entries;
+  // Internal error naming the first disagreement. O(size of the queue): for tests and the
+  // simulator.
+  absl::Status CheckInvariants() const;
+
   // A 64-bit FNV-1a digest over every key and value of every column family, in order: equal
   // digests mean (with overwhelming probability) equal states. For tests and the simulator.
   absl::StatusOr<uint64_t> ContentDigest() const;

@@ -143,6 +143,9 @@ class StateMachineTest : public ::testing::Test {
   }
 
   void TearDown() override {
+    if (machine_ != nullptr) {
+      EXPECT_TRUE(machine_->CheckInvariants().ok()) << machine_->CheckInvariants();
+    }
     machine_.reset();
     std::filesystem::remove_all(root_);
   }
@@ -1015,6 +1018,7 @@ TEST_F(StateMachineTest, ReplicasFedTheSameLogEndInTheSameState) {
     const CommandResult a = ApplyTo(*machine_, command);
     const CommandResult b = ApplyTo(*replica, command);
     EXPECT_EQ(a.SerializeAsString(), b.SerializeAsString());
+    ASSERT_TRUE(machine_->CheckInvariants().ok()) << machine_->CheckInvariants();
   }
   EXPECT_EQ(Digest(*machine_), Digest(*replica));
   // The digest does see differences.
