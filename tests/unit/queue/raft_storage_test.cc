@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <memory>
 #include <optional>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -406,6 +407,10 @@ struct FaultCase {
   bool may_survive;
 };
 
+void PrintTo(const FaultCase& fault_case, std::ostream* os) {
+  *os << fault_case.name;
+}
+
 class RocksDbFailStopTest : public RocksDbLogStorageTest,
                             public ::testing::WithParamInterface<FaultCase> {};
 
@@ -469,6 +474,8 @@ TEST_F(RocksDbLogStorageTest, BackgroundErrorStopsTheStorage) {
       database_->db()->Flush(rocksdb::FlushOptions(), database_->family(kRaftLogFamily)).ok());
   const absl::Status status = storage_->Append(Range(4, 4, 1));
   EXPECT_FALSE(status.ok());
+  // Caught before the write, from RocksDB's background error count.
+  EXPECT_NE(std::string(status.message()).find("background error"), std::string::npos) << status;
   EXPECT_TRUE(storage_->failed());
   EXPECT_EQ(storage_->LastIndex(), LogIndex(3));
 }
