@@ -1,0 +1,82 @@
+#pragma once
+
+// A RocksDB FileSystem wrapper that fails writes or syncs on demand, for the fail-stop tests of
+// the Raft storage now and for chaos tests later. It also counts syncs, so a benchmark can
+// report real fsyncs rather than assumed ones.
+//
+// Thread-safety: every method may be called from any thread; RocksDB calls the file methods
+// from its foreground and background threads while a test flips the fault.
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "rocksdb/file_system.h"
+
+namespace backstop::queue {
+
+enum class Fault : uint8_t {
+  kNone,
+  kWriteError,  // every append to a file returns EIO
+  kSyncError,   // every fsync/fdatasync (files and directories) returns EIO
+  kNoSpace,     // every append and sync returns ENOSPC
+};
+
+// Which files a fault hits.
+enum class FaultTarget : uint8_t {
+  kAllFiles,
+  kWalOnly,     // write-ahead log files (*.log) only
+  kTablesOnly,  // table files (*.sst) only: flushes and compactions fail, the WAL works
+};
+
+class FaultInjectionFileSystem final : public rocksdb::FileSystemWrapper {
+ public:
+  explicit FaultInjectionFileSystem(std::shared_ptr<rocksdb::FileSystem> target);
+
+  // From now on, until Clear(), operations of the fault's kind fail on the targeted files,
+  // including files opened before the call.
+  void Inject(Fault fault, FaultTarget target = FaultTarget::kAllFiles);
+  void Clear() { Inject(Fault::kNone); }
+
+  // Number of successful Sync/Fsync calls on writable files since construction.
+  uint64_t sync_count() const { return sync_count_.load(std::memory_order_relaxed); }
+  // Number of operations that failed because of an injected fault.
+  uint64_t injected_failures() const { return failures_.load(std::memory_order_relaxed); }
+
+  const char* Name() const override { return "BackstopFaultInjectionFileSystem"; }
+
+  rocksdb::IOStatus NewWritableFile(const std::string& name, const rocksdb::FileOptions& options,
+                                    std::unique_ptr<rocksdb::FSWritableFile>* result,
+                                    rocksdb::IODebugContext* dbg) override;
+  rocksdb::IOStatus ReopenWritableFile(const std::string& name, const rocksdb::FileOptions& options,
+                                       std::unique_ptr<rocksdb::FSWritableFile>* result,
+                                       rocksdb::IODebugContext* dbg) override;
+  rocksdb::IOStatus ReuseWritableFile(const std::string& name, const std::string& old_name,
+                                      const rocksdb::FileOptions& options,
+                                      std::unique_ptr<rocksdb::FSWritableFile>* result,
+                                      rocksdb::IODebugContext* dbg) override;
+  rocksdb::IOStatus NewDirectory(const std::string& name, const rocksdb::IOOptions& options,
+                                 std::unique_ptr<rocksdb::FSDirectory>* result,
+                                 rocksdb::IODebugContext* dbg) override;
+
+  // Used by the file wrappers: the error to return for an append to or a sync of a file of
+  // `kind`, or OK; counts the failure.
+  enum class FileKind : uint8_t { kWal, kTable, kOther };
+  static FileKind KindOf(const std::string& name);
+  rocksdb::IOStatus CheckAppend(FileKind kind);
+  rocksdb::IOStatus CheckSync(FileKind kind);
+  void CountSync() { sync_count_.fetch_add(1, std::memory_order_relaxed); }
+
+ private:
+  rocksdb::IOStatus Wrap(const std::string& name, rocksdb::IOStatus status,
+                         std::unique_ptr<rocksdb::FSWritableFile>* result);
+  bool Hits(FileKind kind) const;
+
+  // Packed (fault, target) so that both change together.
+  std::atomic<uint16_t> state_{0};
+  std::atomic<uint64_t> sync_count_{0};
+  std::atomic<uint64_t> failures_{0};
+};
+
+}  // namespace backstop::queue
