@@ -1,0 +1,125 @@
+#pragma once
+
+// One queue voter: the Raft node, its RocksDB log, the queue state machine and the transport,
+// driven by one thread (the Raft thread). Proposals and incoming messages arrive from gRPC
+// threads through a mutex-guarded inbox; the Raft thread ticks, steps, proposes, persists each
+// Ready as one synced write (so concurrent proposals share one fsync: group commit), sends,
+// applies committed entries and answers the proposers.
+//
+// A proposal is answered only after its entry is applied on this node while it is still the
+// leader of the term that created the entry (DESIGN §3.1); if leadership changes first, the
+// proposer gets Unavailable and retries (commands are idempotent where it matters: Append by
+// message id). A storage or state-machine write error is fatal: the node stops serving and the
+// process must restart from what is durable (fail-stop; never retry an fsync).
+
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "common/clock.h"
+#include "proto/queue.pb.h"
+#include "queue/raft/node.h"
+#include "queue/raft_storage.h"
+#include "queue/raft_transport.h"
+#include "queue/state_machine.h"
+
+namespace backstop::queue {
+
+struct QueuePeer {
+  raft::NodeId id;
+  std::string address;  // host:port of its gRPC server
+};
+
+struct QueueNodeOptions {
+  raft::NodeId id;
+  std::vector<QueuePeer> voters;  // the founding configuration, this node included
+  std::string data_dir;
+  absl::Duration tick_interval = absl::Milliseconds(100);
+  int election_ticks = 10;  // election timeout: [10, 20) ticks = 1–2 s by default
+  int heartbeat_ticks = 1;
+  StateMachineOptions state_machine;
+  const Clock* clock = &RealClock::Get();
+  // Called once, on the Raft thread, when storage fails; the default logs and aborts, since
+  // nothing may be written after a failed fsync.
+  std::function<void(const absl::Status&)> on_fatal_error;
+};
+
+struct QueueNodeStatus {
+  raft::NodeId id;
+  raft::NodeId leader;
+  raft::Term term;
+  raft::LogIndex commit;
+  raft::LogIndex applied;
+  bool is_leader = false;
+  uint64_t synced_writes = 0;  // fsyncs of the Raft log
+  uint64_t entries_persisted = 0;
+};
+
+class QueueNode {
+ public:
+  using Done = std::function<void(absl::StatusOr<CommandResult>)>;
+
+  // Opens (or creates) the storage under options.data_dir, bootstraps a founding member on
+  // first start, and starts the Raft thread. `transport` must outlive the node.
+  static absl::StatusOr<std::unique_ptr<QueueNode>> Start(const QueueNodeOptions& options,
+                                                          RaftTransport* transport);
+  // Stops the Raft thread; pending proposals get Unavailable.
+  ~QueueNode();
+  QueueNode(const QueueNode&) = delete;
+  QueueNode& operator=(const QueueNode&) = delete;
+
+  // Any thread. `done` runs on the Raft thread (keep it short) exactly once.
+  void Propose(Command command, Done done);
+  // Any thread: a message from a peer (the transport's inbox).
+  void Receive(raft::Message message);
+
+  // Any thread.
+  QueueNodeStatus status() const;
+  // Read-only queries; any thread.
+  const QueueStateMachine& state_machine() const { return *state_machine_; }
+
+ private:
+  struct Proposal {
+    std::string payload;
+    Done done;
+  };
+  struct Pending {
+    raft::Term term;
+    Done done;
+  };
+
+  explicit QueueNode(const QueueNodeOptions& options, RaftTransport* transport);
+  void Run();
+  void ProcessReady();
+  void FailPending(const absl::Status& status);
+  void Fatal(const absl::Status& status);
+
+  const QueueNodeOptions options_;
+  RaftTransport* const transport_;
+  std::unique_ptr<Database> database_;
+  std::unique_ptr<RocksDbLogStorage> storage_;
+  std::unique_ptr<QueueStateMachine> state_machine_;
+  std::unique_ptr<raft::Node> node_;  // Raft thread only
+
+  std::map<uint64_t, Pending> pending_;  // by log index; Raft thread only
+  bool failed_ = false;                  // Raft thread only
+  uint64_t entries_persisted_ = 0;       // Raft thread only
+
+  mutable std::mutex mutex_;
+  std::condition_variable wake_;
+  std::vector<raft::Message> inbox_;  // guarded by mutex_
+  std::vector<Proposal> proposals_;   // guarded by mutex_
+  bool stopping_ = false;             // guarded by mutex_
+  QueueNodeStatus status_;            // guarded by mutex_, published by the Raft thread
+  std::thread thread_;
+};
+
+}  // namespace backstop::queue
