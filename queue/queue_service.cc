@@ -1,0 +1,146 @@
+#include "queue/queue_service.h"
+
+#include <string>
+#include <utility>
+
+#include "queue/message_id.h"
+
+namespace backstop::queue {
+
+QueueServiceImpl::QueueServiceImpl(QueueNode* node, AddressBook address_book)
+    : node_(node), address_book_(std::move(address_book)) {}
+
+grpc::Status QueueServiceImpl::NotApplied(grpc::CallbackServerContext* context,
+                                          const absl::Status& status) const {
+  // FailedPrecondition from the node means "not the leader"; Unavailable means the leadership
+  // changed under the proposal or the node is stopping. Either way the client should go to the
+  // leader (named here when known) and retry.
+  if (status.code() == absl::StatusCode::kFailedPrecondition ||
+      status.code() == absl::StatusCode::kUnavailable) {
+    const raft::NodeId leader = node_->status().leader;
+    if (!leader.IsNone()) {
+      context->AddTrailingMetadata(kLeaderIdKey, std::to_string(leader.value()));
+      if (const std::string address = address_book_(leader); !address.empty()) {
+        context->AddTrailingMetadata(kLeaderAddressKey, address);
+      }
+    }
+    return grpc::Status(grpc::StatusCode::UNAVAILABLE, std::string(status.message()));
+  }
+  return grpc::Status(grpc::StatusCode::INTERNAL, std::string(status.message()));
+}
+
+grpc::ServerUnaryReactor* QueueServiceImpl::ProposeAndReply(
+    grpc::CallbackServerContext* context, Command command,
+    std::function<void(CommandResult&)> fill) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  node_->Propose(std::move(command), [this, context, reactor, fill = std::move(fill)](
+                                         absl::StatusOr<CommandResult> result) {
+    if (!result.ok()) {
+      reactor->Finish(NotApplied(context, result.status()));
+      return;
+    }
+    switch (result->code()) {
+      case OK:
+        fill(*result);
+        reactor->Finish(grpc::Status::OK);
+        return;
+      case INVALID_ARGUMENT:
+        reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, result->error()));
+        return;
+      case NOT_FOUND:
+        reactor->Finish(grpc::Status(grpc::StatusCode::NOT_FOUND, result->error()));
+        return;
+      default:
+        reactor->Finish(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, result->error()));
+        return;
+    }
+  });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* QueueServiceImpl::Append(grpc::CallbackServerContext* context,
+                                                   const AppendMessages* request,
+                                                   AppendResult* response) {
+  Command command;
+  *command.mutable_append() = *request;
+  return ProposeAndReply(context, std::move(command), [response](CommandResult& result) {
+    response->Swap(result.mutable_append());
+  });
+}
+
+grpc::ServerUnaryReactor* QueueServiceImpl::Lease(grpc::CallbackServerContext* context,
+                                                  const LeaseEntries* request,
+                                                  LeaseResult* response) {
+  Command command;
+  *command.mutable_lease() = *request;
+  return ProposeAndReply(context, std::move(command), [this, response](CommandResult& result) {
+    response->Swap(result.mutable_lease());
+    // The state machine leaves message bytes out of its result (followers would only discard
+    // them); the leader that granted the lease reads them from its own store.
+    for (LeasedDomain& domain : *response->mutable_domains()) {
+      for (LeasedEntry& leased : *domain.mutable_entries()) {
+        absl::StatusOr<MessageId> id = MessageId::FromBytes(leased.entry().id());
+        if (!id.ok()) {
+          continue;
+        }
+        absl::StatusOr<std::string> bytes = node_->state_machine().ReadMessage(*id);
+        if (bytes.ok()) {
+          leased.mutable_entry()->set_message(*std::move(bytes));
+        }
+      }
+    }
+  });
+}
+
+grpc::ServerUnaryReactor* QueueServiceImpl::Complete(grpc::CallbackServerContext* context,
+                                                     const CompleteEntries* request,
+                                                     CompleteResult* response) {
+  Command command;
+  *command.mutable_complete() = *request;
+  return ProposeAndReply(context, std::move(command), [response](CommandResult& result) {
+    response->Swap(result.mutable_complete());
+  });
+}
+
+grpc::ServerUnaryReactor* QueueServiceImpl::CheckGreylist(grpc::CallbackServerContext* context,
+                                                          const GreylistCheck* request,
+                                                          GreylistResult* response) {
+  Command command;
+  *command.mutable_greylist() = *request;
+  return ProposeAndReply(context, std::move(command), [response](CommandResult& result) {
+    response->Swap(result.mutable_greylist());
+  });
+}
+
+grpc::ServerUnaryReactor* QueueServiceImpl::CountConnections(grpc::CallbackServerContext* context,
+                                                             const CountConnection* request,
+                                                             ConnectionCountResult* response) {
+  Command command;
+  *command.mutable_connection() = *request;
+  return ProposeAndReply(context, std::move(command), [response](CommandResult& result) {
+    response->Swap(result.mutable_connection());
+  });
+}
+
+grpc::ServerUnaryReactor* QueueServiceImpl::ReadMessage(grpc::CallbackServerContext* context,
+                                                        const ReadMessageRequest* request,
+                                                        ReadMessageResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<MessageId> id = MessageId::FromBytes(request->id());
+  if (!id.ok()) {
+    reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "id must be 16 bytes"));
+    return reactor;
+  }
+  absl::StatusOr<std::string> bytes = node_->state_machine().ReadMessage(*id);
+  if (!bytes.ok()) {
+    const auto code =
+        absl::IsNotFound(bytes.status()) ? grpc::StatusCode::NOT_FOUND : grpc::StatusCode::INTERNAL;
+    reactor->Finish(grpc::Status(code, std::string(bytes.status().message())));
+    return reactor;
+  }
+  response->set_message(*std::move(bytes));
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+}  // namespace backstop::queue

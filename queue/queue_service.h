@@ -1,0 +1,59 @@
+#pragma once
+
+// The queue's data-path gRPC service (proto QueueService) for ingest and delivery, served by
+// every voter from its QueueNode. Mutations are proposed to the Raft log and answered once
+// applied on the leader in the same term (DESIGN §3.1); a follower answers UNAVAILABLE with the
+// leader's id and address in the trailing metadata (kLeaderIdKey, kLeaderAddressKey), which the
+// client library follows.
+//
+// Uses gRPC's callback API: no thread is held while a proposal waits for its commit, so one
+// fsync can acknowledge the appends of many concurrent SMTP sessions.
+
+#include <functional>
+#include <string>
+
+#include "proto/queue.grpc.pb.h"
+#include "queue/queue_node.h"
+
+namespace backstop::queue {
+
+inline constexpr char kLeaderIdKey[] = "backstop-leader-id";
+inline constexpr char kLeaderAddressKey[] = "backstop-leader";
+
+// The gRPC address of a voter, "" when unknown.
+using AddressBook = std::function<std::string(raft::NodeId)>;
+
+// Thread-safe (gRPC calls the handlers on its own threads); borrows the node, which must
+// outlive the server that serves this service.
+class QueueServiceImpl final : public QueueService::CallbackService {
+ public:
+  QueueServiceImpl(QueueNode* node, AddressBook address_book);
+
+  grpc::ServerUnaryReactor* Append(grpc::CallbackServerContext* context,
+                                   const AppendMessages* request, AppendResult* response) override;
+  grpc::ServerUnaryReactor* Lease(grpc::CallbackServerContext* context, const LeaseEntries* request,
+                                  LeaseResult* response) override;
+  grpc::ServerUnaryReactor* Complete(grpc::CallbackServerContext* context,
+                                     const CompleteEntries* request,
+                                     CompleteResult* response) override;
+  grpc::ServerUnaryReactor* CheckGreylist(grpc::CallbackServerContext* context,
+                                          const GreylistCheck* request,
+                                          GreylistResult* response) override;
+  grpc::ServerUnaryReactor* CountConnections(grpc::CallbackServerContext* context,
+                                             const CountConnection* request,
+                                             ConnectionCountResult* response) override;
+  grpc::ServerUnaryReactor* ReadMessage(grpc::CallbackServerContext* context,
+                                        const ReadMessageRequest* request,
+                                        ReadMessageResponse* response) override;
+
+ private:
+  // Proposes `command`; when it is applied, `fill` moves the command's result into the response.
+  grpc::ServerUnaryReactor* ProposeAndReply(grpc::CallbackServerContext* context, Command command,
+                                            std::function<void(CommandResult&)> fill);
+  grpc::Status NotApplied(grpc::CallbackServerContext* context, const absl::Status& status) const;
+
+  QueueNode* const node_;
+  const AddressBook address_book_;
+};
+
+}  // namespace backstop::queue

@@ -1,0 +1,163 @@
+#pragma once
+
+// Queue voters on loopback for tests: each with its own gRPC server (RaftPeer + QueueService),
+// transport, RocksDB data directory and QueueNode, stoppable (a crash: unpersisted state is
+// lost) and restartable on the same directory and port.
+
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+
+#include "queue/queue_node.h"
+#include "queue/queue_service.h"
+#include "queue/raft_transport.h"
+
+namespace backstop::queue::testing {
+
+inline std::string FreshTempDir(const std::string& name) {
+  const std::string dir =
+      ::testing::TempDir() + "/backstop_" + name + "_" + std::to_string(::getpid());
+  std::filesystem::remove_all(dir);
+  return dir;
+}
+
+class Voter {
+ public:
+  Voter(uint64_t id, std::string data_dir) : id_(id), data_dir_(std::move(data_dir)) {
+    RaftTransportOptions options;
+    options.self = raft::NodeId(id);
+    transport_ = std::make_unique<RaftTransport>(options, [this](raft::Message message) {
+      std::lock_guard lock(node_mutex_);
+      if (node_ != nullptr) {
+        node_->Receive(std::move(message));
+      }
+    });
+    // Take a free port now, so that peers can be told the address before anyone starts.
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port_);
+    builder.RegisterService(transport_->service());  // gRPC refuses to start with no service
+    std::unique_ptr<grpc::Server> placeholder = builder.BuildAndStart();
+    EXPECT_NE(placeholder, nullptr);
+    if (placeholder != nullptr) {
+      placeholder->Shutdown();
+    }
+  }
+
+  ~Voter() { Stop(); }
+
+  std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+
+  void Start(const std::vector<QueuePeer>& voters) {
+    QueueNodeOptions options;
+    options.id = raft::NodeId(id_);
+    options.voters = voters;
+    options.data_dir = data_dir_;
+    options.tick_interval = absl::Milliseconds(20);
+    options.on_fatal_error = [](const absl::Status& status) {
+      ADD_FAILURE() << "fatal queue error: " << status;
+    };
+    absl::StatusOr<std::unique_ptr<QueueNode>> node = QueueNode::Start(options, transport_.get());
+    ASSERT_TRUE(node.ok()) << node.status();
+    std::lock_guard lock(node_mutex_);
+    node_ = *std::move(node);
+    service_ = std::make_unique<QueueServiceImpl>(node_.get(), [voters](raft::NodeId id) {
+      for (const QueuePeer& peer : voters) {
+        if (peer.id == id) {
+          return peer.address;
+        }
+      }
+      return std::string();
+    });
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort(address(), grpc::InsecureServerCredentials());
+    builder.RegisterService(transport_->service());
+    builder.RegisterService(service_.get());
+    server_ = builder.BuildAndStart();
+    ASSERT_NE(server_, nullptr) << "cannot listen again on " << address();
+  }
+
+  // Like a crash of the process: the node goes away with whatever it had not persisted.
+  void Stop() {
+    if (server_ != nullptr) {
+      // Peer streams never end on their own: cancel them after a short grace.
+      server_->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(100));
+      server_->Wait();
+      server_.reset();
+    }
+    std::unique_ptr<QueueNode> node;
+    {
+      std::lock_guard lock(node_mutex_);
+      node.swap(node_);
+    }
+    node.reset();
+    service_.reset();
+  }
+
+  QueueNode* node() {
+    std::lock_guard lock(node_mutex_);
+    return node_.get();
+  }
+
+ private:
+  uint64_t id_;
+  std::string data_dir_;
+  std::unique_ptr<RaftTransport> transport_;
+  int port_ = 0;
+  std::unique_ptr<QueueServiceImpl> service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::mutex node_mutex_;
+  std::unique_ptr<QueueNode> node_;  // guarded by node_mutex_
+};
+
+// A cluster of `size` voters with ids 1..size, all started.
+class Cluster {
+ public:
+  Cluster(int size, const std::string& name) {
+    for (int i = 1; i <= size; ++i) {
+      voters_.push_back(std::make_unique<Voter>(i, FreshTempDir(name + std::to_string(i))));
+      peers_.push_back(QueuePeer{raft::NodeId(i), voters_.back()->address()});
+    }
+    for (auto& voter : voters_) {
+      voter->Start(peers_);
+    }
+  }
+
+  // The voter that leads, waiting for an election; null if none within 20 s.
+  Voter* WaitForLeader() {
+    for (int i = 0; i < 2000; ++i) {
+      for (auto& voter : voters_) {
+        if (QueueNode* node = voter->node(); node != nullptr && node->status().is_leader) {
+          return voter.get();
+        }
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return nullptr;
+  }
+
+  std::vector<std::string> endpoints() const {
+    std::vector<std::string> addresses;
+    for (const QueuePeer& peer : peers_) {
+      addresses.push_back(peer.address);
+    }
+    return addresses;
+  }
+
+  std::vector<std::unique_ptr<Voter>>& voters() { return voters_; }
+  const std::vector<QueuePeer>& peers() const { return peers_; }
+
+ private:
+  std::vector<std::unique_ptr<Voter>> voters_;
+  std::vector<QueuePeer> peers_;
+};
+
+}  // namespace backstop::queue::testing
