@@ -67,6 +67,8 @@ class TempDir {
     path_ = mkdtemp(templ.data());
   }
   ~TempDir() { fs::remove_all(path_); }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
   const fs::path& path() const { return path_; }
 
  private:
