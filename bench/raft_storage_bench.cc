@@ -48,6 +48,8 @@ class BenchDir {
     path_ = templ;
   }
   ~BenchDir() { fs::remove_all(path_); }
+  BenchDir(const BenchDir&) = delete;
+  BenchDir& operator=(const BenchDir&) = delete;
   const fs::path& path() const { return path_; }
 
  private:

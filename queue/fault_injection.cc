@@ -114,7 +114,8 @@ class FaultyDirectory final : public rocksdb::FSDirectoryWrapper {
 
 }  // namespace
 
-FaultInjectionFileSystem::FaultInjectionFileSystem(std::shared_ptr<rocksdb::FileSystem> target)
+FaultInjectionFileSystem::FaultInjectionFileSystem(
+    const std::shared_ptr<rocksdb::FileSystem>& target)
     : FileSystemWrapper(target) {}
 
 void FaultInjectionFileSystem::Inject(Fault fault, FaultTarget target) {

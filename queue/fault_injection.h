@@ -32,7 +32,7 @@ enum class FaultTarget : uint8_t {
 
 class FaultInjectionFileSystem final : public rocksdb::FileSystemWrapper {
  public:
-  explicit FaultInjectionFileSystem(std::shared_ptr<rocksdb::FileSystem> target);
+  explicit FaultInjectionFileSystem(const std::shared_ptr<rocksdb::FileSystem>& target);
 
   // From now on, until Clear(), operations of the fault's kind fail on the targeted files,
   // including files opened before the call.

@@ -334,7 +334,7 @@ absl::Status RocksDbLogStorage::StageEntries(std::span<const Entry> entries, Cha
   }
   for (size_t i = skip; i < entries.size(); ++i) {
     const Entry& entry = entries[i];
-    std::array<char, kHeaderSize> header;
+    std::array<char, kHeaderSize> header{};
     PutBigEndian(entry.term.value(), header.data());
     PutBigEndian(static_cast<uint64_t>(absl::ToUnixMicros(entry.time)), header.data() + 8);
     header[16] = static_cast<char>(entry.type);

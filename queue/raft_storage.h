@@ -69,6 +69,8 @@ class Database {
   ~Database();
   Database(const Database&) = delete;
   Database& operator=(const Database&) = delete;
+  Database(Database&&) = delete;
+  Database& operator=(Database&&) = delete;
 
   rocksdb::DB* db() const { return db_.get(); }
   // nullptr for a family that was not opened.

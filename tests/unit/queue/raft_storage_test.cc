@@ -67,6 +67,8 @@ class TempDir {
     path_ = mkdtemp(templ.data());
   }
   ~TempDir() { fs::remove_all(path_); }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
   const fs::path& path() const { return path_; }
 
  private:
@@ -518,7 +520,8 @@ TEST_F(RocksDbLogStorageTest, BackgroundErrorStopsTheStorage) {
   Persist(std::nullopt, Range(1, 3, 1), std::nullopt);
   fault_fs_->Inject(Fault::kWriteError, FaultTarget::kTablesOnly);
   // A flush of the memtable (here forced; in production triggered by size) fails in RocksDB's
-  // background thread; the WAL itself still works.
+  // background thread; the WAL itself still works. (RocksDB's flush thread then pauses one second
+  // before it gives up, which closing the database waits for: this test takes about 1 s.)
   EXPECT_FALSE(
       database_->db()->Flush(rocksdb::FlushOptions(), database_->family(kRaftLogFamily)).ok());
   const absl::Status status = storage_->Append(Range(4, 4, 1));
