@@ -44,11 +44,13 @@ absl::StatusOr<std::unique_ptr<QueueNode>> QueueNode::Start(const QueueNodeOptio
   if (fresh) {
     // A founding member: every voter of the first configuration writes the same snapshot.
     raft::ConfState conf_state;
-    for (const QueuePeer& peer : options.voters) {
+    for (const VoterAddress& peer : options.voters) {
       conf_state.voters.push_back(peer.id);
     }
     std::sort(conf_state.voters.begin(), conf_state.voters.end());
-    RETURN_IF_ERROR(raft::Bootstrap(*node->storage_, conf_state));
+    // raft::Bootstrap's state in one synced batch, so a crash cannot leave half of it behind.
+    const raft::FoundingState founding = raft::MakeFoundingState(conf_state);
+    RETURN_IF_ERROR(node->storage_->Persist(founding.snapshot, {}, founding.hard_state));
     Logger().Info("bootstrapped a new queue voter",
                   {{"node_id", options.id.value()}, {"voters", conf_state.voters.size()}});
   }
@@ -62,7 +64,7 @@ absl::StatusOr<std::unique_ptr<QueueNode>> QueueNode::Start(const QueueNodeOptio
                              static_cast<uint64_t>(absl::ToUnixNanos(options.clock->Now()));
   ASSIGN_OR_RETURN(node->node_, raft::Node::Create(raft_options, node->storage_.get()));
 
-  for (const QueuePeer& peer : options.voters) {
+  for (const VoterAddress& peer : options.voters) {
     if (peer.id != options.id) {
       transport->SetPeer(peer.id, peer.address);
     }

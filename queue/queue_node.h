@@ -33,14 +33,14 @@
 
 namespace backstop::queue {
 
-struct QueuePeer {
+struct VoterAddress {
   raft::NodeId id;
   std::string address;  // host:port of its gRPC server
 };
 
 struct QueueNodeOptions {
   raft::NodeId id;
-  std::vector<QueuePeer> voters;  // the founding configuration, this node included
+  std::vector<VoterAddress> voters;  // the founding configuration, this node included
   std::string data_dir;
   absl::Duration tick_interval = absl::Milliseconds(100);
   int election_ticks = 10;  // election timeout: [10, 20) ticks = 1–2 s by default

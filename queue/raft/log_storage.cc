@@ -134,12 +134,18 @@ absl::Status Bootstrap(LogStorage& storage, const ConfState& conf_state) {
   if (storage.LastIndex() != LogIndex(0) || storage.GetHardState().term != Term(0)) {
     return absl::FailedPreconditionError("raft storage is not empty");
   }
-  Snapshot snapshot;
-  snapshot.meta.index = LogIndex(1);
-  snapshot.meta.term = Term(1);
-  snapshot.meta.conf_state = conf_state;
-  RETURN_IF_ERROR(storage.ApplySnapshot(snapshot));
-  return storage.SetHardState(HardState{Term(1), kNoNode, LogIndex(1)});
+  const FoundingState founding = MakeFoundingState(conf_state);
+  RETURN_IF_ERROR(storage.ApplySnapshot(founding.snapshot));
+  return storage.SetHardState(founding.hard_state);
+}
+
+FoundingState MakeFoundingState(const ConfState& conf_state) {
+  FoundingState founding;
+  founding.snapshot.meta.index = LogIndex(1);
+  founding.snapshot.meta.term = Term(1);
+  founding.snapshot.meta.conf_state = conf_state;
+  founding.hard_state = HardState{Term(1), kNoNode, LogIndex(1)};
+  return founding;
 }
 
 }  // namespace backstop::raft

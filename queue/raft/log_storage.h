@@ -92,4 +92,12 @@ class MemoryLogStorage final : public LogStorage {
 // be bootstrapped with the same conf_state; members added later start from empty storage.
 absl::Status Bootstrap(LogStorage& storage, const ConfState& conf_state);
 
+// What Bootstrap writes: a snapshot at index 1, term 1 holding `conf_state`, and a hard state
+// committing it. For storage that can write both in one durable batch.
+struct FoundingState {
+  Snapshot snapshot;
+  HardState hard_state;
+};
+FoundingState MakeFoundingState(const ConfState& conf_state);
+
 }  // namespace backstop::raft

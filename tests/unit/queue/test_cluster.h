@@ -56,7 +56,7 @@ class Voter {
 
   std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
 
-  void Start(const std::vector<QueuePeer>& voters) {
+  void Start(const std::vector<VoterAddress>& voters) {
     QueueNodeOptions options;
     options.id = raft::NodeId(id_);
     options.voters = voters;
@@ -70,7 +70,7 @@ class Voter {
     std::lock_guard lock(node_mutex_);
     node_ = *std::move(node);
     service_ = std::make_unique<QueueServiceImpl>(node_.get(), [voters](raft::NodeId id) {
-      for (const QueuePeer& peer : voters) {
+      for (const VoterAddress& peer : voters) {
         if (peer.id == id) {
           return peer.address;
         }
@@ -124,7 +124,7 @@ class Cluster {
   Cluster(int size, const std::string& name) {
     for (int i = 1; i <= size; ++i) {
       voters_.push_back(std::make_unique<Voter>(i, FreshTempDir(name + std::to_string(i))));
-      peers_.push_back(QueuePeer{raft::NodeId(i), voters_.back()->address()});
+      peers_.push_back(VoterAddress{raft::NodeId(i), voters_.back()->address()});
     }
     for (auto& voter : voters_) {
       voter->Start(peers_);
@@ -146,18 +146,18 @@ class Cluster {
 
   std::vector<std::string> endpoints() const {
     std::vector<std::string> addresses;
-    for (const QueuePeer& peer : peers_) {
+    for (const VoterAddress& peer : peers_) {
       addresses.push_back(peer.address);
     }
     return addresses;
   }
 
   std::vector<std::unique_ptr<Voter>>& voters() { return voters_; }
-  const std::vector<QueuePeer>& peers() const { return peers_; }
+  const std::vector<VoterAddress>& peers() const { return peers_; }
 
  private:
   std::vector<std::unique_ptr<Voter>> voters_;
-  std::vector<QueuePeer> peers_;
+  std::vector<VoterAddress> peers_;
 };
 
 }  // namespace backstop::queue::testing
