@@ -517,9 +517,11 @@ void Node::HandleSnapshot(const Message& m) {
   if (meta.index <= log_.committed()) {
     resp.index = log_.committed();
   } else if (log_.MatchTerm(meta.index, meta.term)) {
-    // We already hold the entries: just learn that they are committed.
+    // We already hold the entries: just learn that they are committed. Only the snapshot's index
+    // is known to match: our entries after it may come from a deposed leader, and claiming them
+    // would let the leader count us for its own entries there.
     log_.CommitTo(meta.index);
-    resp.index = log_.LastIndex();
+    resp.index = meta.index;
   } else {
     log_.Restore(*m.snapshot);
     applied_conf_ = meta.conf_state;

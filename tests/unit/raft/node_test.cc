@@ -562,6 +562,27 @@ TEST_F(SoloNodeTest, SnapshotForEntriesAlreadyHeldOnlyAdvancesCommit) {
   EXPECT_EQ(node_->last_index(), LogIndex(3));
 }
 
+TEST_F(SoloNodeTest, SnapshotMatchingOurLogAcknowledgesOnlyTheSnapshotIndex) {
+  // Entries 4 and 5 come from a term-2 leader that lost; the term-3 leader's log differs there.
+  Init(3, {}, {E(2, 1), E(3, 1), E(4, 2), E(5, 2)}, Term(2));
+  Message m = Msg(MessageType::kSnapshot, 2, 3);
+  Snapshot snap;
+  snap.meta.index = LogIndex(3);
+  snap.meta.term = Term(1);
+  snap.meta.conf_state = node_->conf_state();
+  m.snapshot = snap;
+  node_->Step(m);
+  std::vector<Message> out = FlushMessages();
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].type, MessageType::kAppendResponse);
+  EXPECT_FALSE(out[0].reject);
+  // Acknowledging 5 would make the leader count us for its own entries 4 and 5 (and send us a
+  // commit index covering our stale ones).
+  EXPECT_EQ(out[0].index, LogIndex(3));
+  EXPECT_EQ(node_->commit(), LogIndex(3));
+  EXPECT_EQ(node_->last_index(), LogIndex(5));
+}
+
 TEST_F(SoloNodeTest, RestartWithAppliedIndexDoesNotReapply) {
   Init(3, {}, {E(2, 1, "a"), E(3, 1, "b")});
   ASSERT_TRUE(storage_.SetHardState(HardState{Term(1), kNoNode, LogIndex(3)}).ok());
