@@ -525,6 +525,9 @@ void Node::HandleSnapshot(const Message& m) {
   } else {
     log_.Restore(*m.snapshot);
     applied_conf_ = meta.conf_state;
+    // The snapshot's membership already includes the changes of a Ready still being applied;
+    // applying them again in Advance() could resurrect a node removed since.
+    ready_conf_changes_.clear();
     log_conf_changes_.clear();
     RecomputeConfig();
     resp.index = log_.LastIndex();

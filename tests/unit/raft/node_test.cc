@@ -96,6 +96,17 @@ class SoloNodeTest : public ::testing::Test {
     return m;
   }
 
+  static Message SnapshotMsg(uint64_t from, uint64_t term, uint64_t index, uint64_t snap_term,
+                             ConfState conf_state) {
+    Message m = Msg(MessageType::kSnapshot, from, term);
+    Snapshot snap;
+    snap.meta.index = LogIndex(index);
+    snap.meta.term = Term(snap_term);
+    snap.meta.conf_state = std::move(conf_state);
+    m.snapshot = std::move(snap);
+    return m;
+  }
+
   // Makes the node leader of term 2 in a 3-node cluster (voters 2 and 3 grant).
   void BecomeLeaderOf3() {
     Init(3);
@@ -549,13 +560,7 @@ TEST_F(SoloNodeTest, SplitVoteCandidateRetriesInNextTerm) {
 
 TEST_F(SoloNodeTest, SnapshotForEntriesAlreadyHeldOnlyAdvancesCommit) {
   Init(3, {}, {E(2, 1), E(3, 1)});
-  Message m = Msg(MessageType::kSnapshot, 2, 1);
-  Snapshot snap;
-  snap.meta.index = LogIndex(2);
-  snap.meta.term = Term(1);
-  snap.meta.conf_state = node_->conf_state();
-  m.snapshot = snap;
-  node_->Step(m);
+  node_->Step(SnapshotMsg(2, 1, 2, 1, node_->conf_state()));
   Ready rd = Flush();
   EXPECT_FALSE(rd.snapshot.has_value());
   EXPECT_EQ(node_->commit(), LogIndex(2));
@@ -565,13 +570,7 @@ TEST_F(SoloNodeTest, SnapshotForEntriesAlreadyHeldOnlyAdvancesCommit) {
 TEST_F(SoloNodeTest, SnapshotMatchingOurLogAcknowledgesOnlyTheSnapshotIndex) {
   // Entries 4 and 5 come from a term-2 leader that lost; the term-3 leader's log differs there.
   Init(3, {}, {E(2, 1), E(3, 1), E(4, 2), E(5, 2)}, Term(2));
-  Message m = Msg(MessageType::kSnapshot, 2, 3);
-  Snapshot snap;
-  snap.meta.index = LogIndex(3);
-  snap.meta.term = Term(1);
-  snap.meta.conf_state = node_->conf_state();
-  m.snapshot = snap;
-  node_->Step(m);
+  node_->Step(SnapshotMsg(2, 3, 3, 1, node_->conf_state()));
   std::vector<Message> out = FlushMessages();
   ASSERT_EQ(out.size(), 1u);
   EXPECT_EQ(out[0].type, MessageType::kAppendResponse);
@@ -581,6 +580,29 @@ TEST_F(SoloNodeTest, SnapshotMatchingOurLogAcknowledgesOnlyTheSnapshotIndex) {
   EXPECT_EQ(out[0].index, LogIndex(3));
   EXPECT_EQ(node_->commit(), LogIndex(3));
   EXPECT_EQ(node_->last_index(), LogIndex(5));
+}
+
+TEST_F(SoloNodeTest, SnapshotArrivingWhileChangesAreAppliedKeepsTheSnapshotsMembership) {
+  auto conf_entry = [](uint64_t index, ConfChangeType type) {
+    Entry e = E(index, 1);
+    e.type = EntryType::kConfChange;
+    e.data = EncodeConfChange({type, NodeId(4)});
+    return e;
+  };
+  Init(3, {},
+       {conf_entry(2, ConfChangeType::kAddLearner), conf_entry(3, ConfChangeType::kPromoteVoter)});
+  node_->Step(Append(2, 1, 3, 1, {}, 3));
+  Ready applying = node_->GetReady();  // hands out both changes; the owner is still at it
+  ASSERT_EQ(applying.committed_entries.size(), 2u);
+  // Meanwhile the leader, which has since removed node 4 again, sends a snapshot.
+  const ConfState without_4{{NodeId(1), NodeId(2), NodeId(3)}, {}};
+  node_->Step(SnapshotMsg(2, 1, 10, 1, without_4));
+  ASSERT_TRUE(storage_.SetHardState(*applying.hard_state).ok());
+  node_->Advance();
+  Ready rd = Flush();
+  ASSERT_TRUE(rd.snapshot.has_value());
+  EXPECT_EQ(node_->conf_state(), without_4);
+  EXPECT_EQ(node_->effective_conf_state(), without_4);
 }
 
 TEST_F(SoloNodeTest, RestartWithAppliedIndexDoesNotReapply) {
