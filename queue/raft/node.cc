@@ -20,6 +20,12 @@ std::string Describe(NodeId id) {
   return std::to_string(id.value());
 }
 
+// Entry stamps are whole microseconds, the resolution of their wire form: every node must apply
+// an entry with the very `now` the leader's own state machine sees.
+absl::Time ClusterTimeOf(absl::Time t) {
+  return absl::FromUnixMicros(absl::ToUnixMicros(t));
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Node>> Node::Create(const NodeOptions& options,
@@ -628,7 +634,7 @@ void Node::AppendAsLeader(std::vector<Entry> entries) {
     index = index + 1;
     e.index = index;
     e.term = term_;
-    e.time = leader_time_;
+    e.time = ClusterTimeOf(leader_time_);
   }
   const LogIndex after = entries.empty() ? log_.LastIndex() : entries.front().index - 1;
   log_.Append(entries);

@@ -1118,6 +1118,21 @@ TEST(ClusterTimeTest, EntriesCarryLeadersTime) {
   EXPECT_EQ(c.applied(2).back().time, t);
 }
 
+TEST(ClusterTimeTest, StampSurvivesTheWireUnchanged) {
+  // Followers get entries through the wire form, which holds microseconds: a finer stamp would
+  // give the leader's state machine a different `now` from everyone else's.
+  TestCluster c(3);
+  c.Elect(1);
+  const absl::Time t = c.now() + absl::Seconds(5) + absl::Nanoseconds(1500);
+  ASSERT_TRUE(c.node(1).Propose({"x"}, t).ok());
+  c.Stabilize();
+  const Entry& stamped = c.applied(1).back();
+  absl::StatusOr<Entry> received = FromWire(ToWire(stamped));
+  ASSERT_TRUE(received.ok());
+  EXPECT_EQ(received->time, stamped.time);
+  EXPECT_GE(stamped.time, t - absl::Microseconds(1));
+}
+
 TEST(ClusterTimeTest, NewLeaderWithSlowerClockNeverGoesBack) {
   TestCluster c(3);
   c.Elect(1);
