@@ -234,8 +234,13 @@ bool Node::Promotable() const {
   // A node whose removal is in its log but not applied may still campaign (counting only the
   // votes of its log's configuration): it may hold the only up-to-date log, and the removal
   // must be committed by someone.
+  const ConfState& base = BaseConf();
   return voters_.contains(options_.id) ||
-         std::binary_search(applied_conf_.voters.begin(), applied_conf_.voters.end(), options_.id);
+         std::binary_search(base.voters.begin(), base.voters.end(), options_.id);
+}
+
+const ConfState& Node::BaseConf() const {
+  return restored_conf_.has_value() ? restored_conf_->second : applied_conf_;
 }
 
 void Node::Poll(NodeId from, bool granted) {
@@ -530,10 +535,9 @@ void Node::HandleSnapshot(const Message& m) {
     resp.index = meta.index;
   } else {
     log_.Restore(*m.snapshot);
-    applied_conf_ = meta.conf_state;
-    // The snapshot's membership already includes the changes of a Ready still being applied;
-    // applying them again in Advance() could resurrect a node removed since.
-    ready_conf_changes_.clear();
+    // In force at once, but the applied membership changes only when the owner installs the
+    // snapshot: it may still be applying (and snapshotting) entries below it.
+    restored_conf_ = {meta.index, meta.conf_state};
     log_conf_changes_.clear();
     RecomputeConfig();
     resp.index = log_.LastIndex();
@@ -949,7 +953,7 @@ void Node::TrackLogConfChanges(LogIndex after, const std::vector<Entry>& entries
 }
 
 void Node::RecomputeConfig() {
-  ConfState conf = applied_conf_;
+  ConfState conf = BaseConf();
   for (const auto& [index, change] : log_conf_changes_) {
     ApplyChangeTo(change.second, conf);
   }
@@ -1007,9 +1011,9 @@ Ready Node::GetReady() {
   read_states_.clear();
 
   ready_outstanding_ = true;
-  ready_snapshot_index_.reset();
+  ready_snapshot_.reset();
   if (rd.snapshot.has_value()) {
-    ready_snapshot_index_ = rd.snapshot->meta.index;
+    ready_snapshot_ = rd.snapshot->meta;
   }
   ready_last_entry_.reset();
   if (!rd.entries.empty()) {
@@ -1033,8 +1037,13 @@ void Node::Advance() {
     return;
   }
   ready_outstanding_ = false;
-  if (ready_snapshot_index_.has_value()) {
-    log_.StableSnapTo(*ready_snapshot_index_);
+  if (ready_snapshot_.has_value()) {
+    log_.StableSnapTo(ready_snapshot_->index);
+    // The owner installed this snapshot (a newer one may have been restored meanwhile).
+    applied_conf_ = ready_snapshot_->conf_state;
+    if (restored_conf_.has_value() && restored_conf_->first == ready_snapshot_->index) {
+      restored_conf_.reset();
+    }
   }
   if (ready_last_entry_.has_value()) {
     log_.StableTo(ready_last_entry_->first, ready_last_entry_->second);
@@ -1047,7 +1056,7 @@ void Node::Advance() {
   }
   ready_conf_changes_.clear();
   log_.AppliedTo(ready_applied_to_);
-  if (ready_snapshot_index_.has_value() || !log_conf_changes_.empty()) {
+  if (ready_snapshot_.has_value() || !log_conf_changes_.empty()) {
     log_conf_changes_.erase(log_conf_changes_.begin(),
                             log_conf_changes_.upper_bound(log_.applied()));
     RecomputeConfig();

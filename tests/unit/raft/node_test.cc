@@ -597,8 +597,15 @@ TEST_F(SoloNodeTest, SnapshotArrivingWhileChangesAreAppliedKeepsTheSnapshotsMemb
   // Meanwhile the leader, which has since removed node 4 again, sends a snapshot.
   const ConfState without_4{{NodeId(1), NodeId(2), NodeId(3)}, {}};
   node_->Step(SnapshotMsg(2, 1, 10, 1, without_4));
+  EXPECT_EQ(node_->effective_conf_state(), without_4);  // acted on at once
   ASSERT_TRUE(storage_.SetHardState(*applying.hard_state).ok());
   node_->Advance();
+  // Applied up to 3, the snapshot not yet installed: a snapshot the owner takes now records the
+  // membership as of index 3.
+  EXPECT_EQ(node_->applied(), LogIndex(3));
+  const ConfState with_4{{NodeId(1), NodeId(2), NodeId(3), NodeId(4)}, {}};
+  EXPECT_EQ(node_->conf_state(), with_4);
+  EXPECT_EQ(node_->effective_conf_state(), without_4);
   Ready rd = Flush();
   ASSERT_TRUE(rd.snapshot.has_value());
   EXPECT_EQ(node_->conf_state(), without_4);
