@@ -337,7 +337,7 @@ void Node::TickHeartbeat() {
   }
   if (heartbeat_elapsed_ >= options_.heartbeat_ticks) {
     heartbeat_elapsed_ = 0;
-    BroadcastHeartbeat(pending_reads_.empty() ? std::string() : pending_reads_.back().context);
+    BroadcastHeartbeat(pending_reads_.empty() ? std::string() : pending_reads_.back().round);
   }
 }
 
@@ -614,7 +614,7 @@ void Node::HandleHeartbeatResponse(const Message& m) {
   }
   // A heartbeat answer for a read also confirms every read queued before it.
   auto read = std::find_if(pending_reads_.begin(), pending_reads_.end(),
-                           [&](const PendingRead& r) { return r.context == m.context; });
+                           [&](const PendingRead& r) { return r.round == m.context; });
   if (read == pending_reads_.end()) {
     return;
   }
@@ -870,12 +870,13 @@ absl::Status Node::ReadIndex(std::string context) {
       return absl::AlreadyExistsError("raft: read context already pending");
     }
   }
-  PendingRead read{context, log_.committed(), {}};
+  PendingRead read{context, std::to_string(++read_rounds_), log_.committed(), {}};
   if (self_votes) {
     read.acks.insert(options_.id);
   }
+  const std::string round = read.round;
   pending_reads_.push_back(std::move(read));
-  BroadcastHeartbeat(context);
+  BroadcastHeartbeat(round);
   return absl::OkStatus();
 }
 

@@ -157,6 +157,10 @@ class Node {
  private:
   struct PendingRead {
     std::string context;
+    // Names the heartbeat round sent for this read. Ours, not the caller's context: an answer
+    // to an earlier round (perhaps for a read with the same context) proves leadership only
+    // before this read was asked for.
+    std::string round;
     LogIndex index;
     std::set<NodeId> acks;
   };
@@ -241,6 +245,7 @@ class Node {
 
   std::vector<std::string> reads_waiting_for_commit_;  // before the leader's first commit
   std::deque<PendingRead> pending_reads_;
+  uint64_t read_rounds_ = 0;  // rounds named so far; answers from earlier terms are dropped
 
   std::vector<Message> messages_;
   std::vector<Message> messages_after_persist_;

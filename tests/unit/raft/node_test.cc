@@ -829,6 +829,37 @@ TEST(ReadIndexTest, ReturnsCommitIndexAfterQuorumConfirmsLeadership) {
   EXPECT_EQ(c.read_states(1)[0].index, c.node(1).commit());
 }
 
+TEST(ReadIndexTest, AnswerToAnEarlierRoundDoesNotConfirmALaterReadWithTheSameContext) {
+  TestCluster c(3);
+  c.Elect(1);
+  ASSERT_TRUE(c.node(1).ReadIndex("r").ok());
+  c.ProcessReady(NodeId(1));  // heartbeats for the read
+  // Node 3 answers, but its answer is held up in the network.
+  auto to_3 = std::find_if(c.in_flight().begin(), c.in_flight().end(),
+                           [](const Message& m) { return m.to == NodeId(3); });
+  ASSERT_NE(to_3, c.in_flight().end());
+  const Message heartbeat = *to_3;
+  c.in_flight().erase(to_3);
+  c.node(3).Step(heartbeat);
+  c.Cut(3, 1);
+  c.Stabilize();  // node 2's answer confirms the read
+  ASSERT_EQ(c.read_states(1).size(), 1u);
+  // A later read reuses the context; nobody answers it, but the old answer arrives now.
+  c.Cut(2, 1);
+  ASSERT_TRUE(c.node(1).ReadIndex("r").ok());
+  c.Stabilize();
+  Message late;
+  late.type = MessageType::kHeartbeatResponse;
+  late.from = NodeId(3);
+  late.to = NodeId(1);
+  late.term = c.node(1).term();
+  late.context = heartbeat.context;
+  c.node(1).Step(late);
+  c.Stabilize();
+  // It proves leadership only before the read was asked for: no read point yet.
+  EXPECT_EQ(c.read_states(1).size(), 1u);
+}
+
 TEST(ReadIndexTest, NoReadStateWithoutQuorum) {
   TestCluster c(3);
   c.Elect(1);
