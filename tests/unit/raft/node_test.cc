@@ -612,6 +612,25 @@ TEST_F(SoloNodeTest, SnapshotArrivingWhileChangesAreAppliedKeepsTheSnapshotsMemb
   EXPECT_EQ(node_->effective_conf_state(), without_4);
 }
 
+TEST_F(SoloNodeTest, SnapshotInstalledWhileANewerOneArrivesCountsAsApplied) {
+  Init(3);
+  const ConfState first_conf{{NodeId(1), NodeId(2), NodeId(3)}, {NodeId(4)}};
+  node_->Step(SnapshotMsg(2, 1, 5, 1, first_conf));
+  Ready installing = node_->GetReady();
+  ASSERT_TRUE(installing.snapshot.has_value());
+  // While the owner installs it, the leader (having compacted further) sends a newer one.
+  node_->Step(SnapshotMsg(2, 1, 9, 1, node_->conf_state()));
+  ASSERT_TRUE(storage_.ApplySnapshot(*installing.snapshot).ok());
+  ASSERT_TRUE(storage_.SetHardState(*installing.hard_state).ok());
+  node_->Advance();
+  // The state machine now holds index 5.
+  EXPECT_EQ(node_->applied(), LogIndex(5));
+  EXPECT_EQ(node_->conf_state(), first_conf);
+  Ready rd = Flush();
+  ASSERT_TRUE(rd.snapshot.has_value());
+  EXPECT_EQ(node_->applied(), LogIndex(9));
+}
+
 TEST_F(SoloNodeTest, RestartWithAppliedIndexDoesNotReapply) {
   Init(3, {}, {E(2, 1, "a"), E(3, 1, "b")});
   ASSERT_TRUE(storage_.SetHardState(HardState{Term(1), kNoNode, LogIndex(3)}).ok());
