@@ -844,7 +844,7 @@ class Simulation {
         if (leader_term.has_value() && p.node->TermAt(pr->match) != leader_term) {
           Fail("n" + std::to_string(lid.value()) + " counts n" + std::to_string(pid.value()) +
                " as matching up to " + std::to_string(pr->match.value()) +
-               " but its entry there differs");
+               " but it does not hold the leader's entry there");
           return;
         }
       }
