@@ -20,6 +20,12 @@ std::string Describe(NodeId id) {
   return std::to_string(id.value());
 }
 
+// Entry stamps are whole microseconds, the resolution of their wire form: every node must apply
+// an entry with the very `now` the leader's own state machine sees.
+absl::Time ClusterTimeOf(absl::Time t) {
+  return absl::FromUnixMicros(absl::ToUnixMicros(t));
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Node>> Node::Create(const NodeOptions& options,
@@ -228,8 +234,13 @@ bool Node::Promotable() const {
   // A node whose removal is in its log but not applied may still campaign (counting only the
   // votes of its log's configuration): it may hold the only up-to-date log, and the removal
   // must be committed by someone.
+  const ConfState& base = BaseConf();
   return voters_.contains(options_.id) ||
-         std::binary_search(applied_conf_.voters.begin(), applied_conf_.voters.end(), options_.id);
+         std::binary_search(base.voters.begin(), base.voters.end(), options_.id);
+}
+
+const ConfState& Node::BaseConf() const {
+  return restored_conf_.has_value() ? restored_conf_->second : applied_conf_;
 }
 
 void Node::Poll(NodeId from, bool granted) {
@@ -326,7 +337,7 @@ void Node::TickHeartbeat() {
   }
   if (heartbeat_elapsed_ >= options_.heartbeat_ticks) {
     heartbeat_elapsed_ = 0;
-    BroadcastHeartbeat(pending_reads_.empty() ? std::string() : pending_reads_.back().context);
+    BroadcastHeartbeat(pending_reads_.empty() ? std::string() : pending_reads_.back().round);
   }
 }
 
@@ -517,12 +528,16 @@ void Node::HandleSnapshot(const Message& m) {
   if (meta.index <= log_.committed()) {
     resp.index = log_.committed();
   } else if (log_.MatchTerm(meta.index, meta.term)) {
-    // We already hold the entries: just learn that they are committed.
+    // We already hold the entries: just learn that they are committed. Only the snapshot's index
+    // is known to match: our entries after it may come from a deposed leader, and claiming them
+    // would let the leader count us for its own entries there.
     log_.CommitTo(meta.index);
-    resp.index = log_.LastIndex();
+    resp.index = meta.index;
   } else {
     log_.Restore(*m.snapshot);
-    applied_conf_ = meta.conf_state;
+    // In force at once, but the applied membership changes only when the owner installs the
+    // snapshot: it may still be applying (and snapshotting) entries below it.
+    restored_conf_ = {meta.index, meta.conf_state};
     log_conf_changes_.clear();
     RecomputeConfig();
     resp.index = log_.LastIndex();
@@ -599,7 +614,7 @@ void Node::HandleHeartbeatResponse(const Message& m) {
   }
   // A heartbeat answer for a read also confirms every read queued before it.
   auto read = std::find_if(pending_reads_.begin(), pending_reads_.end(),
-                           [&](const PendingRead& r) { return r.context == m.context; });
+                           [&](const PendingRead& r) { return r.round == m.context; });
   if (read == pending_reads_.end()) {
     return;
   }
@@ -623,7 +638,7 @@ void Node::AppendAsLeader(std::vector<Entry> entries) {
     index = index + 1;
     e.index = index;
     e.term = term_;
-    e.time = leader_time_;
+    e.time = ClusterTimeOf(leader_time_);
   }
   const LogIndex after = entries.empty() ? log_.LastIndex() : entries.front().index - 1;
   log_.Append(entries);
@@ -855,12 +870,13 @@ absl::Status Node::ReadIndex(std::string context) {
       return absl::AlreadyExistsError("raft: read context already pending");
     }
   }
-  PendingRead read{context, log_.committed(), {}};
+  PendingRead read{context, std::to_string(++read_rounds_), log_.committed(), {}};
   if (self_votes) {
     read.acks.insert(options_.id);
   }
+  const std::string round = read.round;
   pending_reads_.push_back(std::move(read));
-  BroadcastHeartbeat(context);
+  BroadcastHeartbeat(round);
   return absl::OkStatus();
 }
 
@@ -938,7 +954,7 @@ void Node::TrackLogConfChanges(LogIndex after, const std::vector<Entry>& entries
 }
 
 void Node::RecomputeConfig() {
-  ConfState conf = applied_conf_;
+  ConfState conf = BaseConf();
   for (const auto& [index, change] : log_conf_changes_) {
     ApplyChangeTo(change.second, conf);
   }
@@ -996,9 +1012,9 @@ Ready Node::GetReady() {
   read_states_.clear();
 
   ready_outstanding_ = true;
-  ready_snapshot_index_.reset();
+  ready_snapshot_.reset();
   if (rd.snapshot.has_value()) {
-    ready_snapshot_index_ = rd.snapshot->meta.index;
+    ready_snapshot_ = rd.snapshot->meta;
   }
   ready_last_entry_.reset();
   if (!rd.entries.empty()) {
@@ -1022,8 +1038,13 @@ void Node::Advance() {
     return;
   }
   ready_outstanding_ = false;
-  if (ready_snapshot_index_.has_value()) {
-    log_.StableSnapTo(*ready_snapshot_index_);
+  if (ready_snapshot_.has_value()) {
+    log_.StableSnapTo(ready_snapshot_->index);
+    // The owner installed this snapshot (a newer one may have been restored meanwhile).
+    applied_conf_ = ready_snapshot_->conf_state;
+    if (restored_conf_.has_value() && restored_conf_->first == ready_snapshot_->index) {
+      restored_conf_.reset();
+    }
   }
   if (ready_last_entry_.has_value()) {
     log_.StableTo(ready_last_entry_->first, ready_last_entry_->second);
@@ -1036,7 +1057,7 @@ void Node::Advance() {
   }
   ready_conf_changes_.clear();
   log_.AppliedTo(ready_applied_to_);
-  if (ready_snapshot_index_.has_value() || !log_conf_changes_.empty()) {
+  if (ready_snapshot_.has_value() || !log_conf_changes_.empty()) {
     log_conf_changes_.erase(log_conf_changes_.begin(),
                             log_conf_changes_.upper_bound(log_.applied()));
     RecomputeConfig();

@@ -157,6 +157,10 @@ class Node {
  private:
   struct PendingRead {
     std::string context;
+    // Names the heartbeat round sent for this read. Ours, not the caller's context: an answer
+    // to an earlier round (perhaps for a read with the same context) proves leadership only
+    // before this read was asked for.
+    std::string round;
     LogIndex index;
     std::set<NodeId> acks;
   };
@@ -164,6 +168,8 @@ class Node {
   Node(const NodeOptions& options, const LogStorage* storage);
 
   bool Promotable() const;
+  // The membership the log's changes apply to: a restored snapshot's, else the applied one.
+  const ConfState& BaseConf() const;
   size_t Quorum() const { return voters_.size() / 2 + 1; }
   bool InLease() const;
   void ResetRandomizedTimeout();
@@ -219,8 +225,11 @@ class Node {
   Role role_ = Role::kFollower;
 
   // Membership: as of the applied index, the unapplied changes in the log, and the effective
-  // result of both (see effective_conf_state()).
+  // result of both (see effective_conf_state()). A snapshot received from the leader replaces
+  // the applied membership only once the owner installed it; until then the effective
+  // configuration starts from the snapshot's (restored_conf_).
   ConfState applied_conf_;
+  std::optional<std::pair<LogIndex, ConfState>> restored_conf_;
   std::map<LogIndex, std::pair<Term, ConfChange>> log_conf_changes_;
   std::set<NodeId> voters_;
   std::set<NodeId> learners_;
@@ -236,6 +245,7 @@ class Node {
 
   std::vector<std::string> reads_waiting_for_commit_;  // before the leader's first commit
   std::deque<PendingRead> pending_reads_;
+  uint64_t read_rounds_ = 0;  // rounds named so far; answers from earlier terms are dropped
 
   std::vector<Message> messages_;
   std::vector<Message> messages_after_persist_;
@@ -248,7 +258,7 @@ class Node {
   // The outstanding Ready, between GetReady() and Advance().
   bool ready_outstanding_ = false;
   HardState persisted_hard_state_;  // last hard state handed out
-  std::optional<LogIndex> ready_snapshot_index_;
+  std::optional<SnapshotMeta> ready_snapshot_;
   std::optional<std::pair<LogIndex, Term>> ready_last_entry_;
   std::vector<Entry> ready_conf_changes_;
   LogIndex ready_applied_to_;

@@ -259,14 +259,15 @@ void RaftLog::StableTo(LogIndex index, Term term) {
 }
 
 void RaftLog::StableSnapTo(LogIndex index) {
+  // The state machine holds the snapshot even if a newer one arrived meanwhile.
+  applying_ = std::max(applying_, index);
+  applied_ = std::max(applied_, index);
   if (!unstable_snapshot_ || unstable_snapshot_->meta.index != index) {
     return;
   }
   unstable_snapshot_.reset();
   snapshot_handed_ = false;
   persisted_ = std::max(persisted_, index);
-  applying_ = std::max(applying_, index);
-  applied_ = std::max(applied_, index);
 }
 
 void RaftLog::AppliedTo(LogIndex index) {

@@ -133,7 +133,7 @@ struct Message {
   LogIndex commit;
   bool reject = false;
   LogIndex reject_hint;
-  std::string context;  // ReadIndex request id on heartbeats; kTransferContext on votes
+  std::string context;  // ReadIndex round on heartbeats; kTransferContext on votes
   std::optional<Snapshot> snapshot;
   bool operator==(const Message&) const = default;
 };

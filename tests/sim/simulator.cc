@@ -655,6 +655,7 @@ class Simulation {
       CheckRead(n, r);
     }
     n.node->Advance();
+    CheckMembership(n);
   }
 
   // ---- invariants ------------------------------------------------------------------------
@@ -758,6 +759,20 @@ class Simulation {
     }
   }
 
+  // Membership agreement: every node reports the same membership at a given applied index
+  // (what it records in its snapshots there).
+  void CheckMembership(SimNode& n) {
+    if (!n.alive()) {
+      return;
+    }
+    auto [it, inserted] =
+        applied_conf_.try_emplace(n.node->applied().value(), n.node->conf_state());
+    if (!inserted && it->second != n.node->conf_state()) {
+      Fail("membership: n" + std::to_string(n.id.value()) + " has a different membership at " +
+           "applied index " + std::to_string(it->first));
+    }
+  }
+
   void CheckRead(SimNode& n, const ReadState& r) {
     ++result_.stats.reads;
     auto it = reads_.find(r.context);
@@ -806,6 +821,33 @@ class Simulation {
         max_committed_ = std::max(max_committed_, i);
       }
       n.checked_commit = std::max(n.checked_commit, commit);
+    }
+    CheckLeaderMatches();
+  }
+
+  // A leader counts a follower for every index up to its match: the follower's log must hold
+  // the leader's entry there for as long as it stays in the leader's term (by log matching,
+  // checking the entry at the match index covers the prefix). Catches an overstated
+  // acknowledgement when it is made, before it turns into a bad commit.
+  void CheckLeaderMatches() {
+    for (auto& [lid, l] : nodes_) {
+      if (!result_.ok || !l.alive() || l.node->role() != Role::kLeader) {
+        continue;
+      }
+      for (auto& [pid, p] : nodes_) {
+        const Progress* pr = l.node->ProgressOf(pid);
+        if (pid == lid || pr == nullptr || !p.alive() || p.node->term() != l.node->term() ||
+            pr->match < p.node->first_index()) {
+          continue;
+        }
+        const std::optional<Term> leader_term = l.node->TermAt(pr->match);
+        if (leader_term.has_value() && p.node->TermAt(pr->match) != leader_term) {
+          Fail("n" + std::to_string(lid.value()) + " counts n" + std::to_string(pid.value()) +
+               " as matching up to " + std::to_string(pr->match.value()) +
+               " but it does not hold the leader's entry there");
+          return;
+        }
+      }
     }
   }
 
@@ -890,6 +932,7 @@ class Simulation {
   std::vector<CommittedEntry> committed_;
   LogIndex max_committed_;
   std::vector<uint64_t> applied_chain_;
+  std::map<uint64_t, ConfState> applied_conf_;  // applied index -> membership there
 };
 
 }  // namespace

@@ -96,6 +96,17 @@ class SoloNodeTest : public ::testing::Test {
     return m;
   }
 
+  static Message SnapshotMsg(uint64_t from, uint64_t term, uint64_t index, uint64_t snap_term,
+                             ConfState conf_state) {
+    Message m = Msg(MessageType::kSnapshot, from, term);
+    Snapshot snap;
+    snap.meta.index = LogIndex(index);
+    snap.meta.term = Term(snap_term);
+    snap.meta.conf_state = std::move(conf_state);
+    m.snapshot = std::move(snap);
+    return m;
+  }
+
   // Makes the node leader of term 2 in a 3-node cluster (voters 2 and 3 grant).
   void BecomeLeaderOf3() {
     Init(3);
@@ -549,17 +560,75 @@ TEST_F(SoloNodeTest, SplitVoteCandidateRetriesInNextTerm) {
 
 TEST_F(SoloNodeTest, SnapshotForEntriesAlreadyHeldOnlyAdvancesCommit) {
   Init(3, {}, {E(2, 1), E(3, 1)});
-  Message m = Msg(MessageType::kSnapshot, 2, 1);
-  Snapshot snap;
-  snap.meta.index = LogIndex(2);
-  snap.meta.term = Term(1);
-  snap.meta.conf_state = node_->conf_state();
-  m.snapshot = snap;
-  node_->Step(m);
+  node_->Step(SnapshotMsg(2, 1, 2, 1, node_->conf_state()));
   Ready rd = Flush();
   EXPECT_FALSE(rd.snapshot.has_value());
   EXPECT_EQ(node_->commit(), LogIndex(2));
   EXPECT_EQ(node_->last_index(), LogIndex(3));
+}
+
+TEST_F(SoloNodeTest, SnapshotMatchingOurLogAcknowledgesOnlyTheSnapshotIndex) {
+  // Entries 4 and 5 come from a term-2 leader that lost; the term-3 leader's log differs there.
+  Init(3, {}, {E(2, 1), E(3, 1), E(4, 2), E(5, 2)}, Term(2));
+  node_->Step(SnapshotMsg(2, 3, 3, 1, node_->conf_state()));
+  std::vector<Message> out = FlushMessages();
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].type, MessageType::kAppendResponse);
+  EXPECT_FALSE(out[0].reject);
+  // Acknowledging 5 would make the leader count us for its own entries 4 and 5 (and send us a
+  // commit index covering our stale ones).
+  EXPECT_EQ(out[0].index, LogIndex(3));
+  EXPECT_EQ(node_->commit(), LogIndex(3));
+  EXPECT_EQ(node_->last_index(), LogIndex(5));
+}
+
+TEST_F(SoloNodeTest, SnapshotArrivingWhileChangesAreAppliedKeepsTheSnapshotsMembership) {
+  auto conf_entry = [](uint64_t index, ConfChangeType type) {
+    Entry e = E(index, 1);
+    e.type = EntryType::kConfChange;
+    e.data = EncodeConfChange({type, NodeId(4)});
+    return e;
+  };
+  Init(3, {},
+       {conf_entry(2, ConfChangeType::kAddLearner), conf_entry(3, ConfChangeType::kPromoteVoter)});
+  node_->Step(Append(2, 1, 3, 1, {}, 3));
+  Ready applying = node_->GetReady();  // hands out both changes; the owner is still at it
+  ASSERT_EQ(applying.committed_entries.size(), 2u);
+  // Meanwhile the leader, which has since removed node 4 again, sends a snapshot.
+  const ConfState without_4{{NodeId(1), NodeId(2), NodeId(3)}, {}};
+  node_->Step(SnapshotMsg(2, 1, 10, 1, without_4));
+  EXPECT_EQ(node_->effective_conf_state(), without_4);  // acted on at once
+  ASSERT_TRUE(storage_.SetHardState(*applying.hard_state).ok());
+  node_->Advance();
+  // Applied up to 3, the snapshot not yet installed: a snapshot the owner takes now records the
+  // membership as of index 3.
+  EXPECT_EQ(node_->applied(), LogIndex(3));
+  const ConfState with_4{{NodeId(1), NodeId(2), NodeId(3), NodeId(4)}, {}};
+  EXPECT_EQ(node_->conf_state(), with_4);
+  EXPECT_EQ(node_->effective_conf_state(), without_4);
+  Ready rd = Flush();
+  ASSERT_TRUE(rd.snapshot.has_value());
+  EXPECT_EQ(node_->conf_state(), without_4);
+  EXPECT_EQ(node_->effective_conf_state(), without_4);
+}
+
+TEST_F(SoloNodeTest, SnapshotInstalledWhileANewerOneArrivesCountsAsApplied) {
+  Init(3);
+  const ConfState first_conf{{NodeId(1), NodeId(2), NodeId(3)}, {NodeId(4)}};
+  node_->Step(SnapshotMsg(2, 1, 5, 1, first_conf));
+  Ready installing = node_->GetReady();
+  ASSERT_TRUE(installing.snapshot.has_value());
+  // While the owner installs it, the leader (having compacted further) sends a newer one.
+  node_->Step(SnapshotMsg(2, 1, 9, 1, node_->conf_state()));
+  ASSERT_TRUE(storage_.ApplySnapshot(*installing.snapshot).ok());
+  ASSERT_TRUE(storage_.SetHardState(*installing.hard_state).ok());
+  node_->Advance();
+  // The state machine now holds index 5.
+  EXPECT_EQ(node_->applied(), LogIndex(5));
+  EXPECT_EQ(node_->conf_state(), first_conf);
+  Ready rd = Flush();
+  ASSERT_TRUE(rd.snapshot.has_value());
+  EXPECT_EQ(node_->applied(), LogIndex(9));
 }
 
 TEST_F(SoloNodeTest, RestartWithAppliedIndexDoesNotReapply) {
@@ -777,6 +846,37 @@ TEST(ReadIndexTest, ReturnsCommitIndexAfterQuorumConfirmsLeadership) {
   ASSERT_EQ(c.read_states(1).size(), 1u);
   EXPECT_EQ(c.read_states(1)[0].context, "r1");
   EXPECT_EQ(c.read_states(1)[0].index, c.node(1).commit());
+}
+
+TEST(ReadIndexTest, AnswerToAnEarlierRoundDoesNotConfirmALaterReadWithTheSameContext) {
+  TestCluster c(3);
+  c.Elect(1);
+  ASSERT_TRUE(c.node(1).ReadIndex("r").ok());
+  c.ProcessReady(NodeId(1));  // heartbeats for the read
+  // Node 3 answers, but its answer is held up in the network.
+  auto to_3 = std::find_if(c.in_flight().begin(), c.in_flight().end(),
+                           [](const Message& m) { return m.to == NodeId(3); });
+  ASSERT_NE(to_3, c.in_flight().end());
+  const Message heartbeat = *to_3;
+  c.in_flight().erase(to_3);
+  c.node(3).Step(heartbeat);
+  c.Cut(3, 1);
+  c.Stabilize();  // node 2's answer confirms the read
+  ASSERT_EQ(c.read_states(1).size(), 1u);
+  // A later read reuses the context; nobody answers it, but the old answer arrives now.
+  c.Cut(2, 1);
+  ASSERT_TRUE(c.node(1).ReadIndex("r").ok());
+  c.Stabilize();
+  Message late;
+  late.type = MessageType::kHeartbeatResponse;
+  late.from = NodeId(3);
+  late.to = NodeId(1);
+  late.term = c.node(1).term();
+  late.context = heartbeat.context;
+  c.node(1).Step(late);
+  c.Stabilize();
+  // It proves leadership only before the read was asked for: no read point yet.
+  EXPECT_EQ(c.read_states(1).size(), 1u);
 }
 
 TEST(ReadIndexTest, NoReadStateWithoutQuorum) {
@@ -1073,6 +1173,21 @@ TEST(ClusterTimeTest, EntriesCarryLeadersTime) {
   ASSERT_TRUE(c.node(1).Propose({"x"}, t).ok());
   c.Stabilize();
   EXPECT_EQ(c.applied(2).back().time, t);
+}
+
+TEST(ClusterTimeTest, StampSurvivesTheWireUnchanged) {
+  // Followers get entries through the wire form, which holds microseconds: a finer stamp would
+  // give the leader's state machine a different `now` from everyone else's.
+  TestCluster c(3);
+  c.Elect(1);
+  const absl::Time t = c.now() + absl::Seconds(5) + absl::Nanoseconds(1500);
+  ASSERT_TRUE(c.node(1).Propose({"x"}, t).ok());
+  c.Stabilize();
+  const Entry& stamped = c.applied(1).back();
+  absl::StatusOr<Entry> received = FromWire(ToWire(stamped));
+  ASSERT_TRUE(received.ok());
+  EXPECT_EQ(received->time, stamped.time);
+  EXPECT_GE(stamped.time, t - absl::Microseconds(1));
 }
 
 TEST(ClusterTimeTest, NewLeaderWithSlowerClockNeverGoesBack) {
