@@ -18,6 +18,7 @@
 #include "common/http_server.h"
 #include "common/log.h"
 #include "common/status.h"
+#include "queue/queue_role.h"
 
 namespace backstop {
 namespace {
@@ -69,6 +70,31 @@ absl::StatusOr<Config> LoadEffectiveConfig(const Flags& flags) {
     ASSIGN_OR_RETURN(overrides.roles, ParseRoles(flags.roles));
   }
   return LoadConfigFile(flags.config_path, overrides);
+}
+
+// The /status document (DESIGN §3.5): node_id, roles, and the queue's Raft view. Node id and
+// roles are fixed for the life of the process (a reload does not change them).
+std::string StatusJson(const Config& config, const queue::QueueRole* queue_role) {
+  std::string json = fmt::format("{{\"node_id\":{},\"version\":", config.node.id);
+  log::AppendJsonString(json, kVersion);
+  json.append(",\"roles\":[");
+  bool first = true;
+  for (Role role : config.node.roles.ToVector()) {
+    json.append(first ? "" : ",");
+    log::AppendJsonString(json, RoleName(role));
+    first = false;
+  }
+  json.append("]");
+  if (queue_role != nullptr) {
+    const queue::QueueNodeStatus status = queue_role->status();
+    json.append(fmt::format(
+        ",\"queue\":{{\"leader_id\":{},\"is_leader\":{},\"term\":{},\"commit_index\":{},"
+        "\"applied_index\":{},\"synced_writes\":{},\"entries_persisted\":{}}}",
+        status.leader.value(), status.is_leader, status.term.value(), status.commit.value(),
+        status.applied.value(), status.synced_writes, status.entries_persisted));
+  }
+  json.append("}\n");
+  return json;
 }
 
 void LogWarnings(const log::Logger& logger, const Config& config) {
@@ -136,14 +162,50 @@ int Serve(const Flags& flags) {
                                     {"roles", RoleList(config.node.roles)},
                                     {"config", flags.config_path}});
   logger.Info("http admin listening", {{"address", (*http)->address()}});
-  // The roles arrive with their own issues (queue, ingest, delivery); until then this process
-  // serves only its admin port, and says so rather than pretending.
-  for (Role role : config.node.roles.ToVector()) {
-    logger.Warn("role not implemented yet; nothing started for it", {{"role", RoleName(role)}});
+
+  std::unique_ptr<queue::QueueRole> queue_role;
+  if (config.node.roles.Has(Role::kQueue)) {
+    absl::StatusOr<std::unique_ptr<queue::QueueRole>> started = queue::QueueRole::Start(config);
+    if (!started.ok()) {
+      std::cerr << "backstop: " << started.status().message() << "\n";
+      logger.Error("cannot start the queue role",
+                   {{"error", std::string(started.status().message())}});
+      return kExitFailure;
+    }
+    queue_role = *std::move(started);
+    logger.Info("queue listening", {{"address", queue_role->listen_address()},
+                                    {"voters", config.queue.peers.size()},
+                                    {"data_dir", config.node.data_dir}});
+  }
+  // A copy: the handler runs on HTTP threads while a reload replaces `config`.
+  (*http)->Handle("/status",
+                  [startup_config = config, role = queue_role.get()](const HttpRequest&) {
+                    return HttpResponse{200, "application/json", StatusJson(startup_config, role)};
+                  });
+  (*http)->Handle("/readyz", [role = queue_role.get()](const HttpRequest&) {
+    // Queue: ready once it knows a leader and has applied what it knows to be committed.
+    if (role != nullptr) {
+      const queue::QueueNodeStatus status = role->status();
+      if (status.leader.IsNone() || status.applied < status.commit) {
+        return HttpResponse{503, "text/plain; charset=utf-8", "queue: no leader or catching up\n"};
+      }
+    }
+    return HttpResponse{200, "text/plain; charset=utf-8", "ready\n"};
+  });
+  // Ingest and delivery arrive with their own issues; until then this process says so rather
+  // than pretending.
+  for (Role role : {Role::kIngest, Role::kDelivery}) {
+    if (config.node.roles.Has(role)) {
+      logger.Warn("role not implemented yet; nothing started for it", {{"role", RoleName(role)}});
+    }
   }
   std::cerr << fmt::format("backstop {}: node {} ({}), roles {}\n  admin  http://{}/livez\n",
                            kVersion, config.node.id, config.node.hostname,
                            RoleList(config.node.roles), (*http)->address());
+  if (queue_role != nullptr) {
+    std::cerr << fmt::format("  queue  {} (gRPC), data in {}\n", queue_role->listen_address(),
+                             config.node.data_dir);
+  }
 
   while (true) {
     int signal_number = 0;
@@ -167,7 +229,9 @@ int Serve(const Flags& flags) {
     logger.Info("draining", {{"signal", signal_number == SIGTERM ? "SIGTERM" : "SIGINT"}});
     break;
   }
+  // The admin port goes first so that nothing reports on roles being torn down.
   http->reset();
+  queue_role.reset();
   logger.Info("stopped");
   return 0;
 }

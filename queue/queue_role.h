@@ -1,0 +1,46 @@
+#pragma once
+
+// The queue role of a backstop process: one voter (QueueNode) with its gRPC server on
+// [queue] listen, serving the Raft peer transport and the QueueService. Also the in-process
+// channel through which the process's other roles reach this voter (DESIGN §2: one code path).
+
+#include <memory>
+#include <mutex>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/status/statusor.h"
+#include "common/config.h"
+#include "queue/queue_node.h"
+#include "queue/queue_service.h"
+#include "queue/raft_transport.h"
+
+namespace backstop::queue {
+
+// Owns the transport, the node, the service and the server. Start/destruction on one thread
+// (main); status() and the accessors from any thread.
+class QueueRole {
+ public:
+  static absl::StatusOr<std::unique_ptr<QueueRole>> Start(const Config& config);
+  // Stops the server (cancelling peer streams) and then the node.
+  ~QueueRole();
+  QueueRole(const QueueRole&) = delete;
+  QueueRole& operator=(const QueueRole&) = delete;
+
+  QueueNodeStatus status() const { return node_->status(); }
+  const std::string& listen_address() const { return listen_address_; }
+  // For the other roles of this process.
+  std::shared_ptr<grpc::Channel> InProcessChannel();
+
+ private:
+  QueueRole() = default;
+
+  std::unique_ptr<RaftTransport> transport_;
+  std::mutex node_mutex_;  // orders the transport's first deliveries after the node exists
+  std::unique_ptr<QueueNode> node_;
+  std::unique_ptr<QueueServiceImpl> service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::string listen_address_;
+};
+
+}  // namespace backstop::queue
