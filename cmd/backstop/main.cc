@@ -2,6 +2,7 @@
 // admin port, then waits for signals (SIGHUP reloads, SIGTERM/SIGINT drain and exit).
 
 #include <signal.h>
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
@@ -161,7 +162,6 @@ int Serve(const Flags& flags) {
                                     {"hostname", config.node.hostname},
                                     {"roles", RoleList(config.node.roles)},
                                     {"config", flags.config_path}});
-  logger.Info("http admin listening", {{"address", (*http)->address()}});
 
   std::unique_ptr<queue::QueueRole> queue_role;
   if (config.node.roles.Has(Role::kQueue)) {
@@ -192,6 +192,8 @@ int Serve(const Flags& flags) {
     }
     return HttpResponse{200, "text/plain; charset=utf-8", "ready\n"};
   });
+  // Logged once every admin path is served: tests and operators take it as "up".
+  logger.Info("http admin listening", {{"address", (*http)->address()}, {"pid", getpid()}});
   // Ingest and delivery arrive with their own issues; until then this process says so rather
   // than pretending.
   for (Role role : {Role::kIngest, Role::kDelivery}) {

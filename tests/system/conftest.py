@@ -19,6 +19,8 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 BACKSTOP_BIN = os.environ.get("BACKSTOP_BIN", str(REPO / "build/release/cmd/backstop/backstop"))
+LOADGEN_BIN = os.environ.get("BACKSTOP_LOADGEN",
+                             str(REPO / "build/release/bench/backstop-queue-loadgen"))
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 15.0
 
@@ -65,8 +67,9 @@ class BackstopProcess:
         self.config_path = config_path
         self.log_path = workdir / "backstop.log"
         self.stderr_path = workdir / "backstop.stderr"
-        self._log = open(self.log_path, "wb")
-        self._stderr = open(self.stderr_path, "wb")
+        # Appending: a restarted process (same directory) keeps its predecessor's lines.
+        self._log = open(self.log_path, "ab")
+        self._stderr = open(self.stderr_path, "ab")
         self.proc = subprocess.Popen(
             [BACKSTOP_BIN, "--config", str(config_path), *args],
             stdout=self._log, stderr=self._stderr, stdin=subprocess.DEVNULL, cwd=workdir)
@@ -91,10 +94,17 @@ class BackstopProcess:
         raise AssertionError(f"no {what} within {timeout}s; log: {self.log_path.read_text()}")
 
     def wait_started(self):
-        entry = self.wait_for_log(lambda e: e.get("msg") == "http admin listening",
-                                  what="'http admin listening'")
+        entry = self.wait_for_log(
+            lambda e: e.get("msg") == "http admin listening" and e.get("pid") == self.proc.pid,
+            what="'http admin listening'")
         self.http_address = entry["address"]
         return self
+
+    def status(self):
+        """The parsed /status document."""
+        status, _, body = self.http_get("/status")
+        assert status == 200, body
+        return json.loads(body)
 
     def http_get(self, path, timeout=5.0):
         """(status, content type, body) of GET http://<admin address><path>."""
@@ -134,13 +144,17 @@ def backstop(tmp_path):
     """
     started = []
 
-    def start(config_text=None, args=(), wait=True):
-        workdir = tmp_path / f"node{len(started)}"
-        workdir.mkdir()
-        if config_text is None:
-            config_text = standalone_config(workdir / "data", reserve_port())
-        config_path = workdir / "backstop.toml"
-        config_path.write_text(config_text)
+    def start(config_text=None, args=(), wait=True, restart_of=None):
+        """restart_of: a stopped or killed process to start again on its directory and file."""
+        if restart_of is not None:
+            workdir, config_path = restart_of.workdir, restart_of.config_path
+        else:
+            workdir = tmp_path / f"node{len(started)}"
+            workdir.mkdir()
+            if config_text is None:
+                config_text = standalone_config(workdir / "data", reserve_port())
+            config_path = workdir / "backstop.toml"
+            config_path.write_text(config_text)
         process = BackstopProcess(workdir, config_path, list(args))
         started.append(process)
         return process.wait_started() if wait else process

@@ -1,0 +1,166 @@
+// backstop-queue-loadgen: appends uniquely numbered messages to the queue through QueueClient
+// (the same client ingest uses) from many concurrent workers, and reports throughput as JSON.
+// With --acked FILE it records the id of every message the queue acknowledged; with --verify
+// FILE it reads each of those ids back from one voter (--endpoints names exactly one), which is
+// how the system tests prove that nothing acknowledged was lost.
+
+#include <CLI/CLI.hpp>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "absl/time/clock.h"
+#include "queue/message_id.h"
+#include "queue/queue_client.h"
+
+namespace backstop::queue {
+namespace {
+
+struct Flags {
+  std::vector<std::string> endpoints;
+  uint64_t messages = 1000;
+  size_t size = 2048;
+  int concurrency = 16;
+  int batch = 1;
+  std::string domain = "example.test";
+  std::string acked_path;
+  std::string verify_path;
+  uint64_t node_id = 999;
+};
+
+QueueEntry MakeEntry(const Flags& flags, uint64_t n, absl::Time now) {
+  QueueEntry entry;
+  entry.set_id(std::string(MessageId::Make(now, flags.node_id, n).bytes()));
+  entry.set_domain(flags.domain);
+  Envelope* envelope = entry.mutable_envelope();
+  envelope->set_reverse_path("loadgen@example.org");
+  envelope->add_recipients()->set_address("user@" + flags.domain);
+  envelope->set_arrival_ms(absl::ToUnixMillis(now));
+  std::string message = fmt::format("Message-ID: <{}@loadgen>\r\nSubject: {}\r\n\r\n", n, n);
+  while (message.size() + 2 < flags.size) {
+    message.append(std::min<size_t>(76, flags.size - message.size() - 2), 'x').append("\r\n");
+  }
+  entry.set_message(std::move(message));
+  return entry;
+}
+
+int Append(const Flags& flags, QueueClient& client) {
+  std::atomic<uint64_t> next{0};
+  std::atomic<uint64_t> acked{0};
+  std::atomic<uint64_t> failed{0};
+  std::mutex acked_mutex;
+  std::ofstream acked_file;
+  if (!flags.acked_path.empty()) {
+    acked_file.open(flags.acked_path);
+  }
+  const auto start = std::chrono::steady_clock::now();
+  std::vector<std::thread> workers;
+  for (int w = 0; w < flags.concurrency; ++w) {
+    workers.emplace_back([&] {
+      while (true) {
+        const uint64_t first = next.fetch_add(flags.batch);
+        if (first >= flags.messages) {
+          return;
+        }
+        AppendMessages request;
+        const absl::Time now = absl::Now();
+        for (uint64_t n = first; n < std::min<uint64_t>(first + flags.batch, flags.messages); ++n) {
+          *request.add_entries() = MakeEntry(flags, n, now);
+        }
+        absl::StatusOr<AppendResult> result = client.Append(request);
+        if (!result.ok()) {
+          failed += request.entries_size();
+          std::cerr << "append failed: " << result.status() << "\n";
+          continue;
+        }
+        std::lock_guard lock(acked_mutex);
+        for (const AppendOutcome& outcome : result->outcomes()) {
+          if (outcome.code() == OK || outcome.code() == ALREADY_EXISTS) {
+            ++acked;
+            if (acked_file.is_open()) {
+              acked_file << MessageId::FromBytes(outcome.id())->ToString() << "\n";
+            }
+          } else {
+            ++failed;
+          }
+        }
+      }
+    });
+  }
+  for (std::thread& worker : workers) {
+    worker.join();
+  }
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::cout << fmt::format(
+      "{{\"messages\":{},\"acked\":{},\"failed\":{},\"size\":{},\"concurrency\":{},"
+      "\"batch\":{},\"seconds\":{:.3f},\"messages_per_second\":{:.1f},\"mb_per_second\":{:.2f}}}\n",
+      flags.messages, acked.load(), failed.load(), flags.size, flags.concurrency, flags.batch,
+      seconds, acked.load() / seconds, acked.load() * flags.size / seconds / 1e6);
+  return failed.load() == 0 ? 0 : 1;
+}
+
+int Verify(const Flags& flags, QueueClient& client) {
+  std::ifstream file(flags.verify_path);
+  uint64_t present = 0;
+  uint64_t missing = 0;
+  for (std::string hex; std::getline(file, hex);) {
+    absl::StatusOr<MessageId> id = MessageId::FromString(hex);
+    if (!id.ok()) {
+      std::cerr << "bad id in " << flags.verify_path << ": " << hex << "\n";
+      return 2;
+    }
+    ReadMessageRequest request;
+    request.set_id(std::string(id->bytes()));
+    if (client.ReadMessage(request).ok()) {
+      ++present;
+    } else {
+      ++missing;
+      std::cerr << "missing: " << hex << "\n";
+    }
+  }
+  std::cout << fmt::format("{{\"present\":{},\"missing\":{}}}\n", present, missing);
+  return missing == 0 ? 0 : 1;
+}
+
+int Main(int argc, char** argv) {
+  CLI::App app{"backstop-queue-loadgen: append load and loss checks against the queue"};
+  Flags flags;
+  app.add_option("--endpoints", flags.endpoints, "queue voters, host:port")
+      ->required()
+      ->delimiter(',');
+  app.add_option("--messages", flags.messages, "messages to append");
+  app.add_option("--size", flags.size, "bytes per message");
+  app.add_option("--concurrency", flags.concurrency, "concurrent appenders");
+  app.add_option("--batch", flags.batch, "messages per Append call");
+  app.add_option("--domain", flags.domain, "destination domain");
+  app.add_option("--acked", flags.acked_path, "write acknowledged ids here");
+  app.add_option("--verify", flags.verify_path, "read back the ids in this file instead");
+  app.add_option("--id-node", flags.node_id, "node id stamped into message ids");
+  CLI11_PARSE(app, argc, argv);
+
+  QueueClientOptions options;
+  options.endpoints = flags.endpoints;
+  options.call_deadline = absl::Seconds(30);
+  absl::StatusOr<std::unique_ptr<QueueClient>> client = QueueClient::Create(options);
+  if (!client.ok()) {
+    std::cerr << client.status() << "\n";
+    return 2;
+  }
+  return flags.verify_path.empty() ? Append(flags, **client) : Verify(flags, **client);
+}
+
+}  // namespace
+}  // namespace backstop::queue
+
+int main(int argc, char** argv) {
+  return backstop::queue::Main(argc, argv);
+}
