@@ -1,11 +1,13 @@
 #include "queue/queue_role.h"
 
 #include <chrono>
+#include <future>
 #include <string>
 #include <vector>
 
 #include <fmt/format.h>
 
+#include "common/log.h"
 #include "common/status.h"
 
 namespace backstop::queue {
@@ -59,10 +61,95 @@ absl::StatusOr<std::unique_ptr<QueueRole>> QueueRole::Start(const Config& config
   HostPort bound = config.queue.listen;
   bound.port = static_cast<uint16_t>(port);
   role->listen_address_ = bound.ToString();
+
+  std::vector<DomainSpec> domains;
+  for (const DomainConfig& domain : config.domains) {
+    domains.push_back(DomainSpecFromConfig(domain));
+  }
+  role->seeder_ = std::thread(
+      [raw = role.get(), domains = std::move(domains)]() mutable { raw->SeedDomains(domains); });
   return role;
 }
 
+DomainSpec DomainSpecFromConfig(const DomainConfig& domain) {
+  DomainSpec spec;
+  spec.set_name(domain.name);
+  for (const HostPort& primary : domain.primary) {
+    spec.add_primary(primary.ToString());
+  }
+  spec.set_tls(domain.tls == DomainTls::kRequired ? TLS_REQUIRED : TLS_OPPORTUNISTIC);
+  for (const std::string& recipient : domain.recipients) {
+    spec.add_recipients(recipient);
+  }
+  spec.set_recipient_callout(domain.recipient_callout);
+  spec.set_max_queued_messages(domain.max_queued_messages);
+  spec.set_max_queued_bytes(domain.max_queued_bytes);
+  spec.set_max_monthly_bytes(domain.max_monthly_bytes);
+  spec.set_max_daily_connections(domain.max_daily_connections);
+  return spec;
+}
+
+void QueueRole::SeedDomains(std::vector<DomainSpec> domains) {
+  const log::Logger logger("queue");
+  size_t next = 0;
+  size_t created = 0;
+  while (next < domains.size()) {
+    {
+      std::unique_lock lock(seeder_mutex_);
+      seeder_wake_.wait_for(lock, std::chrono::milliseconds(200), [this] { return stopping_; });
+      if (stopping_) {
+        return;
+      }
+    }
+    if (!node_->status().is_leader) {
+      continue;  // the leader seeds; a follower only steps in if it becomes leader
+    }
+    while (next < domains.size()) {
+      if (node_->state_machine().GetDomain(domains[next].name()).ok()) {
+        ++next;  // already in the table (seeded before, or managed through the admin API)
+        continue;
+      }
+      Command command;
+      *command.mutable_create_domain()->mutable_spec() = domains[next];
+      // Shared with the callback: a proposal that never resolves (no quorum) must not keep the
+      // seeder, and so shutdown, waiting.
+      auto done = std::make_shared<std::promise<absl::StatusOr<CommandResult>>>();
+      std::future<absl::StatusOr<CommandResult>> result = done->get_future();
+      node_->Propose(std::move(command),
+                     [done](absl::StatusOr<CommandResult> r) { done->set_value(std::move(r)); });
+      while (result.wait_for(std::chrono::milliseconds(100)) != std::future_status::ready) {
+        std::lock_guard lock(seeder_mutex_);
+        if (stopping_) {
+          return;
+        }
+      }
+      const absl::StatusOr<CommandResult> outcome = result.get();
+      if (!outcome.ok()) {
+        break;  // lost leadership; wait and see who seeds
+      }
+      if (outcome->code() == OK) {
+        ++created;
+        logger.Info("domain seeded from the configuration", {{"domain", domains[next].name()}});
+      } else if (outcome->code() != ALREADY_EXISTS) {
+        logger.Error("cannot seed domain from the configuration",
+                     {{"domain", domains[next].name()}, {"error", outcome->error()}});
+      }
+      ++next;
+    }
+  }
+  logger.Info("configured domains are in the queue",
+              {{"configured", domains.size()}, {"created", created}});
+}
+
 QueueRole::~QueueRole() {
+  {
+    std::lock_guard lock(seeder_mutex_);
+    stopping_ = true;
+  }
+  seeder_wake_.notify_all();
+  if (seeder_.joinable()) {
+    seeder_.join();  // before the node goes: the seeder proposes through it
+  }
   if (server_ != nullptr) {
     // Peer streams never end on their own: give calls a moment, then cancel them.
     server_->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(500));

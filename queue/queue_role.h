@@ -4,8 +4,11 @@
 // [queue] listen, serving the Raft peer transport and the QueueService. Also the in-process
 // channel through which the process's other roles reach this voter (DESIGN §2: one code path).
 
+#include <condition_variable>
 #include <memory>
 #include <mutex>
+#include <thread>
+#include <vector>
 
 #include <grpcpp/grpcpp.h>
 
@@ -19,6 +22,11 @@ namespace backstop::queue {
 
 // Owns the transport, the node, the service and the server. Start/destruction on one thread
 // (main); status() and the accessors from any thread.
+//
+// The domain table is seeded from the configuration's [[domain]] blocks: whichever voter leads
+// creates the configured domains that the table does not hold yet (CreateDomain through the
+// log, so every replica agrees). Domains changed at runtime through the admin API keep their
+// changes across restarts.
 class QueueRole {
  public:
   static absl::StatusOr<std::unique_ptr<QueueRole>> Start(const Config& config);
@@ -34,6 +42,8 @@ class QueueRole {
 
  private:
   QueueRole() = default;
+  // Runs on seeder_: waits until this voter leads, then creates the missing configured domains.
+  void SeedDomains(std::vector<DomainSpec> domains);
 
   std::unique_ptr<RaftTransport> transport_;
   std::mutex node_mutex_;  // orders the transport's first deliveries after the node exists
@@ -41,6 +51,14 @@ class QueueRole {
   std::unique_ptr<QueueServiceImpl> service_;
   std::unique_ptr<grpc::Server> server_;
   std::string listen_address_;
+
+  std::mutex seeder_mutex_;
+  std::condition_variable seeder_wake_;
+  bool stopping_ = false;  // guarded by seeder_mutex_
+  std::thread seeder_;
 };
+
+// The queue's record of a configured [[domain]].
+DomainSpec DomainSpecFromConfig(const DomainConfig& domain);
 
 }  // namespace backstop::queue

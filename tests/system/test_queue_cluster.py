@@ -110,3 +110,19 @@ def test_every_acknowledged_append_survives_a_leader_kill(backstop, cluster, tmp
         result = run_loadgen("--endpoints", f"127.0.0.1:{port}", "--verify", str(acked))
         assert result.returncode == 0, f"voter {node_id}: {result.stderr[-2000:]}"
         assert '"present":10000,"missing":0' in result.stdout
+
+
+def test_configured_domains_are_seeded_once(backstop):
+    def seeding_lines(node):
+        return [e for e in node.logs() if e.get("msg") == "configured domains are in the queue"]
+
+    node = backstop()
+    first = wait_until(lambda: seeding_lines(node), what="domain seeding")[0]
+    assert (first["configured"], first["created"]) == (1, 1)
+    node.signal(signal.SIGTERM)
+    assert node.wait_exit() == 0
+    # Restarted on the same data (its log file keeps the first run's lines): the domain is
+    # already in the replicated table, so nothing is created again.
+    again = backstop(restart_of=node)
+    second = wait_until(lambda: seeding_lines(again)[1:], what="the restart's seeding")[0]
+    assert (second["configured"], second["created"]) == (1, 0)
