@@ -25,13 +25,13 @@ APT_PACKAGES := \
 # Only `make fmt` and `make lint` need these.
 LINT_PACKAGES := clang-format-16 clang-tidy-16
 
-.PHONY: help deps deps-lint configure build run test unit system bench sim fmt lint \
+.PHONY: help deps deps-lint configure build run test unit system bench bench-queue sim fmt lint \
         test-asan test-tsan clean
 
 help:
 	@echo "make run     install deps, build, start the embedded default ($(CONFIG))"
 	@echo "make test    install deps, build, run every unit, simulation and system test"
-	@echo "make bench   build and run the micro-benchmarks"
+	@echo "make bench   build and run the micro-benchmarks (make bench-queue: queue appends)"
 	@echo "make sim     run the Raft simulator for SEEDS seeds x STEPS steps"
 	@echo "make fmt / make lint / make test-asan / make test-tsan / make clean"
 
@@ -71,6 +71,10 @@ test: build
 
 bench: build
 	@for b in $(BUILD_DIR)/bench/*_bench; do [ -x "$$b" ] || continue; "$$b" || exit 1; done
+
+# Queue append throughput, 1 and 3 voters, beside the disk's raw fsync rate (JSON lines).
+bench-queue: build
+	bench/queue_append.sh $(BUILD_DIR)
 
 SEEDS ?= 2000
 FIRST_SEED ?= 1
