@@ -25,7 +25,7 @@ APT_PACKAGES := \
 # Only `make fmt` and `make lint` need these.
 LINT_PACKAGES := clang-format-16 clang-tidy-16
 
-.PHONY: help deps deps-lint configure build run test unit system bench bench-queue sim fmt lint \
+.PHONY: help deps deps-lint configure build run test bench bench-queue sim fmt lint \
         test-asan test-tsan clean
 
 help:
