@@ -76,7 +76,9 @@ grpc::ServerUnaryReactor* QueueServiceImpl::Lease(grpc::CallbackServerContext* c
   return ProposeAndReply(context, std::move(command), [this, response](CommandResult& result) {
     response->Swap(result.mutable_lease());
     // The state machine leaves message bytes out of its result (followers would only discard
-    // them); the leader that granted the lease reads them from its own store.
+    // them); the leader that granted the lease reads them from its own store. This runs on the
+    // Raft thread, so a large lease delays the next Ready by its reads (from the blob files,
+    // usually in the page cache); moving them off that thread is a delivery-throughput item.
     for (LeasedDomain& domain : *response->mutable_domains()) {
       for (LeasedEntry& leased : *domain.mutable_entries()) {
         absl::StatusOr<MessageId> id = MessageId::FromBytes(leased.entry().id());
