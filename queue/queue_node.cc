@@ -168,20 +168,27 @@ void QueueNode::TransferLeadership(raft::NodeId to, StatusDone done) {
 
 void QueueNode::StartConfChange(const raft::ConfChange& change, const std::string& address,
                                 StatusDone done) {
-  if (change.type == raft::ConfChangeType::kAddLearner) {
-    if (address.empty()) {
-      done(absl::InvalidArgumentError("a new member needs its gRPC address"));
-      return;
-    }
-    // The leader must reach the learner as soon as the entry is in its log.
-    transport_->SetPeer(change.node, address);
-    std::lock_guard lock(mutex_);
-    addresses_[change.node] = address;
+  const bool adding = change.type == raft::ConfChangeType::kAddLearner;
+  if (adding && address.empty()) {
+    done(absl::InvalidArgumentError("a new member needs its gRPC address"));
+    return;
+  }
+  if (change.type == raft::ConfChangeType::kRemove && change.node == options_.id &&
+      node_->role() == raft::Role::kLeader) {
+    // Raft refuses this too, but as FailedPrecondition, which callers read as "not the leader".
+    done(absl::InvalidArgumentError("the leader cannot remove itself; transfer leadership first"));
+    return;
   }
   absl::StatusOr<raft::LogIndex> index = node_->ProposeConfChange(change, options_.clock->Now());
   if (!index.ok()) {
     done(index.status());
     return;
+  }
+  if (adding) {
+    // Before the Ready that carries the entry: the leader replicates to the learner at once.
+    transport_->SetPeer(change.node, address);
+    std::lock_guard lock(mutex_);
+    addresses_[change.node] = address;
   }
   pending_.emplace(
       index->value(),

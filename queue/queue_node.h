@@ -50,7 +50,9 @@ enum class StartMode : uint8_t {
 
 struct QueueNodeOptions {
   raft::NodeId id;
-  std::vector<VoterAddress> voters;  // the founding configuration, this node included
+  // The founding configuration, this node included; for kJoinExisting, the members it knows.
+  // Either way the addresses the transport starts with.
+  std::vector<VoterAddress> voters;
   StartMode start_mode = StartMode::kFoundingMember;  // only matters on a first start
   std::string data_dir;
   absl::Duration tick_interval = absl::Milliseconds(100);
@@ -98,8 +100,9 @@ class QueueNode {
   // Membership and leadership; any thread, `done` runs on the Raft thread exactly once.
   //
   // One membership step; `done` fires once its entry is applied here in the term that proposed
-  // it. Adding a learner first points the transport at `address`; a removal drops the peer from
-  // the transport on every node that applies it.
+  // it. Adding a learner points this node's transport at `address`; a removal drops the peer
+  // from the transport on every node that applies it. The leader cannot remove itself
+  // (InvalidArgument): transfer leadership first.
   void ProposeConfChange(raft::ConfChange change, std::string address, StatusDone done);
   // Adds `voter` as a learner, waits until its log has caught up with the commit index, then
   // promotes it (one step at a time, Raft thesis §4.2.1). Fails with DeadlineExceeded when the

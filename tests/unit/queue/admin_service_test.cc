@@ -476,5 +476,18 @@ TEST(AdminServiceTest, RemovingAnUnknownVoterIsNotFound) {
       grpc::StatusCode::NOT_FOUND);
 }
 
+TEST(AdminServiceTest, RefusesToRemoveTheLeaderItself) {
+  Cluster cluster(1, "admin_remove_leader");
+  Voter* leader = cluster.WaitForLeader();
+  ASSERT_NE(leader, nullptr);
+  admin::RemoveVoterRequest request;
+  request.set_id(leader->node()->status().id.value());
+  admin::RemoveVoterResponse response;
+  EXPECT_EQ(
+      AdminStub(leader->address())->RemoveVoter(Context().get(), request, &response).error_code(),
+      grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_TRUE(leader->node()->status().is_leader);
+}
+
 }  // namespace
 }  // namespace backstop::queue
