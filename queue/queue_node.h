@@ -83,8 +83,9 @@ class QueueNode {
   using Done = std::function<void(absl::StatusOr<CommandResult>)>;
   using StatusDone = std::function<void(absl::Status)>;
 
-  // Opens (or creates) the storage under options.data_dir, bootstraps a founding member on
-  // first start, and starts the Raft thread. `transport` must outlive the node.
+  // Opens (or creates) the storage under options.data_dir, on first start bootstraps a founding
+  // member (or, for StartMode::kJoinExisting, waits empty to be added), and starts the Raft
+  // thread. `transport` must outlive the node.
   static absl::StatusOr<std::unique_ptr<QueueNode>> Start(const QueueNodeOptions& options,
                                                           RaftTransport* transport);
   // Stops the Raft thread; pending proposals get Unavailable.

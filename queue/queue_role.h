@@ -1,9 +1,9 @@
 #pragma once
 
 // The queue role of a backstop process: one voter (QueueNode) with its gRPC server on
-// [queue] listen, serving the Raft peer transport, the QueueService and the AdminService. Also the
-// in-process channel through which the process's other roles reach this voter (DESIGN §2: one code
-// path).
+// [queue] listen, serving the Raft peer transport, the QueueService and the AdminService. Also
+// the in-process channel through which the process's other roles reach this voter (DESIGN §2:
+// one code path).
 
 #include <memory>
 #include <mutex>
