@@ -11,6 +11,7 @@
 
 #include "common/log.h"
 #include "common/status.h"
+#include "queue/raft/codec.h"
 
 namespace backstop::queue {
 namespace {
@@ -41,7 +42,10 @@ absl::StatusOr<std::unique_ptr<QueueNode>> QueueNode::Start(const QueueNodeOptio
 
   const bool fresh = node->storage_->LastIndex() == raft::LogIndex() &&
                      node->storage_->GetHardState() == raft::HardState{};
-  if (fresh) {
+  if (fresh && options.start_mode == StartMode::kJoinExisting) {
+    Logger().Info("new queue node waiting to be added to the cluster",
+                  {{"node_id", options.id.value()}});
+  } else if (fresh) {
     // A founding member: every voter of the first configuration writes the same snapshot.
     raft::ConfState conf_state;
     for (const VoterAddress& peer : options.voters) {
@@ -65,6 +69,7 @@ absl::StatusOr<std::unique_ptr<QueueNode>> QueueNode::Start(const QueueNodeOptio
   ASSIGN_OR_RETURN(node->node_, raft::Node::Create(raft_options, node->storage_.get()));
 
   for (const VoterAddress& peer : options.voters) {
+    node->addresses_[peer.id] = peer.address;
     if (peer.id != options.id) {
       transport->SetPeer(peer.id, peer.address);
     }
@@ -108,9 +113,134 @@ void QueueNode::Receive(raft::Message message) {
   wake_.notify_one();
 }
 
+void QueueNode::Post(Task task) {
+  {
+    std::lock_guard lock(mutex_);
+    if (!stopping_) {
+      tasks_.push_back(std::move(task));
+      task.done = nullptr;
+    }
+  }
+  if (task.done) {
+    task.done(absl::UnavailableError("queue node is shutting down"));
+    return;
+  }
+  wake_.notify_one();
+}
+
+void QueueNode::ProposeConfChange(raft::ConfChange change, std::string address, StatusDone done) {
+  Post(Task{[this, change, address = std::move(address)](StatusDone answer) {
+              StartConfChange(change, address, std::move(answer));
+            },
+            std::move(done)});
+}
+
+void QueueNode::AddVoter(VoterAddress voter, StatusDone done) {
+  Post(Task{[this, voter = std::move(voter)](StatusDone answer) {
+              const raft::ConfChange learner{raft::ConfChangeType::kAddLearner, voter.id};
+              StartConfChange(
+                  learner, voter.address,
+                  [this, id = voter.id, term = node_->term(), answer](absl::Status added) {
+                    if (!added.ok()) {
+                      answer(added);
+                      return;
+                    }
+                    catching_up_.push_back(CatchUp{id, term, options_.catch_up_ticks, answer});
+                  });
+            },
+            std::move(done)});
+}
+
+void QueueNode::TransferLeadership(raft::NodeId to, StatusDone done) {
+  Post(Task{[this, to](StatusDone answer) {
+              if (absl::Status started = node_->TransferLeadership(to); !started.ok()) {
+                answer(started);
+              } else if (to == options_.id) {
+                answer(absl::OkStatus());
+              } else {
+                // Within one election timeout the target leads or the leader abandons the
+                // transfer; the slack covers the new leader's first message reaching us.
+                transfers_.push_back(Transfer{to, 3 * options_.election_ticks, std::move(answer)});
+              }
+            },
+            std::move(done)});
+}
+
+void QueueNode::StartConfChange(const raft::ConfChange& change, const std::string& address,
+                                StatusDone done) {
+  const bool adding = change.type == raft::ConfChangeType::kAddLearner;
+  if (adding && address.empty()) {
+    done(absl::InvalidArgumentError("a new member needs its gRPC address"));
+    return;
+  }
+  if (change.type == raft::ConfChangeType::kRemove && change.node == options_.id &&
+      node_->role() == raft::Role::kLeader) {
+    // Raft refuses this too, but as FailedPrecondition, which callers read as "not the leader".
+    done(absl::InvalidArgumentError("the leader cannot remove itself; transfer leadership first"));
+    return;
+  }
+  absl::StatusOr<raft::LogIndex> index = node_->ProposeConfChange(change, options_.clock->Now());
+  if (!index.ok()) {
+    done(index.status());
+    return;
+  }
+  if (adding) {
+    // Before the Ready that carries the entry: the leader replicates to the learner at once.
+    transport_->SetPeer(change.node, address);
+    std::lock_guard lock(mutex_);
+    addresses_[change.node] = address;
+  }
+  pending_.emplace(
+      index->value(),
+      Pending{node_->term(), [done = std::move(done)](absl::StatusOr<CommandResult> result) {
+                done(result.status());
+              }});
+}
+
+void QueueNode::CheckMembershipWork(bool ticked) {
+  const bool leader = node_->role() == raft::Role::kLeader;
+  for (auto it = catching_up_.begin(); it != catching_up_.end();) {
+    const raft::Progress* progress = node_->ProgressOf(it->id);
+    if (!leader || node_->term() != it->term || progress == nullptr) {
+      it->done(absl::UnavailableError(
+          "queue leadership or membership changed before the learner was promoted; retry"));
+    } else if (progress->match >= node_->commit()) {
+      StartConfChange(raft::ConfChange{raft::ConfChangeType::kPromoteVoter, it->id}, "",
+                      std::move(it->done));
+    } else if (ticked && --it->ticks_left <= 0) {
+      it->done(absl::DeadlineExceededError("the new member did not catch up; it stays a learner"));
+    } else {
+      ++it;
+      continue;
+    }
+    it = catching_up_.erase(it);
+  }
+  for (auto it = transfers_.begin(); it != transfers_.end();) {
+    const raft::NodeId lead = node_->leader();
+    if (!leader && lead == it->to) {
+      it->done(absl::OkStatus());
+    } else if (!lead.IsNone() && lead != it->to && (!leader || node_->lead_transferee().IsNone())) {
+      it->done(absl::UnavailableError("leadership transfer abandoned; node " +
+                                      std::to_string(lead.value()) + " leads"));
+    } else if (ticked && --it->ticks_left <= 0) {
+      it->done(absl::DeadlineExceededError("leadership transfer did not finish"));
+    } else {
+      ++it;
+      continue;
+    }
+    it = transfers_.erase(it);
+  }
+}
+
 QueueNodeStatus QueueNode::status() const {
   std::lock_guard lock(mutex_);
   return status_;
+}
+
+std::string QueueNode::PeerAddress(raft::NodeId id) const {
+  std::lock_guard lock(mutex_);
+  auto it = addresses_.find(id);
+  return it == addresses_.end() ? std::string() : it->second;
 }
 
 void QueueNode::Run() {
@@ -119,22 +249,31 @@ void QueueNode::Run() {
   auto next_tick = SteadyClock::now() + tick_interval;
   std::vector<raft::Message> messages;
   std::vector<Proposal> proposals;
+  std::vector<Task> tasks;
   while (true) {
     {
       std::unique_lock lock(mutex_);
-      wake_.wait_until(lock, next_tick,
-                       [this] { return stopping_ || !inbox_.empty() || !proposals_.empty(); });
+      wake_.wait_until(lock, next_tick, [this] {
+        return stopping_ || !inbox_.empty() || !proposals_.empty() || !tasks_.empty();
+      });
       if (stopping_) {
         break;
       }
       messages.swap(inbox_);
       proposals.swap(proposals_);
+      tasks.swap(tasks_);
     }
     if (failed_) {
+      const absl::Status failed =
+          absl::UnavailableError("queue node has failed and stopped serving");
       for (Proposal& proposal : proposals) {
-        proposal.done(absl::UnavailableError("queue node has failed and stopped serving"));
+        proposal.done(failed);
+      }
+      for (Task& task : tasks) {
+        task.done(failed);
       }
       proposals.clear();
+      tasks.clear();
       messages.clear();
       continue;
     }
@@ -143,7 +282,9 @@ void QueueNode::Run() {
       node_->Step(message);
     }
     messages.clear();
+    bool ticked = false;
     if (SteadyClock::now() >= next_tick) {
+      ticked = true;
       node_->Tick(now);
       next_tick += tick_interval;
       // After a long stall, do not replay the missed ticks in a burst.
@@ -168,7 +309,12 @@ void QueueNode::Run() {
       }
       proposals.clear();
     }
+    for (Task& task : tasks) {
+      task.run(std::move(task.done));
+    }
+    tasks.clear();
     ProcessReady();
+    CheckMembershipWork(ticked);
     if (node_->role() != raft::Role::kLeader && !pending_.empty()) {
       FailPending(
           absl::UnavailableError("queue leadership changed before the command was "
@@ -184,9 +330,24 @@ void QueueNode::Run() {
         .is_leader = node_->role() == raft::Role::kLeader,
         .synced_writes = storage_->synced_writes(),
         .entries_persisted = entries_persisted_,
+        .members = node_->effective_conf_state(),
     };
   }
-  FailPending(absl::UnavailableError("queue node is shutting down"));
+  const absl::Status stopping = absl::UnavailableError("queue node is shutting down");
+  {
+    std::lock_guard lock(mutex_);
+    tasks.swap(tasks_);
+  }
+  for (Task& task : tasks) {
+    task.done(stopping);
+  }
+  FailPending(stopping);
+  for (CatchUp& catch_up : catching_up_) {
+    catch_up.done(stopping);
+  }
+  for (Transfer& transfer : transfers_) {
+    transfer.done(stopping);
+  }
 }
 
 void QueueNode::ProcessReady() {
@@ -210,6 +371,9 @@ void QueueNode::ProcessReady() {
       // them empty still moves the state machine's applied index.
       const std::string_view payload =
           entry.type == raft::EntryType::kNormal ? std::string_view(entry.data) : "";
+      if (entry.type == raft::EntryType::kConfChange) {
+        ForgetRemovedPeer(entry);
+      }
       absl::StatusOr<CommandResult> result =
           state_machine_->Apply(entry.index.value(), entry.time, payload);
       if (!result.ok()) {
@@ -229,6 +393,17 @@ void QueueNode::ProcessReady() {
     }
     node_->Advance();
   }
+}
+
+void QueueNode::ForgetRemovedPeer(const raft::Entry& entry) {
+  absl::StatusOr<raft::ConfChange> change = raft::DecodeConfChange(entry.data);
+  if (!change.ok() || change->type != raft::ConfChangeType::kRemove ||
+      change->node == options_.id) {
+    return;
+  }
+  transport_->RemovePeer(change->node);
+  std::lock_guard lock(mutex_);
+  addresses_.erase(change->node);
 }
 
 void QueueNode::FailPending(const absl::Status& status) {

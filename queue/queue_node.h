@@ -38,13 +38,27 @@ struct VoterAddress {
   std::string address;  // host:port of its gRPC server
 };
 
+// How a node with empty storage starts.
+enum class StartMode : uint8_t {
+  // A founding voter: bootstraps the configuration from QueueNodeOptions::voters.
+  kFoundingMember,
+  // A node joining a running cluster: starts with no configuration, never campaigns, and waits
+  // for the leader to add it (AddVoter), which sends it the log. `voters` then only gives the
+  // addresses of the members it must answer.
+  kJoinExisting,
+};
+
 struct QueueNodeOptions {
   raft::NodeId id;
-  std::vector<VoterAddress> voters;  // the founding configuration, this node included
+  // The founding configuration, this node included; for kJoinExisting, the members it knows.
+  // Either way the addresses the transport starts with.
+  std::vector<VoterAddress> voters;
+  StartMode start_mode = StartMode::kFoundingMember;  // only matters on a first start
   std::string data_dir;
   absl::Duration tick_interval = absl::Milliseconds(100);
   int election_ticks = 10;  // election timeout: [10, 20) ticks = 1–2 s by default
   int heartbeat_ticks = 1;
+  int catch_up_ticks = 600;  // how long AddVoter waits for a learner to catch up: 60 s
   StateMachineOptions state_machine;
   const Clock* clock = &RealClock::Get();
   // Called once, on the Raft thread, when storage fails; the default logs and aborts, since
@@ -61,14 +75,17 @@ struct QueueNodeStatus {
   bool is_leader = false;
   uint64_t synced_writes = 0;  // fsyncs of the Raft log
   uint64_t entries_persisted = 0;
+  raft::ConfState members;  // the configuration in force (latest in the log)
 };
 
 class QueueNode {
  public:
   using Done = std::function<void(absl::StatusOr<CommandResult>)>;
+  using StatusDone = std::function<void(absl::Status)>;
 
-  // Opens (or creates) the storage under options.data_dir, bootstraps a founding member on
-  // first start, and starts the Raft thread. `transport` must outlive the node.
+  // Opens (or creates) the storage under options.data_dir, on first start bootstraps a founding
+  // member (or, for StartMode::kJoinExisting, waits empty to be added), and starts the Raft
+  // thread. `transport` must outlive the node.
   static absl::StatusOr<std::unique_ptr<QueueNode>> Start(const QueueNodeOptions& options,
                                                           RaftTransport* transport);
   // Stops the Raft thread; pending proposals get Unavailable.
@@ -81,8 +98,25 @@ class QueueNode {
   // Any thread: a message from a peer (the transport's inbox).
   void Receive(raft::Message message);
 
+  // Membership and leadership; any thread, `done` runs on the Raft thread exactly once.
+  //
+  // One membership step; `done` fires once its entry is applied here in the term that proposed
+  // it. Adding a learner points this node's transport at `address`; a removal drops the peer
+  // from the transport on every node that applies it. The leader cannot remove itself
+  // (InvalidArgument): transfer leadership first.
+  void ProposeConfChange(raft::ConfChange change, std::string address, StatusDone done);
+  // Adds `voter` as a learner, waits until its log has caught up with the commit index, then
+  // promotes it (one step at a time, Raft thesis §4.2.1). Fails with DeadlineExceeded when the
+  // learner does not catch up within catch_up_ticks (it stays a learner: remove it or retry).
+  void AddVoter(VoterAddress voter, StatusDone done);
+  // Hands leadership to the voter `to`; `done` fires once this node sees `to` lead, or with
+  // Unavailable when another node leads or the transfer was abandoned.
+  void TransferLeadership(raft::NodeId to, StatusDone done);
+
   // Any thread.
   QueueNodeStatus status() const;
+  // The gRPC address of a member, from the options or an AddVoter on this node; "" if unknown.
+  std::string PeerAddress(raft::NodeId id) const;
   // Read-only queries; any thread.
   const QueueStateMachine& state_machine() const { return *state_machine_; }
 
@@ -95,10 +129,34 @@ class QueueNode {
     raft::Term term;
     Done done;
   };
+  // Work for the Raft thread: `run` is called there and must answer `done` eventually; if the
+  // node is stopping or failed, `done` gets the reason instead and `run` never runs.
+  struct Task {
+    std::function<void(StatusDone done)> run;
+    StatusDone done;
+  };
+  struct CatchUp {
+    raft::NodeId id;
+    raft::Term term;
+    int ticks_left;
+    StatusDone done;
+  };
+  struct Transfer {
+    raft::NodeId to;
+    int ticks_left;
+    StatusDone done;
+  };
 
   explicit QueueNode(const QueueNodeOptions& options, RaftTransport* transport);
   void Run();
+  void Post(Task task);
+  // Raft thread: proposes one membership step and registers `done` for its application.
+  void StartConfChange(const raft::ConfChange& change, const std::string& address, StatusDone done);
+  // Raft thread: advances the waiting AddVoter promotions and leadership transfers.
+  void CheckMembershipWork(bool ticked);
   void ProcessReady();
+  // Raft thread: an applied removal drops the member from the transport.
+  void ForgetRemovedPeer(const raft::Entry& entry);
   void FailPending(const absl::Status& status);
   void Fatal(const absl::Status& status);
 
@@ -112,13 +170,17 @@ class QueueNode {
   std::map<uint64_t, Pending> pending_;  // by log index; Raft thread only
   bool failed_ = false;                  // Raft thread only
   uint64_t entries_persisted_ = 0;       // Raft thread only
+  std::vector<CatchUp> catching_up_;     // Raft thread only
+  std::vector<Transfer> transfers_;      // Raft thread only
 
   mutable std::mutex mutex_;
   std::condition_variable wake_;
-  std::vector<raft::Message> inbox_;  // guarded by mutex_
-  std::vector<Proposal> proposals_;   // guarded by mutex_
-  bool stopping_ = false;             // guarded by mutex_
-  QueueNodeStatus status_;            // guarded by mutex_, published by the Raft thread
+  std::vector<raft::Message> inbox_;               // guarded by mutex_
+  std::vector<Proposal> proposals_;                // guarded by mutex_
+  std::vector<Task> tasks_;                        // guarded by mutex_
+  std::map<raft::NodeId, std::string> addresses_;  // guarded by mutex_
+  bool stopping_ = false;                          // guarded by mutex_
+  QueueNodeStatus status_;  // guarded by mutex_, published by the Raft thread
   std::thread thread_;
 };
 

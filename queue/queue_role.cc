@@ -39,14 +39,10 @@ absl::StatusOr<std::unique_ptr<QueueRole>> QueueRole::Start(const Config& config
     std::lock_guard lock(role->node_mutex_);
     ASSIGN_OR_RETURN(role->node_, QueueNode::Start(node_options, role->transport_.get()));
   }
-  role->service_ = std::make_unique<QueueServiceImpl>(role->node_.get(), [voters](raft::NodeId id) {
-    for (const VoterAddress& voter : voters) {
-      if (voter.id == id) {
-        return voter.address;
-      }
-    }
-    return std::string();
-  });
+  QueueNode* node = role->node_.get();
+  role->service_ = std::make_unique<QueueServiceImpl>(
+      node, [node](raft::NodeId id) { return node->PeerAddress(id); });
+  role->admin_service_ = std::make_unique<AdminServiceImpl>(node);
 
   grpc::ServerBuilder builder;
   int port = 0;
@@ -54,6 +50,7 @@ absl::StatusOr<std::unique_ptr<QueueRole>> QueueRole::Start(const Config& config
   builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
   builder.RegisterService(role->transport_->service());
   builder.RegisterService(role->service_.get());
+  builder.RegisterService(role->admin_service_.get());
   role->server_ = builder.BuildAndStart();
   if (role->server_ == nullptr || port == 0) {
     return absl::UnavailableError(fmt::format("queue gRPC server cannot listen on {}", listen));

@@ -1,8 +1,9 @@
 #pragma once
 
 // The queue role of a backstop process: one voter (QueueNode) with its gRPC server on
-// [queue] listen, serving the Raft peer transport and the QueueService. Also the in-process
-// channel through which the process's other roles reach this voter (DESIGN §2: one code path).
+// [queue] listen, serving the Raft peer transport, the QueueService and the AdminService. Also
+// the in-process channel through which the process's other roles reach this voter (DESIGN §2:
+// one code path).
 
 #include <condition_variable>
 #include <memory>
@@ -14,6 +15,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/config.h"
+#include "queue/admin_service.h"
 #include "queue/queue_node.h"
 #include "queue/queue_service.h"
 #include "queue/raft_transport.h"
@@ -49,6 +51,7 @@ class QueueRole {
   std::mutex node_mutex_;  // orders the transport's first deliveries after the node exists
   std::unique_ptr<QueueNode> node_;
   std::unique_ptr<QueueServiceImpl> service_;
+  std::unique_ptr<AdminServiceImpl> admin_service_;
   std::unique_ptr<grpc::Server> server_;
   std::string listen_address_;
 

@@ -10,52 +10,11 @@ namespace backstop::queue {
 QueueServiceImpl::QueueServiceImpl(QueueNode* node, AddressBook address_book)
     : node_(node), address_book_(std::move(address_book)) {}
 
-grpc::Status QueueServiceImpl::NotApplied(grpc::CallbackServerContext* context,
-                                          const absl::Status& status) const {
-  // FailedPrecondition from the node means "not the leader"; Unavailable means the leadership
-  // changed under the proposal or the node is stopping. Either way the client should go to the
-  // leader (named here when known) and retry.
-  if (status.code() == absl::StatusCode::kFailedPrecondition ||
-      status.code() == absl::StatusCode::kUnavailable) {
-    const raft::NodeId leader = node_->status().leader;
-    if (!leader.IsNone()) {
-      context->AddTrailingMetadata(kLeaderIdKey, std::to_string(leader.value()));
-      if (const std::string address = address_book_(leader); !address.empty()) {
-        context->AddTrailingMetadata(kLeaderAddressKey, address);
-      }
-    }
-    return grpc::Status(grpc::StatusCode::UNAVAILABLE, std::string(status.message()));
-  }
-  return grpc::Status(grpc::StatusCode::INTERNAL, std::string(status.message()));
-}
-
 grpc::ServerUnaryReactor* QueueServiceImpl::ProposeAndReply(
     grpc::CallbackServerContext* context, Command command,
     std::function<void(CommandResult&)> fill) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  node_->Propose(std::move(command), [this, context, reactor, fill = std::move(fill)](
-                                         absl::StatusOr<CommandResult> result) {
-    if (!result.ok()) {
-      reactor->Finish(NotApplied(context, result.status()));
-      return;
-    }
-    switch (result->code()) {
-      case OK:
-        fill(*result);
-        reactor->Finish(grpc::Status::OK);
-        return;
-      case INVALID_ARGUMENT:
-        reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, result->error()));
-        return;
-      case NOT_FOUND:
-        reactor->Finish(grpc::Status(grpc::StatusCode::NOT_FOUND, result->error()));
-        return;
-      default:
-        reactor->Finish(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, result->error()));
-        return;
-    }
-  });
-  return reactor;
+  return queue::ProposeAndReply(context, node_, &address_book_, std::move(command),
+                                std::move(fill));
 }
 
 grpc::ServerUnaryReactor* QueueServiceImpl::Append(grpc::CallbackServerContext* context,

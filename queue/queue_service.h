@@ -10,18 +10,12 @@
 // fsync can acknowledge the appends of many concurrent SMTP sessions.
 
 #include <functional>
-#include <string>
 
 #include "proto/queue.grpc.pb.h"
+#include "queue/grpc_reply.h"
 #include "queue/queue_node.h"
 
 namespace backstop::queue {
-
-inline constexpr char kLeaderIdKey[] = "backstop-leader-id";
-inline constexpr char kLeaderAddressKey[] = "backstop-leader";
-
-// The gRPC address of a voter, "" when unknown.
-using AddressBook = std::function<std::string(raft::NodeId)>;
 
 // Thread-safe (gRPC calls the handlers on its own threads); borrows the node, which must
 // outlive the server that serves this service.
@@ -50,7 +44,6 @@ class QueueServiceImpl final : public QueueService::CallbackService {
   // Proposes `command`; when it is applied, `fill` moves the command's result into the response.
   grpc::ServerUnaryReactor* ProposeAndReply(grpc::CallbackServerContext* context, Command command,
                                             std::function<void(CommandResult&)> fill);
-  grpc::Status NotApplied(grpc::CallbackServerContext* context, const absl::Status& status) const;
 
   QueueNode* const node_;
   const AddressBook address_book_;

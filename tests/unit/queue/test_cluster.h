@@ -1,6 +1,7 @@
 #pragma once
 
-// Queue voters on loopback for tests: each with its own gRPC server (RaftPeer + QueueService),
+// Queue voters on loopback for tests: each with its own gRPC server (RaftPeer, QueueService and
+// AdminService),
 // transport, RocksDB data directory and QueueNode, stoppable (a crash: unpersisted state is
 // lost) and restartable on the same directory and port.
 
@@ -17,6 +18,7 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
+#include "queue/admin_service.h"
 #include "queue/queue_node.h"
 #include "queue/queue_service.h"
 #include "queue/raft_transport.h"
@@ -56,10 +58,13 @@ class Voter {
 
   std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
 
-  void Start(const std::vector<VoterAddress>& voters) {
+  // `voters`: the founding configuration, or for kJoinExisting the members it must answer.
+  void Start(const std::vector<VoterAddress>& voters,
+             StartMode start_mode = StartMode::kFoundingMember) {
     QueueNodeOptions options;
     options.id = raft::NodeId(id_);
     options.voters = voters;
+    options.start_mode = start_mode;
     options.data_dir = data_dir_;
     options.tick_interval = absl::Milliseconds(20);
     options.on_fatal_error = [](const absl::Status& status) {
@@ -69,18 +74,14 @@ class Voter {
     ASSERT_TRUE(node.ok()) << node.status();
     std::lock_guard lock(node_mutex_);
     node_ = *std::move(node);
-    service_ = std::make_unique<QueueServiceImpl>(node_.get(), [voters](raft::NodeId id) {
-      for (const VoterAddress& peer : voters) {
-        if (peer.id == id) {
-          return peer.address;
-        }
-      }
-      return std::string();
-    });
+    service_ = std::make_unique<QueueServiceImpl>(
+        node_.get(), [node = node_.get()](raft::NodeId id) { return node->PeerAddress(id); });
+    admin_service_ = std::make_unique<AdminServiceImpl>(node_.get());
     grpc::ServerBuilder builder;
     builder.AddListeningPort(address(), grpc::InsecureServerCredentials());
     builder.RegisterService(transport_->service());
     builder.RegisterService(service_.get());
+    builder.RegisterService(admin_service_.get());
     server_ = builder.BuildAndStart();
     ASSERT_NE(server_, nullptr) << "cannot listen again on " << address();
   }
@@ -100,6 +101,7 @@ class Voter {
     }
     node.reset();
     service_.reset();
+    admin_service_.reset();
   }
 
   QueueNode* node() {
@@ -113,6 +115,7 @@ class Voter {
   std::unique_ptr<RaftTransport> transport_;
   int port_ = 0;
   std::unique_ptr<QueueServiceImpl> service_;
+  std::unique_ptr<AdminServiceImpl> admin_service_;
   std::unique_ptr<grpc::Server> server_;
   std::mutex node_mutex_;
   std::unique_ptr<QueueNode> node_;  // guarded by node_mutex_
