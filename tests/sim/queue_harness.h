@@ -177,7 +177,8 @@ class QueueHarness {
   std::vector<uint64_t> to_append_;  // unacknowledged messages to (re)propose
   std::set<uint64_t> appending_;     // in a proposal not yet answered
   std::vector<Worker> workers_;
-  bool skipped_ = false;  // QueueTestFault::kSkipOneEntry done
+  bool skipped_ = false;              // QueueTestFault::kSkipOneEntry done
+  std::set<uint64_t> fresh_appends_;  // indexes of appends that stored a new message
   uint64_t steps_ = 0;
 
   // The model, as of model_index_.
