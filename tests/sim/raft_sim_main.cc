@@ -30,6 +30,14 @@ int main(int argc, char** argv) {
                  "commit-previous-term-by-count, send-vote-before-persist, "
                  "ack-append-before-persist")
       ->capture_default_str();
+  bool queue = false;
+  app.add_flag("--queue", queue,
+               "queue mode: every node applies to a QueueStateMachine checked against a model");
+  std::string queue_fault = "none";
+  app.add_option("--queue-fault", queue_fault, "test-only harness bug: none, skip-one-entry")
+      ->capture_default_str();
+  app.add_option("--scratch-dir", sweep.run.scratch_dir,
+                 "queue mode: parent of the per-seed RocksDB directories (default: $TMPDIR)");
   app.add_flag("--verbose", sweep.run.verbose, "trace every event (use with one seed)");
   CLI11_PARSE(app, argc, argv);
 
@@ -45,6 +53,15 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "unknown --fault %s\n", fault.c_str());
     return 2;
   }
+  if (queue) {
+    sweep.run.mode = sim::SimMode::kQueue;
+  }
+  if (queue_fault == "skip-one-entry") {
+    sweep.run.queue_fault = sim::QueueTestFault::kSkipOneEntry;
+  } else if (queue_fault != "none") {
+    std::fprintf(stderr, "unknown --queue-fault %s\n", queue_fault.c_str());
+    return 2;
+  }
   if (sweep.run.verbose) {
     sweep.threads = 1;
   }
@@ -55,9 +72,9 @@ int main(int argc, char** argv) {
   }
   for (uint64_t seed : result.failing_seeds) {
     std::printf(
-        "failing seed: %lu (replay: raft_sim --first-seed %lu --seeds 1 --steps %d%s "
+        "failing seed: %lu (replay: raft_sim%s --first-seed %lu --seeds 1 --steps %d%s "
         "--verbose)\n",
-        seed, seed, sweep.run.steps,
+        seed, queue ? " --queue" : "", seed, sweep.run.steps,
         sweep.run.nodes > 0 ? (" --nodes " + std::to_string(sweep.run.nodes)).c_str() : "");
   }
   const backstop::raft::sim::SimStats& t = result.totals;
@@ -66,5 +83,14 @@ int main(int argc, char** argv) {
       "%lu snapshots installed, %lu membership changes, %lu reads, %lu messages\n",
       result.runs, sweep.run.steps, result.failing_seeds.size(), t.committed, t.elections,
       t.crashes, t.snapshots_installed, t.conf_changes, t.reads, t.messages);
+  if (queue) {
+    const sim::QueueStats& q = t.queue;
+    std::printf(
+        "queue: %lu acknowledged appends, %lu entries leased, %lu delivered, %lu stale "
+        "completions, %lu digest comparisons, %lu model comparisons, %lu checkpoints, %lu "
+        "installed\n",
+        q.acked_appends, q.acked_leases, q.delivered, q.stale_completions, q.digest_checks,
+        q.model_checks, q.checkpoints, q.installs);
+  }
   return result.failing_seeds.empty() ? 0 : 1;
 }

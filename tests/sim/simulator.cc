@@ -1,8 +1,11 @@
 #include "tests/sim/simulator.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
+#include <filesystem>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -74,6 +77,19 @@ std::string EncodeImage(const Image& image) {
          std::to_string(absl::ToUnixMicros(image.time));
 }
 
+// Queue mode: the snapshot's data names a state-machine checkpoint after the image.
+std::string CheckpointOf(const Snapshot& snapshot) {
+  size_t at = 0;
+  for (int field = 0; field < 3; ++field) {
+    at = snapshot.data.find(' ', at);
+    if (at == std::string::npos) {
+      return "";
+    }
+    ++at;
+  }
+  return snapshot.data.substr(at);
+}
+
 Image DecodeImage(const Snapshot& snapshot) {
   Image image;
   image.index = snapshot.meta.index;
@@ -125,6 +141,21 @@ class Simulation {
   explicit Simulation(const SimOptions& options) : options_(options), rng_(options.seed) {}
 
   SimResult Run() {
+    if (options_.mode == SimMode::kQueue) {
+      const std::string parent = options_.scratch_dir.empty()
+                                     ? std::filesystem::temp_directory_path().string()
+                                     : options_.scratch_dir;
+      absl::StatusOr<std::unique_ptr<QueueHarness>> harness =
+          QueueHarness::Create({.seed = options_.seed,
+                                .dir = parent + "/backstop-qsim-" + std::to_string(getpid()) + "-" +
+                                       std::to_string(options_.seed),
+                                .fault = options_.queue_fault});
+      if (!harness.ok()) {
+        Fail("queue harness: " + std::string(harness.status().message()));
+        return result_;
+      }
+      queue_ = *std::move(harness);
+    }
     ConfState founders;
     for (int i = 1; i <= options_.nodes; ++i) {
       founders.voters.emplace_back(i);
@@ -157,6 +188,9 @@ class Simulation {
       }
       CheckStep();
       CheckCommittedDurable();
+      if (queue_ != nullptr) {
+        QueueEndStep();
+      }
       if (calm && step_ == calm_start_ + kProgressBound && !progress_seen_ && result_.ok &&
           options_.pre_vote == PreVote::kEnabled &&
           options_.check_quorum == CheckQuorum::kEnabled) {
@@ -166,6 +200,10 @@ class Simulation {
     }
     result_.trace_hash = trace_;
     result_.stats.committed = max_committed_.value();
+    if (queue_ != nullptr) {
+      result_.stats.queue = queue_->stats();
+      queue_.reset();
+    }
     return result_;
   }
 
@@ -231,6 +269,16 @@ class Simulation {
     options.test_faults = options_.faults;
     options.pre_vote = options_.pre_vote;
     options.check_quorum = options_.check_quorum;
+    std::optional<Image> image;
+    if (queue_ != nullptr) {
+      image = OpenQueueReplica(n);
+      if (!result_.ok) {
+        return;
+      }
+      if (image.has_value()) {
+        options.applied = image->index;
+      }
+    }
     absl::StatusOr<std::unique_ptr<Node>> node = Node::Create(options, n.storage.get());
     if (!node.ok()) {
       Fail("restart of n" + std::to_string(n.id.value()) +
@@ -239,7 +287,7 @@ class Simulation {
     }
     n.node = *std::move(node);
     n.pending.reset();
-    n.sm = DecodeImage(*n.storage->GetSnapshot());
+    n.sm = image.value_or(DecodeImage(*n.storage->GetSnapshot()));
     n.checked_commit = LogIndex(0);
     trace_ = Mix(trace_, 0x5747 + n.id.value());
     Log("n%lu starts: term %lu last %lu", n.id.value(), n.node->term().value(),
@@ -253,6 +301,9 @@ class Simulation {
     Log("n%lu crashes%s", n.id.value(), n.pending ? " with an unpersisted Ready" : "");
     n.node.reset();
     n.pending.reset();
+    if (queue_ != nullptr) {
+      queue_->Close(n.id);
+    }
     n.down_until = step_ + 1 + static_cast<int>(rng_.Below(rng_.OneIn(4) ? 60 : 10));
     ++result_.stats.crashes;
     trace_ = Mix(trace_, 0xC4A5 + n.id.value());
@@ -300,7 +351,7 @@ class Simulation {
   // required all the same: a quorum that can talk must make progress.
   void EnterCalm() {
     calm_start_ = step_;
-    calm_first_payload_ = next_payload_;
+    calm_first_payload_ = queue_ != nullptr ? queue_->proposals() : next_payload_;
     progress_seen_ = false;
     blocked_.clear();
     drop_percent_ = 0;
@@ -386,7 +437,9 @@ class Simulation {
     }
     for (auto& [id, n] : nodes_) {
       // Crashes favour nodes with a write in flight: that is where forgotten state hides.
-      if (n.alive() && (rng_.OneIn(300) || (n.pending && rng_.OneIn(30)))) {
+      // (Less often in queue mode, where each restart reopens a RocksDB database.)
+      if (n.alive() &&
+          (rng_.OneIn(300) || (n.pending && rng_.OneIn(queue_ != nullptr ? 120 : 30)))) {
         Crash(n);
       } else if (!n.alive() && step_ >= n.down_until) {
         Start(n);
@@ -488,7 +541,10 @@ class Simulation {
       // overwrite or commit correctly.
       const uint64_t pick = rng_.Below(10);
       SimNode* target = pick < 5 ? Leader() : pick < 8 ? RandomLeader() : RandomAlive();
-      if (target != nullptr) {
+      if (target != nullptr && queue_ != nullptr) {
+        queue_->Propose(target->id, *target->node, NowOf(*target));
+        ProcessReady(*target);
+      } else if (target != nullptr) {
         std::vector<std::string> payloads(1 + rng_.Below(3));
         for (std::string& p : payloads) {
           p = "p" + std::to_string(next_payload_++);
@@ -523,10 +579,20 @@ class Simulation {
       Fail("n" + std::to_string(n.id.value()) + " applied index disagrees with its state machine");
       return;
     }
-    if (applied <= n.storage->GetSnapshot()->meta.index + 10) {
+    // Queue mode snapshots less often: each one is a RocksDB checkpoint (a memtable flush).
+    if (applied <= n.storage->GetSnapshot()->meta.index + (queue_ != nullptr ? 40 : 10)) {
       return;
     }
-    if (!n.storage->CreateSnapshot(applied, n.node->conf_state(), EncodeImage(n.sm)).ok() ||
+    std::string data = EncodeImage(n.sm);
+    if (queue_ != nullptr) {
+      absl::StatusOr<std::string> checkpoint = queue_->Checkpoint(n.id);
+      if (!checkpoint.ok()) {
+        Fail("queue checkpoint: " + std::string(checkpoint.status().message()));
+        return;
+      }
+      data += " " + *checkpoint;
+    }
+    if (!n.storage->CreateSnapshot(applied, n.node->conf_state(), data).ok() ||
         !n.storage->Compact(applied - rng_.Below(5)).ok()) {
       Fail("snapshot/compaction refused at " + std::to_string(applied.value()));
     }
@@ -615,7 +681,8 @@ class Simulation {
         for (const Message& m : n.pending->messages) {
           Send(m);
         }
-        if (!calm_ && rng_.OneIn(25)) {
+        // Queue mode crashes less often here: each restart reopens a RocksDB database.
+        if (!calm_ && rng_.OneIn(queue_ != nullptr ? 100 : 25)) {
           Crash(n);  // power loss during the write: only messages_ got out
           return;
         }
@@ -634,6 +701,15 @@ class Simulation {
       if (!n.storage->ApplySnapshot(*rd.snapshot).ok()) {
         Fail("storage refused a snapshot");
         return;
+      }
+      if (queue_ != nullptr) {
+        if (absl::Status installed =
+                queue_->Install(n.id, CheckpointOf(*rd.snapshot), rd.snapshot->meta.index);
+            !installed.ok()) {
+          Fail("n" + std::to_string(n.id.value()) +
+               " queue snapshot install: " + std::string(installed.message()));
+          return;
+        }
       }
       InstallImage(n, DecodeImage(*rd.snapshot));
       ++result_.stats.snapshots_installed;
@@ -732,6 +808,14 @@ class Simulation {
         Mix(Mix(n.sm.chain, e.term.value()), Mix(e.index.value(), HashString(e.data))) | 2;
     n.sm = Image{e.index, chain, e.time};
     CheckChain(n, e.index, chain);
+    RecordTime(e.index, e.time);
+    if (queue_ != nullptr) {
+      queue_->Apply(n.id, e, *n.node);
+      if (!queue_->violation().empty()) {
+        Fail(queue_->violation());
+        return;
+      }
+    }
     trace_ = Mix(trace_, chain ^ n.id.value());
     if (e.type == EntryType::kNormal && !e.data.empty() && e.data[0] == 'p' && calm_ &&
         std::stoull(e.data.substr(1)) >= calm_first_payload_) {
@@ -742,6 +826,7 @@ class Simulation {
   void InstallImage(SimNode& n, const Image& image) {
     n.sm = image;
     CheckChain(n, image.index, image.chain);
+    RecordTime(image.index, image.time);
     Log("n%lu installs snapshot at %lu", n.id.value(), image.index.value());
   }
 
@@ -756,6 +841,60 @@ class Simulation {
     } else if (applied_chain_[i] != chain) {
       Fail("state machine safety: n" + std::to_string(n.id.value()) +
            " applied a different history up to index " + std::to_string(i));
+    }
+  }
+
+  void RecordTime(LogIndex index, absl::Time time) {
+    if (applied_time_.size() <= index.value()) {
+      applied_time_.resize(index.value() + 1);
+    }
+    applied_time_[index.value()] = time;
+  }
+
+  // ---- queue mode --------------------------------------------------------------------------
+
+  // Reopens the node's state machine. Returns the image it holds when that is ahead of the
+  // Raft snapshot (Raft then resumes applying after it), nothing when Raft should rebuild from
+  // the snapshot.
+  std::optional<Image> OpenQueueReplica(SimNode& n) {
+    absl::StatusOr<LogIndex> applied = queue_->Open(n.id);
+    if (!applied.ok()) {
+      Fail("n" + std::to_string(n.id.value()) +
+           " queue reopen: " + std::string(applied.status().message()));
+      return std::nullopt;
+    }
+    const Snapshot snapshot = *n.storage->GetSnapshot();
+    if (*applied <= snapshot.meta.index) {
+      const std::string checkpoint = CheckpointOf(snapshot);
+      if (*applied < snapshot.meta.index && !checkpoint.empty()) {
+        if (absl::Status installed = queue_->Install(n.id, checkpoint, snapshot.meta.index);
+            !installed.ok()) {
+          Fail("n" + std::to_string(n.id.value()) +
+               " queue reinstall: " + std::string(installed.message()));
+        }
+      }
+      return std::nullopt;
+    }
+    const size_t i = applied->value();
+    if (i >= applied_chain_.size() || applied_chain_[i] == 0) {
+      Fail("n" + std::to_string(n.id.value()) + " reopened at index " + std::to_string(i) +
+           " that no node applied");
+      return std::nullopt;
+    }
+    return Image{*applied, applied_chain_[i], applied_time_[i]};
+  }
+
+  void QueueEndStep() {
+    std::map<NodeId, const Node*> nodes;
+    for (const auto& [id, n] : nodes_) {
+      nodes[id] = n.node.get();
+    }
+    queue_->EndStep(nodes);
+    if (!queue_->violation().empty()) {
+      Fail(queue_->violation());
+    }
+    if (calm_ && queue_->applied_proposals() > calm_first_payload_) {
+      progress_seen_ = true;
     }
   }
 
@@ -932,6 +1071,8 @@ class Simulation {
   std::vector<CommittedEntry> committed_;
   LogIndex max_committed_;
   std::vector<uint64_t> applied_chain_;
+  std::vector<absl::Time> applied_time_;
+  std::unique_ptr<QueueHarness> queue_;         // kQueue only
   std::map<uint64_t, ConfState> applied_conf_;  // applied index -> membership there
 };
 
@@ -982,6 +1123,15 @@ SweepResult RunSweep(const SweepOptions& sweep) {
       out.totals.conf_changes += r.stats.conf_changes;
       out.totals.reads += r.stats.reads;
       out.totals.messages += r.stats.messages;
+      QueueStats& q = out.totals.queue;
+      q.acked_appends += r.stats.queue.acked_appends;
+      q.acked_leases += r.stats.queue.acked_leases;
+      q.delivered += r.stats.queue.delivered;
+      q.stale_completions += r.stats.queue.stale_completions;
+      q.digest_checks += r.stats.queue.digest_checks;
+      q.model_checks += r.stats.queue.model_checks;
+      q.checkpoints += r.stats.queue.checkpoints;
+      q.installs += r.stats.queue.installs;
       if (!r.ok) {
         out.failures.push_back(r.violation);
         out.failing_seeds.push_back(options.seed);
@@ -999,6 +1149,14 @@ SweepResult RunSweep(const SweepOptions& sweep) {
     t.join();
   }
   std::sort(out.failing_seeds.begin(), out.failing_seeds.end());
+  return out;
+}
+
+std::string DescribeFailures(const SweepResult& result) {
+  std::string out;
+  for (const std::string& failure : result.failures) {
+    out += failure + "\n";
+  }
   return out;
 }
 

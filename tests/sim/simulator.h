@@ -12,11 +12,17 @@
 #include <vector>
 
 #include "queue/raft/node.h"
+#include "tests/sim/queue_harness.h"
 
 namespace backstop::raft::sim {
 
+// kRaft: the application is a digest chain over the entries. kQueue: every node also applies
+// its entries to a QueueStateMachine driven by simulated queue clients (tests/sim/queue_harness.h).
+enum class SimMode : uint8_t { kRaft, kQueue };
+
 struct SimOptions {
   uint64_t seed = 1;
+  SimMode mode = SimMode::kRaft;
   int nodes = 3;  // founding voters: 3 or 5 (0 in a sweep: chosen by the seed)
   int steps = 2000;
   // Election options of every node. Liveness is only checked with both enabled (Backstop's
@@ -26,6 +32,10 @@ struct SimOptions {
   CheckQuorum check_quorum = CheckQuorum::kEnabled;
   // Deliberate bugs to build into every node (tests of the simulator itself).
   RaftTestFault faults = RaftTestFault::kNone;
+  // Deliberate bugs in the queue harness (kQueue only).
+  QueueTestFault queue_fault = QueueTestFault::kNone;
+  // kQueue: parent of the per-run scratch directories (empty: the system's temp directory).
+  std::string scratch_dir;
   // Print every event to stderr (to study a failing seed).
   bool verbose = false;
 };
@@ -38,6 +48,7 @@ struct SimStats {
   uint64_t conf_changes = 0;
   uint64_t reads = 0;
   uint64_t messages = 0;
+  QueueStats queue;  // kQueue only
 };
 
 struct SimResult {
@@ -74,5 +85,8 @@ struct SweepResult {
 SimOptions OptionsForSeed(const SimOptions& run, uint64_t seed);
 
 SweepResult RunSweep(const SweepOptions& sweep);
+
+// The sweep's violations, one a line (for test failure messages).
+std::string DescribeFailures(const SweepResult& result);
 
 }  // namespace backstop::raft::sim

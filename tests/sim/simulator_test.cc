@@ -8,14 +8,6 @@
 namespace backstop::raft::sim {
 namespace {
 
-std::string Describe(const SweepResult& r) {
-  std::string out;
-  for (const std::string& failure : r.failures) {
-    out += failure + "\n";
-  }
-  return out;
-}
-
 // The acceptance run: at least 500 seeds x 2,000 steps (here 1,000 seeds: 3- and 5-node
 // clusters, a quarter of them without PreVote or CheckQuorum) with every invariant checked
 // after every step.
@@ -28,7 +20,7 @@ TEST(SimulatorTest, ThousandSeedsKeepEveryInvariant) {
   sweep.threads = 2;
   SweepResult r = RunSweep(sweep);
   EXPECT_EQ(r.runs, 1000u);
-  EXPECT_TRUE(r.failing_seeds.empty()) << Describe(r);
+  EXPECT_TRUE(r.failing_seeds.empty()) << DescribeFailures(r);
   // The runs are not vacuous: every kind of event happens many times.
   EXPECT_GT(r.totals.elections, 10'000u);
   EXPECT_GT(r.totals.committed, 500u);
