@@ -11,6 +11,8 @@ JOBS ?= $(shell nproc)
 # Debian's interpreter, where the python3-* test packages install (not a pyenv or venv one).
 PYTHON ?= /usr/bin/python3
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+# ccache keys on relative paths below the checkout, so clones in other folders share hits.
+export CCACHE_BASEDIR := $(CURDIR)
 
 # Everything the build, the tests and the benchmarks need, from Debian 12.
 APT_PACKAGES := \
