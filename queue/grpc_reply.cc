@@ -36,32 +36,41 @@ grpc::Status NodeErrorToGrpc(grpc::CallbackServerContext* context, const QueueNo
 grpc::ServerUnaryReactor* ProposeAndReply(grpc::CallbackServerContext* context, QueueNode* node,
                                           const AddressBook* address_book, Command command,
                                           std::function<void(CommandResult&)> fill) {
+  return ProposeEncodedAndReply(context, node, address_book, command.SerializeAsString(),
+                                std::move(fill));
+}
+
+grpc::ServerUnaryReactor* ProposeEncodedAndReply(grpc::CallbackServerContext* context,
+                                                 QueueNode* node, const AddressBook* address_book,
+                                                 std::string encoded_command,
+                                                 std::function<void(CommandResult&)> fill) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  node->Propose(std::move(command), [context, node, address_book, reactor,
-                                     fill = std::move(fill)](absl::StatusOr<CommandResult> result) {
-    if (!result.ok()) {
-      reactor->Finish(NodeErrorToGrpc(context, *node, *address_book, result.status()));
-      return;
-    }
-    switch (result->code()) {
-      case OK:
-        fill(*result);
-        reactor->Finish(grpc::Status::OK);
-        return;
-      case INVALID_ARGUMENT:
-        reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, result->error()));
-        return;
-      case NOT_FOUND:
-        reactor->Finish(grpc::Status(grpc::StatusCode::NOT_FOUND, result->error()));
-        return;
-      case ALREADY_EXISTS:
-        reactor->Finish(grpc::Status(grpc::StatusCode::ALREADY_EXISTS, result->error()));
-        return;
-      default:
-        reactor->Finish(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, result->error()));
-        return;
-    }
-  });
+  node->ProposeEncoded(
+      std::move(encoded_command), [context, node, address_book, reactor,
+                                   fill = std::move(fill)](absl::StatusOr<CommandResult> result) {
+        if (!result.ok()) {
+          reactor->Finish(NodeErrorToGrpc(context, *node, *address_book, result.status()));
+          return;
+        }
+        switch (result->code()) {
+          case OK:
+            fill(*result);
+            reactor->Finish(grpc::Status::OK);
+            return;
+          case INVALID_ARGUMENT:
+            reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, result->error()));
+            return;
+          case NOT_FOUND:
+            reactor->Finish(grpc::Status(grpc::StatusCode::NOT_FOUND, result->error()));
+            return;
+          case ALREADY_EXISTS:
+            reactor->Finish(grpc::Status(grpc::StatusCode::ALREADY_EXISTS, result->error()));
+            return;
+          default:
+            reactor->Finish(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, result->error()));
+            return;
+        }
+      });
   return reactor;
 }
 

@@ -34,5 +34,10 @@ grpc::Status NodeErrorToGrpc(grpc::CallbackServerContext* context, const QueueNo
 grpc::ServerUnaryReactor* ProposeAndReply(grpc::CallbackServerContext* context, QueueNode* node,
                                           const AddressBook* address_book, Command command,
                                           std::function<void(CommandResult&)> fill);
+// The same for a command already in its wire form.
+grpc::ServerUnaryReactor* ProposeEncodedAndReply(grpc::CallbackServerContext* context,
+                                                 QueueNode* node, const AddressBook* address_book,
+                                                 std::string encoded_command,
+                                                 std::function<void(CommandResult&)> fill);
 
 }  // namespace backstop::queue

@@ -90,7 +90,11 @@ QueueNode::~QueueNode() {
 }
 
 void QueueNode::Propose(Command command, Done done) {
-  Proposal proposal{command.SerializeAsString(), std::move(done)};
+  ProposeEncoded(command.SerializeAsString(), std::move(done));
+}
+
+void QueueNode::ProposeEncoded(std::string encoded_command, Done done) {
+  Proposal proposal{std::move(encoded_command), std::move(done)};
   {
     std::lock_guard lock(mutex_);
     if (!stopping_) {

@@ -95,6 +95,8 @@ class QueueNode {
 
   // Any thread. `done` runs on the Raft thread (keep it short) exactly once.
   void Propose(Command command, Done done);
+  // The same for a command already in its wire form (saves re-encoding large appends).
+  void ProposeEncoded(std::string encoded_command, Done done);
   // Any thread: a message from a peer (the transport's inbox).
   void Receive(raft::Message message);
 

@@ -7,6 +7,25 @@
 
 namespace backstop::queue {
 
+std::string EncodeAppendCommand(const AppendMessages& append) {
+  // Command is a oneof whose `append` is field 1: on the wire, the tag (field 1, length-
+  // delimited), the length as a varint, then the AppendMessages bytes.
+  constexpr uint8_t kAppendTag = (1 << 3) | 2;
+  const size_t size = append.ByteSizeLong();
+  std::string encoded;
+  encoded.reserve(1 + 10 + size);
+  encoded.push_back(static_cast<char>(kAppendTag));
+  for (uint64_t rest = size;; rest >>= 7) {
+    if (rest < 0x80) {
+      encoded.push_back(static_cast<char>(rest));
+      break;
+    }
+    encoded.push_back(static_cast<char>((rest & 0x7F) | 0x80));
+  }
+  append.AppendToString(&encoded);
+  return encoded;
+}
+
 QueueServiceImpl::QueueServiceImpl(QueueNode* node, AddressBook address_book)
     : node_(node), address_book_(std::move(address_book)) {}
 
@@ -20,11 +39,11 @@ grpc::ServerUnaryReactor* QueueServiceImpl::ProposeAndReply(
 grpc::ServerUnaryReactor* QueueServiceImpl::Append(grpc::CallbackServerContext* context,
                                                    const AppendMessages* request,
                                                    AppendResult* response) {
-  Command command;
-  *command.mutable_append() = *request;
-  return ProposeAndReply(context, std::move(command), [response](CommandResult& result) {
-    response->Swap(result.mutable_append());
-  });
+  // Encoded straight from the request: copying it into a Command first would copy every
+  // message body once more on the ingest hot path.
+  return ProposeEncodedAndReply(
+      context, node_, &address_book_, EncodeAppendCommand(*request),
+      [response](CommandResult& result) { response->Swap(result.mutable_append()); });
 }
 
 grpc::ServerUnaryReactor* QueueServiceImpl::Lease(grpc::CallbackServerContext* context,

@@ -17,6 +17,9 @@
 
 namespace backstop::queue {
 
+// The wire form of Command{append}, built from the request without copying it into a Command.
+std::string EncodeAppendCommand(const AppendMessages& append);
+
 // Thread-safe (gRPC calls the handlers on its own threads); borrows the node, which must
 // outlive the server that serves this service.
 class QueueServiceImpl final : public QueueService::CallbackService {
