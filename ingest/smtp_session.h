@@ -1,0 +1,172 @@
+#pragma once
+
+// The SMTP server session as a pure state machine (DESIGN §3.3, RFC 5321 + PIPELINING,
+// SIZE, 8BITMIME, SMTPUTF8, CHUNKING, DSN, ENHANCEDSTATUSCODES, STARTTLS): bytes and decisions
+// in, reply bytes and requests out. It does no I/O, owns no timer and reads no clock: the
+// connection (ingest/smtp_server.h) feeds it what the socket (or TLS) delivered together with
+// the current time, sends what it produced, arms a timer for deadline(), and answers its
+// requests (filters, relay policy, the queue commit) by calling Resolve().
+//
+// Pipelining (RFC 2920): Feed() processes every complete command it has, appending replies to
+// the output in order; the connection sends the output when Feed() returns, i.e. when the input
+// at hand is exhausted or the session waits for a decision, so replies are flushed per group.
+// While a request is pending, input is buffered and not processed.
+//
+// Smuggling-proof by construction: commands end only at CRLF, DATA ends only at CRLF.CRLF on
+// the raw bytes; a bare CR or LF anywhere (commands, DATA, BDAT chunks) and a NUL are errors.
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/time/time.h"
+#include "proto/queue.pb.h"
+
+namespace backstop::ingest {
+
+struct SessionOptions {
+  std::string hostname;                       // banner, EHLO reply
+  uint64_t max_message_size = uint64_t{50} << 20;
+  uint32_t max_recipients = 100;
+  // Protocol errors (syntax, bad sequence, unknown command, rejected RCPT, ...) after which
+  // the session replies 421 4.7.0 and closes.
+  uint32_t max_errors = 10;
+  // Deadline for a complete command line after the previous reply, and for each DATA/BDAT
+  // chunk (RFC 5321 §4.5.3.2: the server waits at least 5 minutes for a command).
+  absl::Duration command_timeout = absl::Minutes(5);
+  absl::Duration data_timeout = absl::Minutes(3);
+  // STARTTLS is offered when the connection has a TLS context and is not already in TLS.
+  bool starttls_available = false;
+};
+
+// What the connection knows of the client (after PROXY protocol).
+struct ClientInfo {
+  std::string ip;  // textual address of the SMTP client
+  uint16_t port = 0;
+};
+
+// TLS parameters once STARTTLS has completed (for the Received header and logs).
+struct TlsInfo {
+  std::string protocol;  // "TLSv1.3"
+  std::string cipher;    // "TLS_AES_256_GCM_SHA384"
+};
+
+// A reply: code, enhanced status code (RFC 3463; empty only for 220/221 banners where none
+// applies), text. Multi-line replies have several text lines.
+struct Reply {
+  int code = 0;
+  std::string enhanced;  // "2.1.0"
+  std::vector<std::string> lines;
+  // Wire form, e.g. "250-first\r\n250 2.0.0 last\r\n".
+  std::string Serialize() const;
+};
+
+// MAIL FROM: reverse-path and parameters (RFC 1870, 6152, 6531, 3461).
+struct MailRequest {
+  std::string reverse_path;  // without angle brackets; empty = <>
+  uint64_t declared_size = 0;
+  queue::Body body = queue::BODY_UNSPECIFIED;
+  bool smtputf8 = false;
+  queue::Ret ret = queue::RET_UNSPECIFIED;
+  std::string envid;  // xtext-decoded
+};
+
+// RCPT TO: forward-path and parameters (RFC 3461).
+struct RcptRequest {
+  queue::Recipient recipient;  // address (no brackets), notify, orcpt
+  std::string local_part;      // as written (quoted local parts keep their quotes removed)
+  std::string domain;          // lower-cased, one trailing dot removed; empty for <postmaster>
+};
+
+// A complete message at the end of DATA or at BDAT LAST, after every recipient was accepted.
+struct Transaction {
+  MailRequest mail;
+  std::vector<RcptRequest> recipients;  // accepted ones, in order
+  std::string helo;                     // the EHLO/HELO argument
+  bool esmtp = false;                   // EHLO (true) or HELO
+  std::optional<TlsInfo> tls;
+  std::string data;  // the message: dot-unstuffed, CRLF line ends, without the final CRLF.CRLF
+  absl::Time data_start;
+};
+
+// What the session waits for. While one is pending, Feed() only buffers.
+enum class RequestKind : uint8_t {
+  kNone,
+  kConnect,     // before the banner: accept (220) or a rejection (554/421) that closes
+  kHelo,        // EHLO/HELO accepted syntactically; the filter chain may refuse it
+  kMail,        // MAIL FROM parsed; filter chain decides
+  kRcpt,        // RCPT TO parsed; relay policy + filters decide (pending_rcpt())
+  kEndOfData,   // transaction() complete; the connection commits it to the queue
+  kStartTls,    // 220 sent; the connection runs the TLS handshake then calls TlsEstablished()
+};
+
+// The answer to a request. kAccept uses the session's own positive reply unless `reply` is
+// given (kEndOfData: the connection gives the 250 with the queue id). kReject sends `reply`;
+// a 421 reply closes the session after it is sent.
+struct Verdict {
+  enum class Kind : uint8_t { kAccept, kReject };
+  Kind kind = Kind::kAccept;
+  std::optional<Reply> reply;
+
+  static Verdict Accept() { return {}; }
+  static Verdict AcceptWith(Reply reply) { return {Kind::kAccept, std::move(reply)}; }
+  static Verdict Reject(Reply reply) { return {Kind::kReject, std::move(reply)}; }
+};
+
+// One SMTP server session. Owns its input buffer, the transaction being built and the output
+// not yet taken. Runs on the connection's loop thread; not thread-safe.
+class SmtpSession {
+ public:
+  SmtpSession(SessionOptions options, ClientInfo client, absl::Time now);
+
+  // Bytes from the client (plaintext, i.e. after TLS). Bytes that arrive before Start()
+  // make the client an early talker: the banner becomes 554 5.5.1 and the session closes.
+  void Feed(std::string_view bytes, absl::Time now);
+  // The connection may greet: emits the kConnect request (its accept sends the 220 banner).
+  void Start(absl::Time now);
+  // Answers the pending request, then continues with buffered input.
+  void Resolve(const Verdict& verdict, absl::Time now);
+  // The TLS handshake completed: resets every piece of session state (RFC 3207 §4.2), the
+  // client must EHLO again, STARTTLS is no longer offered.
+  void TlsEstablished(TlsInfo info, absl::Time now);
+  // The timer armed for deadline() fired: if the deadline passed, 421 4.4.2 and close.
+  void OnTimer(absl::Time now);
+  // The connection is draining (SIGTERM): the next reply point answers 421 4.3.2 and closes.
+  void Shutdown(absl::Time now);
+
+  RequestKind pending() const { return pending_; }
+  const MailRequest& pending_mail() const;      // valid while pending() == kMail
+  const RcptRequest& pending_rcpt() const;      // valid while pending() == kRcpt
+  const Transaction& transaction() const;       // valid while pending() == kEndOfData
+  const std::string& helo() const;
+
+  // Reply bytes to send, in order; the connection takes them after each call.
+  std::string TakeOutput();
+  bool has_output() const { return !output_.empty(); }
+  // True once the session is over (QUIT, 421, error limit, timeout): send the output, then
+  // close the connection. Input after that is ignored.
+  bool closing() const { return closing_; }
+  // When the connection's timer should fire (absl::InfiniteFuture() while a request is
+  // pending: the connection's own request deadlines apply then).
+  absl::Time deadline() const { return deadline_; }
+
+  // Counters for logs and metrics.
+  uint32_t errors() const { return errors_; }
+  uint32_t messages_accepted() const { return messages_accepted_; }
+
+ private:
+  // Implementation-defined; see smtp_session.cc.
+  struct State;
+  SessionOptions options_;
+  ClientInfo client_;
+  RequestKind pending_ = RequestKind::kNone;
+  std::string output_;
+  bool closing_ = false;
+  absl::Time deadline_ = absl::InfiniteFuture();
+  uint32_t errors_ = 0;
+  uint32_t messages_accepted_ = 0;
+};
+
+}  // namespace backstop::ingest
