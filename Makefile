@@ -6,6 +6,7 @@ SHELL := /bin/bash
 PRESET ?= release
 BUILD_DIR := build/$(PRESET)
 BACKSTOP := $(BUILD_DIR)/cmd/backstop/backstop
+BACKSTOPCTL := $(BUILD_DIR)/cmd/backstopctl/backstopctl
 CONFIG ?= examples/standalone.toml
 JOBS ?= $(shell nproc)
 # Debian's interpreter, where the python3-* test packages install (not a pyenv or venv one).
@@ -69,7 +70,9 @@ run: build
 
 test: build
 	ctest --test-dir $(BUILD_DIR) -j$(JOBS) --output-on-failure
-	BACKSTOP_BIN=$(abspath $(BACKSTOP)) $(PYTHON) -m pytest tests/system -n $(JOBS) -p no:cacheprovider
+	BACKSTOP_BIN=$(abspath $(BACKSTOP)) BACKSTOPCTL_BIN=$(abspath $(BACKSTOPCTL)) \
+	  BACKSTOP_LOADGEN=$(abspath $(BUILD_DIR)/bench/backstop-queue-loadgen) \
+	  $(PYTHON) -m pytest tests/system -n $(JOBS) -p no:cacheprovider
 
 bench: build
 	@for b in $(BUILD_DIR)/bench/*_bench; do [ -x "$$b" ] || continue; "$$b" || exit 1; done
