@@ -27,8 +27,10 @@ APT_PACKAGES := \
   swaks dnsmasq-base dnsutils openssl curl
 # Only `make fmt` and `make lint` need these.
 LINT_PACKAGES := clang-format-16 clang-tidy-16
+# Only `make fuzz` needs these (clang with the libFuzzer runtime).
+FUZZ_PACKAGES := clang libclang-rt-14-dev
 
-.PHONY: help deps deps-lint configure build run test bench bench-queue sim fmt lint \
+.PHONY: help deps deps-lint deps-fuzz fuzz configure build run test bench bench-queue sim fmt lint \
         test-asan test-tsan clean
 
 help:
@@ -36,6 +38,7 @@ help:
 	@echo "make test    install deps, build, run every unit, simulation and system test"
 	@echo "make bench   build and run the micro-benchmarks (make bench-queue: queue appends)"
 	@echo "make sim     run the Raft simulator for SEEDS seeds x STEPS steps"
+	@echo "make fuzz    run every libFuzzer target for FUZZ_SECONDS (clang, ASan+UBSan)"
 	@echo "make fmt / make lint / make test-asan / make test-tsan / make clean"
 
 # Installs only what is missing, so it is quick when everything is present.
@@ -57,6 +60,9 @@ deps:
 
 deps-lint:
 	$(call apt_install,$(LINT_PACKAGES))
+
+deps-fuzz:
+	$(call apt_install,$(FUZZ_PACKAGES))
 
 configure: deps
 	@[ -f $(BUILD_DIR)/build.ninja ] || cmake --preset $(PRESET)
@@ -93,6 +99,22 @@ fmt: deps-lint
 
 lint: deps-lint build
 	clang-tidy-16 -p $(BUILD_DIR) --quiet $(shell git ls-files '*.cc')
+
+# Every libFuzzer target for FUZZ_SECONDS, starting from its seed corpus (read-only: new inputs
+# go to build/fuzz/corpus/<target>). A crash leaves crash-* in build/fuzz/artifacts/; copy it
+# into tests/fuzz/corpus/<target>/ so that `make test` replays it from then on.
+FUZZ_SECONDS ?= 60
+fuzz: deps-fuzz deps
+	@[ -f build/fuzz/build.ninja ] || cmake --preset fuzz
+	cmake --build build/fuzz
+	@mkdir -p build/fuzz/artifacts
+	@for t in $$(ls tests/fuzz/corpus); do \
+	  mkdir -p build/fuzz/corpus/$$t; \
+	  echo "== $$t ($(FUZZ_SECONDS)s)"; \
+	  build/fuzz/tests/fuzz/$$t build/fuzz/corpus/$$t tests/fuzz/corpus/$$t \
+	    -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	    -artifact_prefix=build/fuzz/artifacts/$$t- 2>&1 | tail -n 12 || exit 1; \
+	done
 
 test-asan:
 	$(MAKE) test PRESET=asan
