@@ -570,5 +570,240 @@ TEST_F(TlsReloadableContextTest, KeepsTheOldContextWhenTheKeyDoesNotMatch) {
   EXPECT_EQ(reloadable_->Current(), before);
 }
 
+// Waits up to 10 s for `fd` to become readable; a hung peer fails the test instead of hanging
+// it.
+bool WaitReadable(int fd) {
+  pollfd poll_fd{.fd = fd, .events = POLLIN, .revents = 0};
+  return poll(&poll_fd, 1, 10'000) == 1;
+}
+
+bool SendAll(int fd, std::string_view bytes) {
+  while (!bytes.empty()) {
+    const ssize_t sent = send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL);
+    if (sent <= 0) {
+      return false;
+    }
+    bytes.remove_prefix(static_cast<size_t>(sent));
+  }
+  return true;
+}
+
+// Reads `fd` until `*out` contains `needle` (true) or the stream ends or stalls (false).
+bool ReadUntil(int fd, std::string_view needle, std::string* out) {
+  while (out->find(needle) == std::string::npos) {
+    char buffer[4096];
+    if (!WaitReadable(fd)) {
+      return false;
+    }
+    const ssize_t n = read(fd, buffer, sizeof(buffer));
+    if (n <= 0) {
+      return false;
+    }
+    out->append(buffer, static_cast<size_t>(n));
+  }
+  return true;
+}
+
+// `openssl s_client` or `s_server` as a child process: stdin and stdout on pipes, stderr
+// into a file; killed if it is still running at the end.
+class OpensslProcess {
+ public:
+  OpensslProcess(const std::vector<std::string>& args, const std::string& stderr_path) {
+    int in[2];
+    int out[2];
+    if (pipe2(in, O_CLOEXEC) != 0 || pipe2(out, O_CLOEXEC) != 0) {
+      ADD_FAILURE() << "pipe2 failed";
+      return;
+    }
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_adddup2(&actions, in[0], 0);
+    posix_spawn_file_actions_adddup2(&actions, out[1], 1);
+    posix_spawn_file_actions_addopen(&actions, 2, stderr_path.c_str(), O_WRONLY | O_CREAT, 0600);
+    std::vector<char*> argv;
+    for (const std::string& arg : args) {
+      argv.push_back(const_cast<char*>(arg.c_str()));
+    }
+    argv.push_back(nullptr);
+    if (posix_spawnp(&pid_, argv[0], &actions, nullptr, argv.data(), environ) != 0) {
+      pid_ = -1;
+    }
+    posix_spawn_file_actions_destroy(&actions);
+    close(in[0]);
+    close(out[1]);
+    stdin_ = in[1];
+    stdout_ = out[0];
+  }
+  ~OpensslProcess() {
+    close(stdin_);
+    close(stdout_);
+    if (pid_ > 0) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+    }
+  }
+  OpensslProcess(const OpensslProcess&) = delete;
+  OpensslProcess& operator=(const OpensslProcess&) = delete;
+
+  bool started() const { return pid_ > 0; }
+  int stdin_fd() const { return stdin_; }
+  int stdout_fd() const { return stdout_; }
+
+  // Waits for the process to exit by itself; its exit code, or -1.
+  int Wait() {
+    int status = 0;
+    if (waitpid(pid_, &status, 0) != pid_) {
+      return -1;
+    }
+    pid_ = -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  }
+
+ private:
+  pid_t pid_ = -1;
+  int stdin_ = -1;
+  int stdout_ = -1;
+};
+
+struct OpensslCase {
+  const char* flag;
+  const char* protocol;
+};
+
+void PrintTo(const OpensslCase& param, std::ostream* os) {
+  *os << param.flag;
+}
+
+class TlsOpensslInteropTest : public TlsTest, public ::testing::WithParamInterface<OpensslCase> {};
+
+// A real peer, over a real loopback socket: `openssl s_client` verifies our chain and name,
+// sends "ping", and must print our "pong" and exit cleanly on our close_notify.
+TEST_P(TlsOpensslInteropTest, OpensslClientTalksToOurServer) {
+  const int listener = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(listener, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t address_size = sizeof(address);
+  ASSERT_EQ(bind(listener, reinterpret_cast<sockaddr*>(&address), sizeof(address)), 0);
+  ASSERT_EQ(listen(listener, 1), 0);
+  ASSERT_EQ(getsockname(listener, reinterpret_cast<sockaddr*>(&address), &address_size), 0);
+
+  OpensslProcess client(
+      {"openssl", "s_client", "-connect", "127.0.0.1:" + std::to_string(ntohs(address.sin_port)),
+       "-servername", kHostname, "-verify_hostname", kHostname, "-CAfile", Path("ca.pem"),
+       "-verify_return_error", "-quiet", GetParam().flag},
+      Path("s_client.stderr"));
+  if (!client.started()) {
+    close(listener);
+    GTEST_SKIP() << "openssl is not installed";
+  }
+  // -quiet implies -ign_eof: s_client keeps reading after its stdin ends.
+  ASSERT_EQ(write(client.stdin_fd(), "ping\n", 5), 5);
+  ASSERT_TRUE(WaitReadable(listener)) << "s_client did not connect";
+  const int fd = accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
+  close(listener);
+  ASSERT_GE(fd, 0);
+
+  absl::StatusOr<std::unique_ptr<Session>> server = Session::Server(ServerContext());
+  ASSERT_TRUE(server.ok()) << server.status();
+  std::string received;
+  bool closed = false;
+  while (received.find('\n') == std::string::npos) {
+    char buffer[16384];
+    ASSERT_TRUE(WaitReadable(fd)) << "waiting for s_client; received \"" << received << "\"";
+    const ssize_t n = read(fd, buffer, sizeof(buffer));
+    ASSERT_GT(n, 0) << "s_client closed the connection";
+    (*server)->FeedCiphertext(std::string_view(buffer, static_cast<size_t>(n)));
+    absl::Status status = (*server)->Handshake();
+    ASSERT_TRUE(status.ok()) << status;
+    if ((*server)->handshake_done()) {
+      status = (*server)->ReadPlaintext(&received, &closed);
+      ASSERT_TRUE(status.ok()) << status;
+      ASSERT_FALSE(closed);
+    }
+    ASSERT_TRUE(SendAll(fd, (*server)->TakeCiphertext()));
+  }
+  EXPECT_EQ(received, "ping\n");
+  EXPECT_EQ((*server)->protocol(), GetParam().protocol);
+
+  ASSERT_TRUE((*server)->WritePlaintext("pong\n").ok());
+  (*server)->Close();
+  ASSERT_TRUE(SendAll(fd, (*server)->TakeCiphertext()));
+  shutdown(fd, SHUT_WR);
+
+  std::string printed;
+  EXPECT_TRUE(ReadUntil(client.stdout_fd(), "pong\n", &printed)) << printed;
+  EXPECT_EQ(client.Wait(), 0);  // it saw our close_notify
+  close(fd);
+}
+
+// Our client against `openssl s_server`: SNI, chain and hostname verification, data both ways.
+TEST_P(TlsOpensslInteropTest, OurClientTalksToOpensslServer) {
+  OpensslProcess server({"openssl", "s_server", "-accept", "127.0.0.1:0", "-naccept", "1", "-cert",
+                         Path("server.pem"), "-key", Path("server.key"), GetParam().flag},
+                        Path("s_server.stderr"));
+  if (!server.started()) {
+    GTEST_SKIP() << "openssl is not installed";
+  }
+  std::string printed;
+  ASSERT_TRUE(ReadUntil(server.stdout_fd(), "\n", &printed)) << printed;
+  while (printed.find("ACCEPT ") == std::string::npos) {
+    ASSERT_TRUE(ReadUntil(server.stdout_fd(), "ACCEPT ", &printed)) << printed;
+  }
+  ASSERT_TRUE(ReadUntil(server.stdout_fd(), "\n", &printed)) << printed;
+  const size_t colon = printed.rfind(':');
+  ASSERT_NE(colon, std::string::npos) << printed;
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  address.sin_port = htons(static_cast<uint16_t>(std::stoi(printed.substr(colon + 1))));
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)), 0);
+
+  absl::StatusOr<std::unique_ptr<Session>> client =
+      Session::Client(ClientContext({.ca_file = Path("ca.pem"), .verify_peer = true}), kHostname);
+  ASSERT_TRUE(client.ok()) << client.status();
+  std::string received;
+  bool closed = false;
+  // Until the handshake is done and then until "pong" arrives (written to s_server's stdin
+  // once it has printed our "ping").
+  while (received.find('\n') == std::string::npos) {
+    absl::Status status = (*client)->Handshake();
+    ASSERT_TRUE(status.ok()) << status;
+    if ((*client)->handshake_done() && printed.find("ping\n") == std::string::npos) {
+      ASSERT_TRUE((*client)->WritePlaintext("ping\n").ok());
+      ASSERT_TRUE(SendAll(fd, (*client)->TakeCiphertext()));
+      ASSERT_TRUE(ReadUntil(server.stdout_fd(), "ping\n", &printed)) << printed;
+      ASSERT_EQ(write(server.stdin_fd(), "pong\n", 5), 5);
+    }
+    ASSERT_TRUE(SendAll(fd, (*client)->TakeCiphertext()));
+    char buffer[16384];
+    ASSERT_TRUE(WaitReadable(fd)) << "waiting for s_server";
+    const ssize_t n = read(fd, buffer, sizeof(buffer));
+    ASSERT_GT(n, 0) << "s_server closed the connection";
+    (*client)->FeedCiphertext(std::string_view(buffer, static_cast<size_t>(n)));
+    if ((*client)->handshake_done()) {
+      status = (*client)->ReadPlaintext(&received, &closed);
+      ASSERT_TRUE(status.ok()) << status;
+    }
+  }
+  EXPECT_EQ(received, "pong\n");
+  EXPECT_FALSE(closed);
+  EXPECT_TRUE((*client)->peer_verified());
+  EXPECT_EQ((*client)->protocol(), GetParam().protocol);
+  (*client)->Close();
+  EXPECT_TRUE(SendAll(fd, (*client)->TakeCiphertext()));
+  close(fd);
+}
+
+INSTANTIATE_TEST_SUITE_P(Tls, TlsOpensslInteropTest,
+                         ::testing::Values(OpensslCase{"-tls1_2", "TLSv1.2"},
+                                           OpensslCase{"-tls1_3", "TLSv1.3"}),
+                         [](const ::testing::TestParamInfo<OpensslCase>& param) {
+                           return std::string(param.param.flag + 1) == "tls1_2" ? "Tls12" : "Tls13";
+                         });
+
 }  // namespace
 }  // namespace backstop::tls
