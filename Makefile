@@ -24,7 +24,7 @@ APT_PACKAGES := \
   libspdlog-dev libfmt-dev libcli11-dev libabsl-dev \
   libgtest-dev libgmock-dev libbenchmark-dev \
   python3 python3-pytest python3-pytest-xdist python3-aiosmtpd python3-dnslib \
-  swaks dnsmasq-base dnsutils openssl curl
+  swaks libnet-ssleay-perl libio-socket-ssl-perl dnsmasq-base dnsutils openssl curl
 # Only `make fmt` and `make lint` need these.
 LINT_PACKAGES := clang-format-16 clang-tidy-16
 # Only `make fuzz` needs these (clang with the libFuzzer runtime).

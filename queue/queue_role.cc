@@ -9,6 +9,7 @@
 
 #include "common/log.h"
 #include "common/status.h"
+#include "queue/queue_client.h"
 
 namespace backstop::queue {
 

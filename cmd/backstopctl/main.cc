@@ -100,26 +100,44 @@ std::string Millis(int64_t ms) {
   return absl::FormatTime("%Y-%m-%d %H:%M:%S", absl::FromUnixMillis(ms), absl::UTCTimeZone());
 }
 
-int QueueList(const Options& options, const std::string& domain) {
-  auto stub = Connect(options);
-  std::vector<queue::StoredEntry> entries;
+// Every entry of `domain`, page by page; false when a call failed.
+bool ListDomain(const Options& options, admin::AdminService::Stub& stub, const std::string& domain,
+                std::vector<queue::StoredEntry>* entries) {
   queue::ListEntriesRequest request;
   request.set_domain(domain);
   request.set_page_size(1000);
   while (true) {
     queue::ListEntriesResponse response;
     if (!Invoke(options, [&](grpc::ClientContext* context) {
-          return stub->ListEntries(context, request, &response);
+          return stub.ListEntries(context, request, &response);
+        })) {
+      return false;
+    }
+    for (const queue::StoredEntry& entry : response.entries()) entries->push_back(entry);
+    if (response.next_page_token().empty()) return true;
+    request.set_page_token(response.next_page_token());
+  }
+}
+
+int QueueList(const Options& options, const std::string& domain) {
+  auto stub = Connect(options);
+  std::vector<std::string> domains;
+  if (!domain.empty()) {
+    domains.push_back(domain);
+  } else {
+    admin::QueueSummaryResponse summary;
+    if (!Invoke(options, [&](grpc::ClientContext* context) {
+          return stub->QueueSummary(context, admin::QueueSummaryRequest(), &summary);
         })) {
       return kExitFailure;
     }
-    for (const queue::StoredEntry& entry : response.entries()) {
-      entries.push_back(entry);
+    for (const queue::DomainSummary& each : summary.domains()) {
+      if (each.queued_messages() > 0) domains.push_back(each.domain());
     }
-    if (response.next_page_token().empty()) {
-      break;
-    }
-    request.set_page_token(response.next_page_token());
+  }
+  std::vector<queue::StoredEntry> entries;
+  for (const std::string& each : domains) {
+    if (!ListDomain(options, *stub, each, &entries)) return kExitFailure;
   }
   if (options.output == "json") {
     std::string json = "[";

@@ -404,7 +404,7 @@ def test_proxy_protocol_from_a_trusted_proxy(backstop, version):
     result = subprocess.run(
         ["swaks", "--server", host, "--port", str(port), "--proxy-version", str(version),
          "--proxy-source", "203.0.113.7", "--proxy-source-port", "40000", "--proxy-dest",
-         "192.0.2.25", "--proxy-dest-port", "25", "--proxy-family", "TCP4", "--from",
+         "192.0.2.25", "--proxy-dest-port", "25", "--proxy-family", "TCP4" if version == 1 else "AF_INET", "--from",
          "s@sender.test", "--to", "alice@example.test", "--helo", "proxied.test"],
         capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr

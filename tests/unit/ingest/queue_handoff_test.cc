@@ -4,6 +4,8 @@
 #include <future>
 #include <mutex>
 
+#include <fmt/format.h>
+
 #include <gtest/gtest.h>
 
 namespace backstop::ingest {
@@ -103,12 +105,12 @@ TEST(QueueHandoffTest, CoalescesTransactionsWaitingBehindAnRpc) {
   handoff.Submit({Entry("t0")}, Later(), outcomes.For("t0"));
   first_call_started.get_future().wait();
   for (int i = 1; i <= 5; ++i) {
-    handoff.Submit({Entry("t" + std::to_string(i))}, Later(),
-                   outcomes.For("t" + std::to_string(i)));
+    handoff.Submit({Entry(fmt::format("t{}", i))}, Later(),
+                   outcomes.For(fmt::format("t{}", i)));
   }
   release_first_call.set_value();
   for (int i = 0; i <= 5; ++i) {
-    EXPECT_EQ(outcomes.Wait("t" + std::to_string(i)).kind, Kind::kCommitted);
+    EXPECT_EQ(outcomes.Wait(fmt::format("t{}", i)).kind, Kind::kCommitted);
   }
   std::lock_guard lock(mutex);
   EXPECT_EQ(sizes, (std::vector<size_t>{1, 5}));
