@@ -922,6 +922,9 @@ void SmtpSession::FinishChunk() {
   if (bdat_refusal_) {
     const Reply refusal = std::move(*bdat_refusal_);
     bdat_refusal_.reset();
+    if (bdat_last_) {
+      ResetTransaction();  // the client is done with this message either way
+    }
     Error(refusal);
     return;
   }
