@@ -702,6 +702,20 @@ TEST_F(SmtpSessionTest, MessageOfMaxSizeIsAccepted) {
   EXPECT_EQ(session_->transaction().data, body);
 }
 
+TEST_F(SmtpSessionTest, MessageOneOctetOverMaxSizeIs552) {
+  OpenTransaction();
+  const std::string body = std::string(997, 'x') + "\r\n\r\n";  // 1001 octets
+  EXPECT_THAT(Codes(SendData(body + ".\r\n")), ElementsAre("552 5.3.4"));
+}
+
+TEST_F(SmtpSessionTest, BdatMessageOfMaxSizeIsAccepted) {
+  OpenTransaction();
+  const std::string body = std::string(998, 'x') + "\r\n";
+  EXPECT_EQ(Feed("BDAT 1000 LAST\r\n" + body), "");
+  ASSERT_EQ(session_->pending(), RequestKind::kEndOfData);
+  EXPECT_EQ(session_->transaction().data, body);
+}
+
 TEST_F(SmtpSessionTest, MessageOverMaxSizeIsReadToTheEndThen552) {
   OpenTransaction();
   Feed("DATA\r\n");
@@ -945,6 +959,14 @@ TEST_F(StartTlsTest, ResetsStateAndStopsOfferingStartTls) {
   ASSERT_TRUE(session_->transaction().tls.has_value());
   EXPECT_EQ(session_->transaction().tls->protocol, "TLSv1.3");
   EXPECT_EQ(session_->transaction().tls->cipher, "TLS_AES_128_GCM_SHA256");
+}
+
+TEST_F(StartTlsTest, CommandTimeoutRunsFromHandshake) {
+  Greet();
+  Feed("STARTTLS\r\n");
+  now_ += absl::Seconds(7);
+  session_->TlsEstablished(TlsInfo{"TLSv1.2", "ECDHE-RSA-AES128-GCM-SHA256"}, now_);
+  EXPECT_EQ(session_->deadline(), now_ + absl::Seconds(300));
 }
 
 TEST_F(StartTlsTest, StartTlsDuringTransactionIs503) {
