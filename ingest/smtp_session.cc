@@ -322,35 +322,32 @@ void SmtpSession::Resolve(const Verdict& verdict, absl::Time now) {
         have_helo_ = true;
         helo_ = std::move(pending_helo_);
         esmtp_ = pending_esmtp_;
-        Emit(verdict.reply.value_or(EhloReply(esmtp_)));
-      } else {
-        Error(verdict.reply.value_or(MakeReply(550, "5.7.1", "Error: HELO rejected")));
       }
+      Answer(verdict, EhloReply(esmtp_), MakeReply(550, "5.7.1", "Error: HELO rejected"),
+             ErrorCount::kCounted);
       break;
     case RequestKind::kMail:
       if (accept) {
         in_transaction_ = true;
         transaction_.mail = pending_mail_;
-        Emit(verdict.reply.value_or(MakeReply(250, "2.1.0", "Sender ok")));
-      } else {
-        Error(verdict.reply.value_or(MakeReply(550, "5.7.1", "Error: sender rejected")));
       }
+      Answer(verdict, MakeReply(250, "2.1.0", "Sender ok"),
+             MakeReply(550, "5.7.1", "Error: sender rejected"), ErrorCount::kCounted);
       break;
     case RequestKind::kRcpt:
       if (accept) {
         transaction_.recipients.push_back(pending_rcpt_);
-        Emit(verdict.reply.value_or(MakeReply(250, "2.1.5", "Recipient ok")));
-      } else {
-        Error(verdict.reply.value_or(MakeReply(550, "5.7.1", "Error: recipient rejected")));
       }
+      Answer(verdict, MakeReply(250, "2.1.5", "Recipient ok"),
+             MakeReply(550, "5.7.1", "Error: recipient rejected"), ErrorCount::kCounted);
       break;
     case RequestKind::kEndOfData:
       if (accept) {
         ++messages_accepted_;
-        Emit(verdict.reply.value_or(MakeReply(250, "2.0.0", "Ok: queued")));
-      } else {
-        Emit(verdict.reply.value_or(MakeReply(554, "5.7.1", "Error: message rejected")));
       }
+      // A failed commit is the queue's trouble, not the client's.
+      Answer(verdict, MakeReply(250, "2.0.0", "Ok: queued"),
+             MakeReply(554, "5.7.1", "Error: message rejected"), ErrorCount::kNotCounted);
       ResetTransaction();
       break;
     case RequestKind::kNone:
@@ -364,6 +361,17 @@ void SmtpSession::Resolve(const Verdict& verdict, absl::Time now) {
     Resume();
   }
   UpdateDeadline();
+}
+
+void SmtpSession::Answer(const Verdict& verdict, const Reply& accepted, const Reply& rejected,
+                         ErrorCount count) {
+  if (verdict.kind == Verdict::Kind::kAccept) {
+    Emit(verdict.reply.value_or(accepted));
+  } else if (count == ErrorCount::kCounted) {
+    Error(verdict.reply.value_or(rejected));
+  } else {
+    Emit(verdict.reply.value_or(rejected));
+  }
 }
 
 void SmtpSession::TlsEstablished(TlsInfo info, absl::Time now) {

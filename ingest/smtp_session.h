@@ -172,6 +172,7 @@ class SmtpSession {
     kBdat,         // reading the octets of one BDAT chunk
   };
   enum class BodyMode : uint8_t { kNone, kData, kBdat };
+  enum class ErrorCount : uint8_t { kCounted, kNotCounted };
 
   // Processes as much of `in` as possible; returns the bytes consumed.
   size_t Consume(std::string_view in);
@@ -198,6 +199,9 @@ class SmtpSession {
   void FinishChunk();
   void FinishMessage();
   void ResetTransaction();
+  // The reply to a resolved request: the verdict's own, else `accepted` or `rejected`.
+  void Answer(const Verdict& verdict, const Reply& accepted, const Reply& rejected,
+              ErrorCount count);
   // Replies. Error() also counts the error and ends the session at max_errors.
   void Emit(const Reply& reply);
   void Emit(int code, std::string_view enhanced, std::string_view text);
