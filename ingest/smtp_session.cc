@@ -129,6 +129,13 @@ bool IsValidOrcpt(std::string_view value) {
   return DecodeXtext(value.substr(semicolon + 1)).has_value();
 }
 
+// The end of the segment starting at `pos`: just past the next LF, or the end of `in`.
+size_t SegmentEnd(std::string_view in, size_t pos) {
+  const void* lf = std::memchr(in.data() + pos, '\n', in.size() - pos);
+  return lf == nullptr ? in.size()
+                       : static_cast<size_t>(static_cast<const char*>(lf) - in.data()) + 1;
+}
+
 Reply MakeReply(int code, std::string_view enhanced, std::string_view text) {
   return Reply{code, std::string(enhanced), {std::string(text)}};
 }
@@ -854,11 +861,8 @@ size_t SmtpSession::ScanData(std::string_view in) {
       continue;
     }
     at_line_start_ = false;
-    const void* lf = std::memchr(in.data() + pos, '\n', in.size() - pos);
-    const size_t end = lf == nullptr
-                           ? in.size()
-                           : static_cast<size_t>(static_cast<const char*>(lf) - in.data()) + 1;
-    ScanSegment(in.substr(pos, end - pos), lf != nullptr);
+    const size_t end = SegmentEnd(in, pos);
+    ScanSegment(in.substr(pos, end - pos), in[end - 1] == '\n');
     pos = end;
   }
   StoreContent(in.substr(span, pos - span));
@@ -868,11 +872,8 @@ size_t SmtpSession::ScanData(std::string_view in) {
 void SmtpSession::ScanChunk(std::string_view in) {
   size_t pos = 0;
   while (pos < in.size()) {
-    const void* lf = std::memchr(in.data() + pos, '\n', in.size() - pos);
-    const size_t end = lf == nullptr
-                           ? in.size()
-                           : static_cast<size_t>(static_cast<const char*>(lf) - in.data()) + 1;
-    ScanSegment(in.substr(pos, end - pos), lf != nullptr);
+    const size_t end = SegmentEnd(in, pos);
+    ScanSegment(in.substr(pos, end - pos), in[end - 1] == '\n');
     pos = end;
   }
   StoreContent(in);
