@@ -76,9 +76,14 @@ struct MailRequest {
 
 // RCPT TO: forward-path and parameters (RFC 3461).
 struct RcptRequest {
-  queue::Recipient recipient;  // address (no brackets), notify, orcpt
-  std::string local_part;      // as written (quoted local parts keep their quotes removed)
-  std::string domain;          // lower-cased, one trailing dot removed; empty for <postmaster>
+  // address: as written, no brackets, source route dropped; notify; orcpt as given (xtext).
+  queue::Recipient recipient;
+  // As written; a quoted local part is unquoted and its quoted-pairs decoded. `%` and `!`
+  // are kept as ordinary characters (see ingest/address.h).
+  std::string local_part;
+  // Lower-cased, one trailing dot removed; empty for <postmaster>; an address literal keeps
+  // its brackets ("[192.0.2.1]", "[ipv6:2001:db8::1]") so it never equals a relay domain.
+  std::string domain;
 };
 
 // A complete message at the end of DATA or at BDAT LAST, after every recipient was accepted.
@@ -167,6 +172,7 @@ class SmtpSession {
     kBdat,         // reading the octets of one BDAT chunk
   };
   enum class BodyMode : uint8_t { kNone, kData, kBdat };
+  enum class ErrorCount : uint8_t { kCounted, kNotCounted };
 
   // Processes as much of `in` as possible; returns the bytes consumed.
   size_t Consume(std::string_view in);
@@ -193,6 +199,9 @@ class SmtpSession {
   void FinishChunk();
   void FinishMessage();
   void ResetTransaction();
+  // The reply to a resolved request: the verdict's own, else `accepted` or `rejected`.
+  void Answer(const Verdict& verdict, const Reply& accepted, const Reply& rejected,
+              ErrorCount count);
   // Replies. Error() also counts the error and ends the session at max_errors.
   void Emit(const Reply& reply);
   void Emit(int code, std::string_view enhanced, std::string_view text);

@@ -560,6 +560,23 @@ TEST_F(SmtpSessionTest, EightBitDataIsAccepted) {
   EXPECT_EQ(session_->transaction().data, "caf\xc3\xa9\xff\r\n");
 }
 
+TEST_F(SmtpSessionTest, RejectsBareLfRightAfterDataCommand) {
+  OpenTransaction();
+  EXPECT_THAT(Codes(SendData("\n.\r\n.\r\n")), ElementsAre("554 5.6.0"));
+}
+
+TEST_F(SmtpSessionTest, LongTextLineSplitAcrossFeedsIsDetected) {
+  SessionOptions options = DefaultOptions();
+  options.max_message_size = 10000;
+  Make(options);
+  OpenTransaction();
+  Feed("DATA\r\n");
+  for (int i = 0; i < 10; ++i) {
+    EXPECT_EQ(Feed(std::string(100, 'x')), "");
+  }
+  EXPECT_THAT(Codes(Feed("\r\n.\r\n")), ElementsAre("500 5.5.2"));
+}
+
 // --- Commands ---------------------------------------------------------------------------
 
 TEST_F(SmtpSessionTest, RejectsBareLfInCommand) {
@@ -681,6 +698,20 @@ TEST_F(SmtpSessionTest, MessageOfMaxSizeIsAccepted) {
   OpenTransaction();
   const std::string body = std::string(998, 'x') + "\r\n";  // exactly 1000 octets
   SendData(body + ".\r\n");
+  ASSERT_EQ(session_->pending(), RequestKind::kEndOfData);
+  EXPECT_EQ(session_->transaction().data, body);
+}
+
+TEST_F(SmtpSessionTest, MessageOneOctetOverMaxSizeIs552) {
+  OpenTransaction();
+  const std::string body = std::string(997, 'x') + "\r\n\r\n";  // 1001 octets
+  EXPECT_THAT(Codes(SendData(body + ".\r\n")), ElementsAre("552 5.3.4"));
+}
+
+TEST_F(SmtpSessionTest, BdatMessageOfMaxSizeIsAccepted) {
+  OpenTransaction();
+  const std::string body = std::string(998, 'x') + "\r\n";
+  EXPECT_EQ(Feed("BDAT 1000 LAST\r\n" + body), "");
   ASSERT_EQ(session_->pending(), RequestKind::kEndOfData);
   EXPECT_EQ(session_->transaction().data, body);
 }
@@ -836,7 +867,7 @@ TEST_F(SmtpSessionTest, BdatWithoutTransactionReadsChunkThenRefuses) {
   EXPECT_THAT(Codes(Feed("BDAT 6\r\nQUIT\r\nNOOP\r\n")), ElementsAre("503 5.5.1", "250 2.0.0"));
   EXPECT_FALSE(session_->closing());
   Run("MAIL FROM:<s@sender.test>\r\n");
-  EXPECT_THAT(Codes(Feed("BDAT 6 LAST\r\nQUIT\r\n")), ElementsAre("503 5.5.1"));
+  EXPECT_THAT(Codes(Feed("BDAT 6\r\nQUIT\r\n")), ElementsAre("503 5.5.1"));
   Feed("RCPT TO:<a@r.test>\r\n");
   Resolve(Verdict::Reject(Reply{550, "5.1.1", {"unknown"}}));
   EXPECT_THAT(Codes(Feed("BDAT 6 LAST\r\nQUIT\r\n")), ElementsAre("554 5.5.1"));
@@ -865,6 +896,24 @@ TEST_F(SmtpSessionTest, BdatOverMaxSizeIs552AtLast) {
   EXPECT_THAT(Codes(Feed("BDAT 600\r\n" + chunk)), ElementsAre("250 2.0.0"));
   chunk.resize(400);
   EXPECT_THAT(Codes(Feed("BDAT 401 LAST\r\n" + chunk + "x")), ElementsAre("552 5.3.4"));
+}
+
+TEST_F(SmtpSessionTest, RefusedBdatLastEndsTransaction) {
+  Greet();
+  Run("MAIL FROM:<s@sender.test>\r\n");
+  EXPECT_THAT(Codes(Feed("BDAT 2 LAST\r\nab")), ElementsAre("503 5.5.1"));
+  EXPECT_THAT(Codes(Run("MAIL FROM:<s@sender.test>\r\n")), ElementsAre("250 2.1.0"));
+}
+
+TEST_F(SmtpSessionTest, ShutdownWaitsForBdatTransaction) {
+  OpenTransaction();
+  EXPECT_THAT(Codes(Feed("BDAT 2\r\nab")), ElementsAre("250 2.0.0"));
+  session_->Shutdown(now_);
+  EXPECT_EQ(Take(), "");
+  EXPECT_FALSE(session_->closing());
+  Feed("BDAT 2 LAST\r\n\r\n");
+  ASSERT_EQ(session_->pending(), RequestKind::kEndOfData);
+  EXPECT_THAT(Codes(Accept()), ElementsAre("250 2.0.0", "421 4.3.2"));
 }
 
 // --- STARTTLS ---------------------------------------------------------------------------
@@ -910,6 +959,14 @@ TEST_F(StartTlsTest, ResetsStateAndStopsOfferingStartTls) {
   ASSERT_TRUE(session_->transaction().tls.has_value());
   EXPECT_EQ(session_->transaction().tls->protocol, "TLSv1.3");
   EXPECT_EQ(session_->transaction().tls->cipher, "TLS_AES_128_GCM_SHA256");
+}
+
+TEST_F(StartTlsTest, CommandTimeoutRunsFromHandshake) {
+  Greet();
+  Feed("STARTTLS\r\n");
+  now_ += absl::Seconds(7);
+  session_->TlsEstablished(TlsInfo{"TLSv1.2", "ECDHE-RSA-AES128-GCM-SHA256"}, now_);
+  EXPECT_EQ(session_->deadline(), now_ + absl::Seconds(300));
 }
 
 TEST_F(StartTlsTest, StartTlsDuringTransactionIs503) {
@@ -1006,6 +1063,40 @@ TEST_F(SmtpSessionTest, ShutdownWaitsForPendingRequest) {
   session_->Shutdown(now_);
   EXPECT_EQ(Take(), "");
   EXPECT_THAT(Codes(Accept()), ElementsAre("250 2.1.0", "421 4.3.2"));
+}
+
+TEST_F(StartTlsTest, StartTlsBeforeEhloIsAllowed) {
+  session_->Start(now_);
+  Accept();
+  EXPECT_THAT(Codes(Feed("STARTTLS\r\n")), ElementsAre("220 2.0.0"));
+  EXPECT_EQ(session_->pending(), RequestKind::kStartTls);
+}
+
+TEST_F(SmtpSessionTest, RejectedRecipientsCountTowardErrorLimit) {
+  Greet();
+  Run("MAIL FROM:<s@sender.test>\r\n");
+  std::string out;
+  for (int i = 0; i < 5; ++i) {
+    Feed("RCPT TO:<guess" + std::to_string(i) + "@rcpt.test>\r\n");
+    out += Resolve(Verdict::Reject(Reply{550, "5.1.1", {"unknown user"}}));
+  }
+  EXPECT_THAT(Codes(out), ElementsAre("550 5.1.1", "550 5.1.1", "550 5.1.1", "550 5.1.1",
+                                      "550 5.1.1", "421 4.7.0"));
+  EXPECT_TRUE(session_->closing());
+}
+
+TEST_F(SmtpSessionTest, ResolveWithoutPendingRequestAborts) {
+  Greet();
+  EXPECT_DEATH(session_->Resolve(Verdict::Accept(), now_), "without a pending request");
+}
+
+TEST_F(SmtpSessionTest, HeloVerdictReplyReplacesDefault) {
+  session_->Start(now_);
+  Accept();
+  Feed("EHLO client.test\r\n");
+  EXPECT_EQ(Resolve(Verdict::AcceptWith(Reply{250, "", {"mx.test hello"}})),
+            "250 mx.test hello\r\n");
+  EXPECT_EQ(session_->helo(), "client.test");
 }
 
 // --- Verdicts ---------------------------------------------------------------------------
