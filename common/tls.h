@@ -91,7 +91,8 @@ class ReloadableContext {
 class Session {
  public:
   static absl::StatusOr<std::unique_ptr<Session>> Server(std::shared_ptr<const Context> context);
-  // `server_name` is sent as SNI and, with verify_peer, checked against the certificate.
+  // `server_name` is sent as SNI and, with verify_peer, checked against the certificate (an
+  // IP address is checked against the certificate's IP entries and not sent as SNI).
   static absl::StatusOr<std::unique_ptr<Session>> Client(std::shared_ptr<const Context> context,
                                                          const std::string& server_name);
   ~Session();
@@ -105,6 +106,7 @@ class Session {
   bool handshake_done() const;
   // Appends every plaintext byte decryptable from what has been fed to *out. Ok with nothing
   // appended when more ciphertext is needed. `*peer_closed` becomes true on close_notify.
+  // Check has_ciphertext() afterwards too: a failed read leaves an alert for the peer.
   absl::Status ReadPlaintext(std::string* out, bool* peer_closed);
   // Encrypts `bytes`; the records appear in TakeCiphertext().
   absl::Status WritePlaintext(std::string_view bytes);
@@ -115,7 +117,8 @@ class Session {
   bool has_ciphertext() const;
 
   // After the handshake: "TLSv1.3", the cipher name, and (client side) whether the peer's
-  // certificate verified.
+  // certificate verified, chain and name, even when verify_peer is off (for logs and
+  // Received: headers).
   std::string protocol() const;
   std::string cipher() const;
   bool peer_verified() const;
