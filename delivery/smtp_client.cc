@@ -425,6 +425,15 @@ void SmtpClient::ProtocolError(std::string_view what, absl::Time now) {
 }
 
 void SmtpClient::OnReply(const Reply& reply, absl::Time now) {
+  bool greeting_or_quit = !pending_.empty() && (pending_.front().expect == Expect::kGreeting ||
+                                                pending_.front().expect == Expect::kQuit);
+  if (reply.code == 421 && !greeting_or_quit) {
+    // The server is closing the channel (RFC 5321 §3.8), in reply to any command or unasked:
+    // whatever is unanswered fails with its words, and nothing more is sent but QUIT.
+    Fail(ConnectionFailure::kConnectionLost, RecipientOutcome::kTemporaryFailure, reply,
+         ReplySource::kServer, Goodbye::kQuit);
+    return;
+  }
   if (pending_.empty()) {
     ProtocolError(fmt::format("unexpected reply \"{}\"", reply.OneLine()), now);
     return;
@@ -588,6 +597,9 @@ void SmtpClient::OnTimer(absl::Time now) {
     phase_ = Phase::kClosed;
     deadline_ = absl::InfiniteFuture();
     return;
+  }
+  if (phase_ == Phase::kSession && pending_.empty()) {
+    return;  // idle: no reply is awaited, so no timeout of ours runs
   }
   std::string what = phase_ == Phase::kTlsHandshake
                          ? std::string("the TLS handshake")

@@ -94,7 +94,7 @@ enum class ConnectionFailure : uint8_t {
   kGreetingRejected,  // 4xx/5xx banner
   kHeloRejected,      // EHLO and HELO refused, or EHLO 4xx
   kTlsFailure,        // required but not offered/refused, or the handshake failed
-  kConnectionLost,
+  kConnectionLost,    // EOF or error, or a 421 reply (the server closes the channel)
   kTimeout,
   kProtocolError,  // garbage or unexpected replies, or RSET refused
 };

@@ -734,5 +734,85 @@ TEST_F(SmtpClientTest, RefusesControlCharactersInAddresses) {
   EXPECT_EQ(Only(results, 0, 0).reply.enhanced, "5.1.3");
 }
 
+TEST_F(SmtpClientTest, A421ReplyEndsTheSessionForEverythingUnanswered) {
+  SmtpClient client(Options(), now_);
+  Greet(client, kPipeliningEhlo);
+  client.AddMessage(Entry("id1", "a@b.c", {"bob@example.com", "carol@example.com"}), now_);
+  client.AddMessage(Entry("id2", "a@b.c", {"dave@example.com"}), now_);
+  client.TakeOutput();
+  client.Feed("250 ok\r\n250 ok\r\n421 4.3.2 shutting down\r\n", now_);
+  EXPECT_EQ(client.TakeOutput(), "QUIT\r\n");
+  EXPECT_TRUE(client.closing());
+  EXPECT_EQ(client.failure(), ConnectionFailure::kConnectionLost);
+  std::vector<MessageResult> results = client.TakeResults();
+  ASSERT_EQ(results.size(), 2u);
+  for (const MessageResult& result : results) {
+    for (const RecipientResult& recipient : result.recipients) {
+      EXPECT_EQ(recipient.outcome, RecipientOutcome::kTemporaryFailure);
+      EXPECT_EQ(recipient.source, ReplySource::kServer);
+      EXPECT_EQ(recipient.reply.OneLine(), "421 4.3.2 shutting down");
+    }
+  }
+}
+
+TEST_F(SmtpClientTest, AnUnaskedIdle421ClosesQuietly) {
+  SmtpClient client(Options(), now_);
+  Greet(client, kLockStepEhlo);
+  client.Feed("421 4.4.2 idle timeout\r\n", now_);
+  EXPECT_TRUE(client.closing());
+  EXPECT_TRUE(client.TakeResults().empty());
+}
+
+TEST_F(SmtpClientTest, IdleSessionHasNoTimeout) {
+  SmtpClient client(Options(), now_);
+  Greet(client, kLockStepEhlo);
+  client.OnTimer(now_ + absl::Hours(1));
+  EXPECT_FALSE(client.closing());
+  EXPECT_TRUE(client.idle());
+}
+
+TEST_F(SmtpClientTest, DeclaredEightBitMimeWithSevenBitContentGoesToAnOldServer) {
+  SmtpClient client(Options(), now_);
+  Greet(client, "250 mx1\r\n");
+  queue::QueueEntry entry = Entry("id1", "a@b.c", {"bob@example.com"});
+  entry.mutable_envelope()->set_body(queue::BODY_8BITMIME);
+  client.AddMessage(entry, now_);
+  EXPECT_EQ(client.TakeOutput(), "MAIL FROM:<a@b.c>\r\n");
+}
+
+TEST_F(SmtpClientTest, DeclaredEightBitMimeIsPassedOnWhenOffered) {
+  SmtpClient client(Options(), now_);
+  Greet(client, kLockStepEhlo);
+  queue::QueueEntry entry = Entry("id1", "a@b.c", {"bob@example.com"});
+  entry.mutable_envelope()->set_body(queue::BODY_8BITMIME);
+  client.AddMessage(entry, now_);
+  EXPECT_EQ(client.TakeOutput(), "MAIL FROM:<a@b.c> BODY=8BITMIME\r\n");
+}
+
+TEST_F(SmtpClientTest, EhloRefusedTemporarilyFailsTheConnection) {
+  SmtpClient client(Options(), now_);
+  client.AddMessage(Entry("id1", "a@b.c", {"bob@example.com"}), now_);
+  client.Feed("220 mx1\r\n", now_);
+  client.TakeOutput();
+  client.Feed("450 4.7.1 come back later\r\n", now_);
+  EXPECT_EQ(client.TakeOutput(), "QUIT\r\n");
+  EXPECT_EQ(client.failure(), ConnectionFailure::kHeloRejected);
+  std::vector<MessageResult> results = client.TakeResults();
+  ASSERT_EQ(results.size(), 1u);
+  EXPECT_EQ(Only(results, 0, 0).outcome, RecipientOutcome::kTemporaryFailure);
+}
+
+TEST_F(SmtpClientTest, HeloRefusedPermanentlyStaysTemporary) {
+  SmtpClient client(Options(), now_);
+  client.AddMessage(Entry("id1", "a@b.c", {"bob@example.com"}), now_);
+  client.Feed("220 mx1\r\n", now_);
+  client.Feed("500 no EHLO\r\n550 5.7.1 not you\r\n", now_);
+  EXPECT_EQ(client.TakeOutput(), "EHLO mx2.example.net\r\nHELO mx2.example.net\r\nQUIT\r\n");
+  std::vector<MessageResult> results = client.TakeResults();
+  ASSERT_EQ(results.size(), 1u);
+  EXPECT_EQ(results[0].failure, ConnectionFailure::kHeloRejected);
+  EXPECT_EQ(Only(results, 0, 0).outcome, RecipientOutcome::kTemporaryFailure);
+}
+
 }  // namespace
 }  // namespace backstop::delivery
