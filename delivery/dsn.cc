@@ -164,15 +164,37 @@ std::string DsnFieldValue(std::string_view value, DsnCharset charset) {
   }
   // A value cut inside a UTF-8 sequence would end in a broken character: drop the partial one.
   if (charset == DsnCharset::kUtf8 && value.size() > kMaxFieldValue) {
-    size_t i = out.size();
-    while (i > 0 && (static_cast<unsigned char>(out[i - 1]) & 0xC0) == 0x80) {
-      --i;
+    size_t lead = out.size();
+    while (lead > 0 && (static_cast<unsigned char>(out[lead - 1]) & 0xC0) == 0x80) {
+      --lead;
     }
-    if (i > 0 && static_cast<unsigned char>(out[i - 1]) >= 0xC0) {
-      out.resize(i - 1);
+    if (lead > 0) {
+      auto byte = static_cast<unsigned char>(out[lead - 1]);
+      size_t length = byte >= 0xF0 ? 4 : byte >= 0xE0 ? 3 : byte >= 0xC0 ? 2 : 1;
+      if (out.size() - (lead - 1) < length) {
+        out.resize(lead - 1);
+      }
     }
   }
   return out;
+}
+
+DsnRecipient DsnRecipientFor(const RecipientResult& result, DsnAction action,
+                             std::string_view remote_mta, absl::Time attempt) {
+  DsnRecipient recipient;
+  recipient.address = result.address;
+  recipient.action = action;
+  recipient.status = !result.reply.enhanced.empty()
+                         ? result.reply.enhanced
+                         : fmt::format("{}.0.0", result.reply.code / 100 == 5 ? 5 : 4);
+  if (result.source == ReplySource::kServer) {
+    recipient.diagnostic = result.reply.OneLine();
+    recipient.remote_mta = std::string(remote_mta);
+  } else {
+    recipient.reason = result.reply.OneLine();
+  }
+  recipient.last_attempt = attempt;
+  return recipient;
 }
 
 bool WantsDsn(const queue::Recipient& recipient, DsnAction action) {

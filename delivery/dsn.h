@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "absl/time/time.h"
+#include "delivery/smtp_client.h"
 #include "proto/queue.pb.h"
 
 namespace backstop::delivery {
@@ -64,6 +65,12 @@ struct DsnOptions {
   std::string reporting_mta;  // our [node] hostname: Reporting-MTA, From, Message-ID
   size_t max_returned_message_bytes = size_t{256} << 10;
 };
+
+// The failed-recipient entry for an SMTP client result: Status from the reply's enhanced code
+// (else "5.0.0" / "4.0.0" by the reply's class), Diagnostic-Code from a server's reply, or the
+// reason from a decision of the client (RFC 3464 keeps Diagnostic-Code for the remote MTA).
+DsnRecipient DsnRecipientFor(const RecipientResult& result, DsnAction action,
+                             std::string_view remote_mta, absl::Time attempt);
 
 // Whether `recipient` asked for a DSN of this kind (the NOTIFY rules above).
 bool WantsDsn(const queue::Recipient& recipient, DsnAction action);

@@ -55,9 +55,14 @@ Route RouteByMx(std::string_view domain, const MxLookup& lookup, const RoutingOp
       return Failure(Route::Kind::kPermanentFailure, "5.1.2",
                      fmt::format("{} has no MX and no address records", domain));
     case MxLookupStatus::kNoMxButAddress: {
+      std::string host = NormalizeHostName(domain);
+      if (host == NormalizeHostName(options.our_hostname)) {
+        return Failure(Route::Kind::kWeAreBestMx, "",
+                       fmt::format("{} has no MX and its implicit MX is us", domain));
+      }
       Route route;
       route.kind = Route::Kind::kDeliver;
-      route.hosts.push_back({NormalizeHostName(domain), options.smtp_port, 0});
+      route.hosts.push_back({std::move(host), options.smtp_port, 0});
       return route;
     }
     case MxLookupStatus::kRecords:

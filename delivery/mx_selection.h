@@ -71,7 +71,8 @@ Route RouteToPrimaries(const std::vector<HostPort>& primaries);
 //   ourselves or to a peer backup; when that leaves nothing, kWeAreBestMx.
 // - The null MX (RFC 7505: a single record whose exchange is ".") → kPermanentFailure 5.1.10.
 //   A "." exchange among other records is ignored (RFC 7505 forbids the mix).
-// - kNoMxButAddress → the implicit MX: the domain itself at preference 0 (RFC 5321 §5.1).
+// - kNoMxButAddress → the implicit MX: the domain itself at preference 0 (RFC 5321 §5.1), or
+//   kWeAreBestMx when the domain is our own hostname.
 // - kNoMxNoAddress → kPermanentFailure 5.1.2; kTemporaryFailure → kTemporaryFailure 4.4.3.
 Route RouteByMx(std::string_view domain, const MxLookup& lookup, const RoutingOptions& options);
 

@@ -48,14 +48,6 @@ struct SmtpClient::Transaction {
 
 namespace {
 
-std::string_view ExpectName(int expect) {
-  static constexpr std::string_view kNames[] = {
-      "the greeting",      "the reply to EHLO", "the reply to HELO", "the reply to STARTTLS",
-      "the reply to MAIL", "the reply to RCPT", "the reply to DATA", "the reply to the end of data",
-      "the reply to RSET", "the reply to QUIT"};
-  return kNames[expect];
-}
-
 Reply MakeReply(int code, std::string enhanced, std::string text) {
   Reply reply;
   reply.code = code;
@@ -235,6 +227,32 @@ std::string_view ConnectionFailureName(ConnectionFailure failure) {
       return "protocol error";
   }
   return "unknown";
+}
+
+std::string_view SmtpClient::ExpectName(Expect expect) {
+  switch (expect) {
+    case Expect::kGreeting:
+      return "the greeting";
+    case Expect::kEhlo:
+      return "the reply to EHLO";
+    case Expect::kHelo:
+      return "the reply to HELO";
+    case Expect::kStartTls:
+      return "the reply to STARTTLS";
+    case Expect::kMail:
+      return "the reply to MAIL";
+    case Expect::kRcpt:
+      return "the reply to RCPT";
+    case Expect::kData:
+      return "the reply to DATA";
+    case Expect::kDataEnd:
+      return "the reply to the end of data";
+    case Expect::kRset:
+      return "the reply to RSET";
+    case Expect::kQuit:
+      return "the reply to QUIT";
+  }
+  return "a reply";
 }
 
 SmtpClient::SmtpClient(ClientOptions options, absl::Time now)
@@ -582,9 +600,7 @@ void SmtpClient::ConnectionLost(absl::Time now) {
     return;
   }
   std::string waiting =
-      pending_.empty()
-          ? ""
-          : fmt::format(" waiting for {}", ExpectName(static_cast<int>(pending_.front().expect)));
+      pending_.empty() ? "" : fmt::format(" waiting for {}", ExpectName(pending_.front().expect));
   Fail(ConnectionFailure::kConnectionLost, RecipientOutcome::kTemporaryFailure,
        MakeReply(451, "4.4.2", "connection lost" + waiting), ReplySource::kClient, Goodbye::kDrop);
 }
@@ -603,7 +619,7 @@ void SmtpClient::OnTimer(absl::Time now) {
   }
   std::string what = phase_ == Phase::kTlsHandshake
                          ? std::string("the TLS handshake")
-                         : std::string(ExpectName(static_cast<int>(pending_.front().expect)));
+                         : std::string(ExpectName(pending_.front().expect));
   Fail(ConnectionFailure::kTimeout, RecipientOutcome::kTemporaryFailure,
        MakeReply(451, "4.4.2", fmt::format("timeout waiting for {}", what)), ReplySource::kClient,
        Goodbye::kDrop);

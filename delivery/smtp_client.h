@@ -15,9 +15,30 @@
 //     collect TakeResults(); when idle() and nothing else is due for the host, Finish(now)
 //     when closing(): write the remaining output, close the socket
 //
+// OnBytesSent must account for every byte taken with TakeOutput: the data-termination timeout
+// starts only once the whole end of data is reported written.
+//
 // Every message added gets exactly one MessageResult with one RecipientResult per envelope
 // recipient, whatever happens to the connection: what the server did not answer is a temporary
 // failure carrying the connection failure (so the shell may try the next MX host with it).
+//
+// Decisions (tests rely on them):
+// - Permanent: a 5xx greeting (for every message); 5xx to MAIL, RCPT, DATA or the end of data;
+//   and messages we refuse to send, never altering them: 8-bit content to a server without
+//   8BITMIME (554 5.6.3), an SMTPUTF8 envelope (flag or non-ASCII address) to a server without
+//   SMTPUTF8 (554 5.6.7), more than the server's SIZE (552 5.3.4), control characters in an
+//   envelope address (553 5.1.3). Refused messages cost no command; the session goes on.
+// - Temporary: every 4xx; EHLO 4xx, and HELO refused even with 5xx (our name being refused is
+//   for an operator to fix, not a reason to bounce a backlog); any 421 (the server closes);
+//   TLS required but not offered or refused (451 4.7.4) or the handshake failed (451 4.7.5);
+//   connection loss and timeouts (451 4.4.2); garbage, over-long or unexpected replies and a
+//   refused RSET (451 4.5.0).
+// - Opportunistic TLS: a refused STARTTLS continues in plaintext; a failed handshake fails the
+//   connection (kTlsFailure), and the shell may reconnect to that host with TlsPolicy::kNone.
+// - RSET follows a transaction aborted before the end of data (MAIL refused, no recipient
+//   accepted, DATA refused); after a reply to the end of data the server has reset itself.
+// - With PIPELINING, MAIL, every RCPT and DATA go in one write; when DATA is accepted although
+//   no recipient was, the data is only the terminating dot (RFC 2920 §3.1).
 
 #include <cstddef>
 #include <cstdint>
@@ -206,6 +227,7 @@ class SmtpClient {
                    const Reply& reply, ReplySource source);
   void ArmDeadline(absl::Time now);
   absl::Duration TimeoutFor(Expect expect) const;
+  static std::string_view ExpectName(Expect expect);
 
   ClientOptions options_;
   Phase phase_;

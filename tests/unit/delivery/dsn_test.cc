@@ -376,6 +376,54 @@ TEST(DsnFieldValueTest, ReplacesControlsAndCutsWithoutBreakingUtf8) {
   EXPECT_EQ(DsnFieldValue("\xc3\xa9", DsnCharset::kUtf8), "\xc3\xa9");
   std::string long_value = std::string(899, 'x') + "\xc3\xa9";
   EXPECT_EQ(DsnFieldValue(long_value, DsnCharset::kUtf8), std::string(899, 'x'));
+  std::string whole = std::string(898, 'x') + "\xc3\xa9" + "y";  // the cut falls after the é
+  EXPECT_EQ(DsnFieldValue(whole, DsnCharset::kUtf8), std::string(898, 'x') + "\xc3\xa9");
+}
+
+RecipientResult Result(ReplySource source, int code, std::string enhanced, std::string text) {
+  RecipientResult result;
+  result.address = "bob@example.com";
+  result.outcome = RecipientOutcome::kPermanentFailure;
+  result.source = source;
+  result.reply.code = code;
+  result.reply.enhanced = std::move(enhanced);
+  result.reply.lines = {std::move(text)};
+  return result;
+}
+
+TEST(DsnRecipientForTest, QuotesTheServersReply) {
+  DsnRecipient recipient =
+      DsnRecipientFor(Result(ReplySource::kServer, 550, "5.1.1", "5.1.1 unknown user"),
+                      DsnAction::kFailed, "mx1.example.com", absl::FromUnixSeconds(10));
+  EXPECT_EQ(recipient.address, "bob@example.com");
+  EXPECT_EQ(recipient.action, DsnAction::kFailed);
+  EXPECT_EQ(recipient.status, "5.1.1");
+  EXPECT_EQ(recipient.diagnostic, "550 5.1.1 unknown user");
+  EXPECT_EQ(recipient.remote_mta, "mx1.example.com");
+  EXPECT_EQ(recipient.reason, "");
+  EXPECT_EQ(recipient.last_attempt, absl::FromUnixSeconds(10));
+}
+
+TEST(DsnRecipientForTest, DerivesTheStatusFromTheReplyClass) {
+  EXPECT_EQ(DsnRecipientFor(Result(ReplySource::kServer, 554, "", "no"), DsnAction::kFailed, "m",
+                            absl::FromUnixSeconds(10))
+                .status,
+            "5.0.0");
+  EXPECT_EQ(DsnRecipientFor(Result(ReplySource::kServer, 451, "", "later"), DsnAction::kDelayed,
+                            "m", absl::FromUnixSeconds(10))
+                .status,
+            "4.0.0");
+}
+
+TEST(DsnRecipientForTest, OwnDecisionsHaveNoDiagnosticCode) {
+  DsnRecipient recipient =
+      DsnRecipientFor(Result(ReplySource::kClient, 554, "5.6.3",
+                             "5.6.3 8-bit message to a server without 8BITMIME"),
+                      DsnAction::kFailed, "mx1.example.com", absl::FromUnixSeconds(10));
+  EXPECT_EQ(recipient.status, "5.6.3");
+  EXPECT_EQ(recipient.diagnostic, "");
+  EXPECT_EQ(recipient.remote_mta, "");
+  EXPECT_EQ(recipient.reason, "554 5.6.3 8-bit message to a server without 8BITMIME");
 }
 
 }  // namespace

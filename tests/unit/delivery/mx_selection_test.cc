@@ -106,6 +106,13 @@ TEST(RouteByMxTest, NoMxButAddressIsTheImplicitMx) {
   EXPECT_EQ(route.hosts[0], (RouteHost{"example.com", 2525, 0}));
 }
 
+TEST(RouteByMxTest, ImplicitMxNamingUsIsNothingToDeliverTo) {
+  Route route =
+      RouteByMx("MX2.example.net",
+                {.status = MxLookupStatus::kNoMxButAddress, .records = {}, .error = ""}, Options());
+  EXPECT_EQ(route.kind, Route::Kind::kWeAreBestMx);
+}
+
 TEST(RouteByMxTest, NoMxAndNoAddressIsAPermanentFailure) {
   Route route =
       RouteByMx("example.com",

@@ -814,5 +814,15 @@ TEST_F(SmtpClientTest, HeloRefusedPermanentlyStaysTemporary) {
   EXPECT_EQ(Only(results, 0, 0).outcome, RecipientOutcome::kTemporaryFailure);
 }
 
+TEST(ConnectionFailureNameTest, NamesEveryFailure) {
+  EXPECT_EQ(ConnectionFailureName(ConnectionFailure::kNone), "none");
+  EXPECT_EQ(ConnectionFailureName(ConnectionFailure::kGreetingRejected), "greeting rejected");
+  EXPECT_EQ(ConnectionFailureName(ConnectionFailure::kHeloRejected), "HELO rejected");
+  EXPECT_EQ(ConnectionFailureName(ConnectionFailure::kTlsFailure), "TLS failure");
+  EXPECT_EQ(ConnectionFailureName(ConnectionFailure::kConnectionLost), "connection lost");
+  EXPECT_EQ(ConnectionFailureName(ConnectionFailure::kTimeout), "timeout");
+  EXPECT_EQ(ConnectionFailureName(ConnectionFailure::kProtocolError), "protocol error");
+}
+
 }  // namespace
 }  // namespace backstop::delivery
