@@ -369,7 +369,8 @@ absl::StatusOr<std::unique_ptr<Resolver>> Resolver::Create(EventLoop& loop,
 }
 
 absl::Status Resolver::Init(const ResolverOptions& options) {
-  // Reference counted and a no-op on Linux, but not thread-safe: once per process.
+  // c-ares wants one call before the first channel and the call is not thread-safe: a
+  // function-local static makes it happen once per process.
   static const int library_status = ares_library_init(ARES_LIB_INIT_ALL);
   if (library_status != ARES_SUCCESS) {
     return absl::InternalError(
@@ -457,7 +458,15 @@ void Resolver::LookupMx(const std::string& name, MxCallback callback) {
 }
 
 void Resolver::LookupAddresses(const std::string& name, AddressCallback callback) {
-  Start(name, {ns_t_a, ns_t_aaaa}, std::make_unique<AddressQuery>(std::move(callback)));
+  auto query = std::make_unique<AddressQuery>(std::move(callback));
+  if (const absl::StatusOr<IpAddress> literal = ParseIp(name); literal.ok()) {
+    char text[INET6_ADDRSTRLEN];
+    inet_ntop(literal->family, literal->bytes.data(), text, sizeof(text));
+    query->result.addresses.emplace_back(text);
+    Enqueue(std::move(query));
+    return;
+  }
+  Start(name, {ns_t_a, ns_t_aaaa}, std::move(query));
 }
 
 void Resolver::LookupA(const std::string& name, AddressCallback callback) {
@@ -508,6 +517,10 @@ void Resolver::Start(const std::string& name, std::initializer_list<int> types,
 
 void Resolver::Complete(std::unique_ptr<Query> query, absl::Status status) {
   query->Fail(std::move(status));
+  Enqueue(std::move(query));
+}
+
+void Resolver::Enqueue(std::unique_ptr<Query> query) {
   ready_.push_back(std::move(query));
   ScheduleTimer();
 }

@@ -118,7 +118,7 @@ class Resolver {
   void LookupMx(const std::string& name, MxCallback callback);
   // A and AAAA in parallel. OK when either has addresses (a failed AAAA next to a good A
   // is not an error); NotFound when neither has any and both said so definitely; otherwise
-  // the temporary error.
+  // the temporary error. An IP literal (a configured primary) is its own only address.
   void LookupAddresses(const std::string& name, AddressCallback callback);
   // A only: DNSBL queries (see DnsblQueryName).
   void LookupA(const std::string& name, AddressCallback callback);
@@ -139,6 +139,8 @@ class Resolver {
              std::unique_ptr<Query> query);
   // Completes `query` with `status` without asking c-ares (bad input, loop stopping).
   void Complete(std::unique_ptr<Query> query, absl::Status status);
+  // Queues a finished query for DeliverReady.
+  void Enqueue(std::unique_ptr<Query> query);
   static void OnAnswer(void* arg, int ares_status, int timeouts, unsigned char* answer,
                        int answer_length);
   static void OnSocketState(void* data, int fd, int readable, int writable);

@@ -424,6 +424,11 @@ TEST_F(ResolverTest, AddressesSucceedWhenOnlyAaaaFails) {
   EXPECT_THAT(result.addresses, ElementsAre("127.0.0.7"));
 }
 
+TEST_F(ResolverTest, AddressesOfIpLiteralIsTheLiteral) {
+  EXPECT_THAT(Addresses(Dnsmasq(), "192.0.2.25").addresses, ElementsAre("192.0.2.25"));
+  EXPECT_THAT(Addresses(Dnsmasq(), "2001:DB8::25").addresses, ElementsAre("2001:db8::25"));
+}
+
 TEST_F(ResolverTest, AddressesOfMissingNameIsNxDomain) {
   const AddressResult result = Addresses(Dnsmasq(), "missing.test");
   EXPECT_TRUE(IsNxDomain(result.status)) << result.status;
