@@ -37,8 +37,8 @@ backstopctl=$build/cmd/backstopctl/backstopctl
 source_flags=(-A)  # keep going past a refusal: what was accepted is counted from the queue
 [[ ${BENCH_REUSE_CONNECTIONS:-0} == 1 ]] && source_flags+=(-d)
 
-die() { echo "ingest_compare: $*" >&2; exit 1; }
 note() { echo "ingest_compare: $*" >&2; }
+die() { note "$@"; exit 1; }
 
 work=$(mktemp -d "${BACKSTOP_BENCH_DIR:-${TMPDIR:-/tmp}}/ingest-compare.XXXXXX")
 # Postfix's daemons run as an unprivileged account and must reach their instance below here.
@@ -213,9 +213,10 @@ start_postfix() {
       -c "$instance/conf" check \
     || die "postfix check failed; $instance/maillog says:
 $(tail -n 20 "$instance/maillog" 2>/dev/null)"
-  # setsid: the master kills its own process group on exit, so it must lead one.
+  # setsid: the master kills its own process group on exit, so it must lead one (--wait: the
+  # process we watch lives as long as the master, even if setsid had to fork).
   "${as_root[@]}" env LD_LIBRARY_PATH="$postfix_lib" MAIL_CONFIG="$instance/conf" \
-      setsid "$postfix_root/usr/lib/postfix/sbin/master" -c "$instance/conf" -d \
+      setsid --wait "$postfix_root/usr/lib/postfix/sbin/master" -c "$instance/conf" -d \
       > "$instance/master.out" 2>&1 &
   postfix_pid=$!
   for _ in $(seq 1 $((start_timeout * 10))); do
