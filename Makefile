@@ -6,6 +6,7 @@ SHELL := /bin/bash
 PRESET ?= release
 BUILD_DIR := build/$(PRESET)
 BACKSTOP := $(BUILD_DIR)/cmd/backstop/backstop
+BACKSTOPCTL := $(BUILD_DIR)/cmd/backstopctl/backstopctl
 CONFIG ?= examples/standalone.toml
 JOBS ?= $(shell nproc)
 # Debian's interpreter, where the python3-* test packages install (not a pyenv or venv one).
@@ -23,11 +24,14 @@ APT_PACKAGES := \
   libspdlog-dev libfmt-dev libcli11-dev libabsl-dev \
   libgtest-dev libgmock-dev libbenchmark-dev \
   python3 python3-pytest python3-pytest-xdist python3-aiosmtpd python3-dnslib \
-  swaks dnsmasq-base dnsutils openssl curl
+  swaks libnet-ssleay-perl libio-socket-ssl-perl dnsmasq-base dnsutils openssl curl
 # Only `make fmt` and `make lint` need these.
 LINT_PACKAGES := clang-format-16 clang-tidy-16
+# Only `make fuzz` needs these (clang with the libFuzzer runtime).
+FUZZ_PACKAGES := clang libclang-rt-14-dev
 
-.PHONY: help deps deps-lint configure build run test bench bench-queue bench-ingest sim fmt lint \
+.PHONY: help deps deps-lint deps-fuzz fuzz configure build run test bench bench-queue bench-ingest \
+        sim fmt lint \
         test-asan test-tsan clean
 
 help:
@@ -36,6 +40,7 @@ help:
 	@echo "make bench   build and run the micro-benchmarks (make bench-queue: queue appends)"
 	@echo "make bench-ingest  accepted msg/s, primary down: Backstop beside Postfix as a backup MX"
 	@echo "make sim     run the Raft simulator for SEEDS seeds x STEPS steps"
+	@echo "make fuzz    run every libFuzzer target for FUZZ_SECONDS (clang, ASan+UBSan)"
 	@echo "make fmt / make lint / make test-asan / make test-tsan / make clean"
 
 # Installs only what is missing, so it is quick when everything is present.
@@ -58,6 +63,9 @@ deps:
 deps-lint:
 	$(call apt_install,$(LINT_PACKAGES))
 
+deps-fuzz:
+	$(call apt_install,$(FUZZ_PACKAGES))
+
 configure: deps
 	@[ -f $(BUILD_DIR)/build.ninja ] || cmake --preset $(PRESET)
 
@@ -70,7 +78,9 @@ run: build
 
 test: build
 	ctest --test-dir $(BUILD_DIR) -j$(JOBS) --output-on-failure
-	BACKSTOP_BIN=$(abspath $(BACKSTOP)) $(PYTHON) -m pytest tests/system -n $(JOBS) -p no:cacheprovider
+	BACKSTOP_BIN=$(abspath $(BACKSTOP)) BACKSTOPCTL_BIN=$(abspath $(BACKSTOPCTL)) \
+	  BACKSTOP_LOADGEN=$(abspath $(BUILD_DIR)/bench/backstop-queue-loadgen) \
+	  $(PYTHON) -m pytest tests/system -n $(JOBS) -p no:cacheprovider
 
 bench: build
 	@for b in $(BUILD_DIR)/bench/*_bench; do [ -x "$$b" ] || continue; "$$b" || exit 1; done
@@ -96,6 +106,22 @@ fmt: deps-lint
 
 lint: deps-lint build
 	clang-tidy-16 -p $(BUILD_DIR) --quiet $(shell git ls-files '*.cc')
+
+# Every libFuzzer target for FUZZ_SECONDS, starting from its seed corpus (read-only: new inputs
+# go to build/fuzz/corpus/<target>). A crash leaves crash-* in build/fuzz/artifacts/; copy it
+# into tests/fuzz/corpus/<target>/ so that `make test` replays it from then on.
+FUZZ_SECONDS ?= 60
+fuzz: deps-fuzz deps
+	@[ -f build/fuzz/build.ninja ] || cmake --preset fuzz
+	cmake --build build/fuzz
+	@mkdir -p build/fuzz/artifacts
+	@for t in $$(ls tests/fuzz/corpus); do \
+	  mkdir -p build/fuzz/corpus/$$t; \
+	  echo "== $$t ($(FUZZ_SECONDS)s)"; \
+	  build/fuzz/tests/fuzz/$$t build/fuzz/corpus/$$t tests/fuzz/corpus/$$t \
+	    -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	    -artifact_prefix=build/fuzz/artifacts/$$t- 2>&1 | tail -n 12 || exit 1; \
+	done
 
 test-asan:
 	$(MAKE) test PRESET=asan

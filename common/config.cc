@@ -543,7 +543,9 @@ void ReadNode(const Section& s, NodeConfig* node) {
 
 void ReadSmtp(const Section& s, SmtpConfig* smtp) {
   s.RejectUnknownKeys({"listen", "max_message_size", "max_recipients", "commit_timeout", "tls_cert",
-                       "tls_key", "proxy_protocol", "trusted_proxies"});
+                       "tls_key", "proxy_protocol", "trusted_proxies", "command_timeout",
+                       "data_timeout", "max_errors", "max_received_headers", "max_connections",
+                       "max_connections_per_ip", "threads"});
   s.ReadHostPortList("listen", -1, /*connectable=*/false, &smtp->listen);
   s.ReadSize("max_message_size", 1, &smtp->max_message_size);
   // DESIGN §3.3: at least 100 recipients per transaction (RFC 5321 §4.5.3.1.8).
@@ -553,6 +555,13 @@ void ReadSmtp(const Section& s, SmtpConfig* smtp) {
   s.ReadString("tls_key", &smtp->tls_key);
   s.ReadBool("proxy_protocol", &smtp->proxy_protocol);
   s.ReadCheckedStrings("trusted_proxies", IsCidr, kCidrText, &smtp->trusted_proxies);
+  s.ReadDuration("command_timeout", absl::Milliseconds(1), &smtp->command_timeout);
+  s.ReadDuration("data_timeout", absl::Milliseconds(1), &smtp->data_timeout);
+  s.ReadInteger("max_errors", 1, kUint32Max, &smtp->max_errors);
+  s.ReadInteger("max_received_headers", 1, kUint32Max, &smtp->max_received_headers);
+  s.ReadInteger("max_connections", 1, kUint32Max, &smtp->max_connections);
+  s.ReadInteger("max_connections_per_ip", 1, kUint32Max, &smtp->max_connections_per_ip);
+  s.ReadInteger("threads", 0, 1024, &smtp->threads);
 
   if (smtp->tls_cert.empty() != smtp->tls_key.empty() && !s.AnyFailed({"tls_cert", "tls_key"})) {
     const bool cert_set = !smtp->tls_cert.empty();

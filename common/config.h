@@ -75,6 +75,15 @@ struct SmtpConfig {
   std::string tls_key;
   bool proxy_protocol = false;
   std::vector<std::string> trusted_proxies;  // CIDRs ("10.0.0.0/8") or single addresses
+  // RFC 5321 §4.5.3.2: time for a complete command line after our previous reply (bytes that
+  // dribble in do not extend it), and the longest silence inside DATA/BDAT.
+  absl::Duration command_timeout = absl::Minutes(5);
+  absl::Duration data_timeout = absl::Minutes(3);
+  uint32_t max_errors = 10;              // protocol errors before 421 and close
+  uint32_t max_received_headers = 50;    // hop count: 554 5.4.6 at this many Received:
+  uint32_t max_connections = 10'000;     // per process; 421 at the banner beyond it
+  uint32_t max_connections_per_ip = 50;  // per client address and process
+  uint32_t threads = 0;                  // io_uring threads; 0 = one per core
 };
 
 struct QueuePeer {

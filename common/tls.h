@@ -6,13 +6,21 @@
 // thread with the connection's own buffers and deadlines. Used by ingest (server side,
 // STARTTLS) and delivery (client side, STARTTLS toward the primary).
 
+#include <cstdint>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <string_view>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+
+// OpenSSL's types, declared at global scope so that the members below name them (and not new
+// types in backstop::tls) without including OpenSSL's headers everywhere.
+struct bio_st;
+struct ssl_ctx_st;
+struct ssl_st;
 
 namespace backstop::tls {
 
@@ -21,11 +29,16 @@ struct ServerContextOptions {
   std::string key_file;   // PEM private key
 };
 
+enum class TlsVersion : uint8_t { k1_2, k1_3 };
+
 struct ClientContextOptions {
   // Verify the peer's certificate against this CA bundle (PEM); empty = the system store.
   std::string ca_file;
   // Opportunistic STARTTLS toward MX hosts (RFC 7435): encrypt without authenticating.
   bool verify_peer = false;
+  // The highest version offered (TLS 1.2 is always the lowest): a way around a peer whose
+  // TLS 1.3 is broken, and how tests cover both versions.
+  TlsVersion max_version = TlsVersion::k1_3;
 };
 
 // An SSL_CTX: TLS 1.2 and 1.3 only, no compression, no renegotiation. Immutable once built and
@@ -33,10 +46,8 @@ struct ClientContextOptions {
 // SSL_new).
 class Context {
  public:
-  static absl::StatusOr<std::shared_ptr<const Context>> Server(
-      const ServerContextOptions& options);
-  static absl::StatusOr<std::shared_ptr<const Context>> Client(
-      const ClientContextOptions& options);
+  static absl::StatusOr<std::shared_ptr<const Context>> Server(const ServerContextOptions& options);
+  static absl::StatusOr<std::shared_ptr<const Context>> Client(const ClientContextOptions& options);
   ~Context();
   Context(const Context&) = delete;
   Context& operator=(const Context&) = delete;
@@ -46,7 +57,9 @@ class Context {
 
  private:
   friend class Session;
-  Context() = default;
+  enum class Role : uint8_t { kServer, kClient };
+  explicit Context(Role role) : role_(role) {}
+  const Role role_;
   struct ssl_ctx_st* ctx_ = nullptr;
   int64_t not_after_ = 0;
 };
@@ -78,7 +91,8 @@ class ReloadableContext {
 class Session {
  public:
   static absl::StatusOr<std::unique_ptr<Session>> Server(std::shared_ptr<const Context> context);
-  // `server_name` is sent as SNI and, with verify_peer, checked against the certificate.
+  // `server_name` is sent as SNI and, with verify_peer, checked against the certificate (an
+  // IP address is checked against the certificate's IP entries and not sent as SNI).
   static absl::StatusOr<std::unique_ptr<Session>> Client(std::shared_ptr<const Context> context,
                                                          const std::string& server_name);
   ~Session();
@@ -92,6 +106,7 @@ class Session {
   bool handshake_done() const;
   // Appends every plaintext byte decryptable from what has been fed to *out. Ok with nothing
   // appended when more ciphertext is needed. `*peer_closed` becomes true on close_notify.
+  // Check has_ciphertext() afterwards too: a failed read leaves an alert for the peer.
   absl::Status ReadPlaintext(std::string* out, bool* peer_closed);
   // Encrypts `bytes`; the records appear in TakeCiphertext().
   absl::Status WritePlaintext(std::string_view bytes);
@@ -102,17 +117,22 @@ class Session {
   bool has_ciphertext() const;
 
   // After the handshake: "TLSv1.3", the cipher name, and (client side) whether the peer's
-  // certificate verified.
+  // certificate verified, chain and name, even when verify_peer is off (for logs and
+  // Received: headers).
   std::string protocol() const;
   std::string cipher() const;
   bool peer_verified() const;
 
  private:
   Session() = default;
+  absl::Status Attach(std::shared_ptr<const Context> context);
+  absl::Status Failed(std::string_view operation, int ssl_error);
   std::shared_ptr<const Context> context_;
   struct ssl_st* ssl_ = nullptr;
   struct bio_st* network_in_ = nullptr;   // ciphertext from the peer (owned by ssl_)
   struct bio_st* network_out_ = nullptr;  // ciphertext to the peer (owned by ssl_)
+  // After a fatal error OpenSSL forbids any further use of ssl_, even SSL_shutdown().
+  bool failed_ = false;
 };
 
 }  // namespace backstop::tls

@@ -39,7 +39,8 @@ struct ProxyParseResult {
 absl::StatusOr<ProxyParseResult> ParseProxyHeader(std::string_view bytes);
 
 // A set of CIDRs ("10.0.0.0/8", "2001:db8::/32", or a single address) for `trusted_proxies`
-// and filter allow lists. Immutable; thread-safe.
+// and filter allow lists. An IPv4 address matches in either spelling ("1.2.3.4" and
+// "::ffff:1.2.3.4" are both in 1.2.3.0/24). Immutable; thread-safe.
 class CidrSet {
  public:
   static absl::StatusOr<CidrSet> Parse(const std::vector<std::string>& cidrs);
@@ -47,10 +48,10 @@ class CidrSet {
   bool empty() const { return ranges_.empty(); }
 
  private:
+  // IPv4 ranges are kept as IPv4-mapped IPv6 (::ffff:0:0/96 + the IPv4 prefix).
   struct Range {
-    int family = 0;           // AF_INET or AF_INET6
-    unsigned char bytes[16] = {};
-    int prefix_length = 0;
+    unsigned char bytes[16] = {};  // host bits zero
+    int prefix_length = 0;         // 0..128
   };
   std::vector<Range> ranges_;
 };

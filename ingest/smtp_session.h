@@ -27,7 +27,7 @@
 namespace backstop::ingest {
 
 struct SessionOptions {
-  std::string hostname;                       // banner, EHLO reply
+  std::string hostname;  // banner, EHLO reply
   uint64_t max_message_size = uint64_t{50} << 20;
   uint32_t max_recipients = 100;
   // Protocol errors (syntax, bad sequence, unknown command, rejected RCPT, ...) after which
@@ -59,7 +59,8 @@ struct Reply {
   int code = 0;
   std::string enhanced;  // "2.1.0"
   std::vector<std::string> lines;
-  // Wire form, e.g. "250-first\r\n250 2.0.0 last\r\n".
+  // Wire form, the enhanced code on every line (RFC 2034), e.g.
+  // "250-2.0.0 first\r\n250 2.0.0 last\r\n". CR and LF inside a text line become spaces.
   std::string Serialize() const;
 };
 
@@ -75,9 +76,14 @@ struct MailRequest {
 
 // RCPT TO: forward-path and parameters (RFC 3461).
 struct RcptRequest {
-  queue::Recipient recipient;  // address (no brackets), notify, orcpt
-  std::string local_part;      // as written (quoted local parts keep their quotes removed)
-  std::string domain;          // lower-cased, one trailing dot removed; empty for <postmaster>
+  // address: as written, no brackets, source route dropped; notify; orcpt as given (xtext).
+  queue::Recipient recipient;
+  // As written; a quoted local part is unquoted and its quoted-pairs decoded. `%` and `!`
+  // are kept as ordinary characters (see ingest/address.h).
+  std::string local_part;
+  // Lower-cased, one trailing dot removed; empty for <postmaster>; an address literal keeps
+  // its brackets ("[192.0.2.1]", "[ipv6:2001:db8::1]") so it never equals a relay domain.
+  std::string domain;
 };
 
 // A complete message at the end of DATA or at BDAT LAST, after every recipient was accepted.
@@ -87,19 +93,21 @@ struct Transaction {
   std::string helo;                     // the EHLO/HELO argument
   bool esmtp = false;                   // EHLO (true) or HELO
   std::optional<TlsInfo> tls;
-  std::string data;  // the message: dot-unstuffed, CRLF line ends, without the final CRLF.CRLF
+  // The message: dot-unstuffed, CRLF line ends, the last line's CRLF included, without the
+  // terminating ".CRLF" (for BDAT: the chunks concatenated).
+  std::string data;
   absl::Time data_start;
 };
 
 // What the session waits for. While one is pending, Feed() only buffers.
 enum class RequestKind : uint8_t {
   kNone,
-  kConnect,     // before the banner: accept (220) or a rejection (554/421) that closes
-  kHelo,        // EHLO/HELO accepted syntactically; the filter chain may refuse it
-  kMail,        // MAIL FROM parsed; filter chain decides
-  kRcpt,        // RCPT TO parsed; relay policy + filters decide (pending_rcpt())
-  kEndOfData,   // transaction() complete; the connection commits it to the queue
-  kStartTls,    // 220 sent; the connection runs the TLS handshake then calls TlsEstablished()
+  kConnect,    // before the banner: accept (220) or a rejection (554/421) that closes
+  kHelo,       // EHLO/HELO accepted syntactically; the filter chain may refuse it
+  kMail,       // MAIL FROM parsed; filter chain decides
+  kRcpt,       // RCPT TO parsed; relay policy + filters decide (pending_rcpt())
+  kEndOfData,  // transaction() complete; the connection commits it to the queue
+  kStartTls,   // 220 sent; the connection runs the TLS handshake then calls TlsEstablished()
 };
 
 // The answer to a request. kAccept uses the session's own positive reply unless `reply` is
@@ -137,9 +145,9 @@ class SmtpSession {
   void Shutdown(absl::Time now);
 
   RequestKind pending() const { return pending_; }
-  const MailRequest& pending_mail() const;      // valid while pending() == kMail
-  const RcptRequest& pending_rcpt() const;      // valid while pending() == kRcpt
-  const Transaction& transaction() const;       // valid while pending() == kEndOfData
+  const MailRequest& pending_mail() const;  // valid while pending() == kMail
+  const RcptRequest& pending_rcpt() const;  // valid while pending() == kRcpt
+  const Transaction& transaction() const;   // valid while pending() == kEndOfData
   const std::string& helo() const;
 
   // Reply bytes to send, in order; the connection takes them after each call.
@@ -157,8 +165,51 @@ class SmtpSession {
   uint32_t messages_accepted() const { return messages_accepted_; }
 
  private:
-  // Implementation-defined; see smtp_session.cc.
-  struct State;
+  enum class Phase : uint8_t {
+    kBeforeStart,  // Start() not called yet
+    kCommand,      // reading command lines
+    kData,         // reading DATA content up to CRLF.CRLF
+    kBdat,         // reading the octets of one BDAT chunk
+  };
+  enum class BodyMode : uint8_t { kNone, kData, kBdat };
+  enum class ErrorCount : uint8_t { kCounted, kNotCounted };
+
+  // Processes as much of `in` as possible; returns the bytes consumed.
+  size_t Consume(std::string_view in);
+  // Consume() over the buffered input.
+  void Resume();
+  // Command lines.
+  size_t FindCommandEnd(std::string_view in);
+  size_t DiscardLongLine(std::string_view in);
+  void HandleLine(std::string_view line);
+  void HandleHelo(std::string_view arg, bool esmtp);
+  void HandleMail(std::string_view arg);
+  void HandleRcpt(std::string_view arg);
+  void HandleData(std::string_view arg);
+  void HandleBdat(std::string_view arg);
+  void HandleStartTls(std::string_view arg);
+  // Refusal of DATA/BDAT when the transaction cannot take content; nullopt if it can.
+  std::optional<Reply> ContentRefusal() const;
+  // Message content (DATA and BDAT).
+  void BeginContent();
+  size_t ScanData(std::string_view in);
+  void ScanChunk(std::string_view in);
+  void ScanSegment(std::string_view segment, bool ends_with_lf);
+  void StoreContent(std::string_view span);
+  void FinishChunk();
+  void FinishMessage();
+  void ResetTransaction();
+  // The reply to a resolved request: the verdict's own, else `accepted` or `rejected`.
+  void Answer(const Verdict& verdict, const Reply& accepted, const Reply& rejected,
+              ErrorCount count);
+  // Replies. Error() also counts the error and ends the session at max_errors.
+  void Emit(const Reply& reply);
+  void Emit(int code, std::string_view enhanced, std::string_view text);
+  void Error(const Reply& reply);
+  void Error(int code, std::string_view enhanced, std::string_view text);
+  Reply EhloReply(bool esmtp) const;
+  void UpdateDeadline();
+
   SessionOptions options_;
   ClientInfo client_;
   RequestKind pending_ = RequestKind::kNone;
@@ -167,6 +218,52 @@ class SmtpSession {
   absl::Time deadline_ = absl::InfiniteFuture();
   uint32_t errors_ = 0;
   uint32_t messages_accepted_ = 0;
+
+  absl::Time now_;         // of the public call being served
+  absl::Time last_reply_;  // the command timeout runs from here
+  absl::Time last_data_;   // the data timeout runs from here
+  Phase phase_ = Phase::kBeforeStart;
+  bool early_talker_ = false;
+  bool shutdown_ = false;
+
+  // Unconsumed input: in_[in_pos_, end). Bytes fed while a request is pending, a partial
+  // command line, or the few bytes of a possible DATA terminator.
+  std::string in_;
+  size_t in_pos_ = 0;
+  size_t line_scanned_ = 0;       // bytes of the partial command line known to hold no CRLF
+  bool discarding_line_ = false;  // after 512 octets without CRLF, up to the next CRLF
+  bool discard_prev_cr_ = false;
+  bool discard_input_ = false;  // STARTTLS accepted: the rest of the input is dropped
+
+  // What the client told us; RFC 3207 §4.2 forgets it after STARTTLS.
+  bool have_helo_ = false;
+  std::string helo_;
+  bool esmtp_ = false;
+  std::string pending_helo_;
+  bool pending_esmtp_ = false;
+  std::optional<TlsInfo> tls_;
+
+  // The transaction.
+  bool in_transaction_ = false;  // MAIL accepted
+  bool rcpt_seen_ = false;       // some RCPT was given (554 vs 503 at DATA)
+  BodyMode body_mode_ = BodyMode::kNone;
+  MailRequest pending_mail_;
+  RcptRequest pending_rcpt_;
+  Transaction transaction_;
+
+  // Content scanning state, across Feed() calls and BDAT chunks.
+  bool at_line_start_ = true;  // after CRLF: a '.' here is a terminator or stuffing
+  bool prev_cr_ = false;       // the last byte scanned was a CR (bare unless LF follows)
+  bool data_ended_ = false;
+  size_t line_length_ = 0;
+  uint64_t content_size_ = 0;
+  bool bad_bytes_ = false;  // bare CR, bare LF or NUL
+  bool line_too_long_ = false;
+  bool too_big_ = false;
+  uint64_t bdat_size_ = 0;
+  uint64_t bdat_remaining_ = 0;
+  bool bdat_last_ = false;
+  std::optional<Reply> bdat_refusal_;  // the chunk is read and dropped, then this is the reply
 };
 
 }  // namespace backstop::ingest

@@ -11,12 +11,10 @@
 
 #include "absl/status/status.h"
 #include "proto/queue.pb.h"
+#include "queue/leader_metadata.h"
 #include "queue/queue_node.h"
 
 namespace backstop::queue {
-
-inline constexpr char kLeaderIdKey[] = "backstop-leader-id";
-inline constexpr char kLeaderAddressKey[] = "backstop-leader";
 
 // The gRPC address of a voter, "" when unknown.
 using AddressBook = std::function<std::string(raft::NodeId)>;

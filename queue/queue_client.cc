@@ -6,7 +6,7 @@
 
 #include <fmt/format.h>
 
-#include "queue/queue_service.h"
+#include "queue/leader_metadata.h"
 
 namespace backstop::queue {
 namespace {
@@ -16,6 +16,13 @@ absl::Status FromGrpc(const grpc::Status& status) {
 }
 
 }  // namespace
+
+grpc::ChannelArguments QueueChannelArguments() {
+  grpc::ChannelArguments arguments;
+  arguments.SetMaxReceiveMessageSize(kMaxGrpcMessageBytes);
+  arguments.SetMaxSendMessageSize(kMaxGrpcMessageBytes);
+  return arguments;
+}
 
 QueueClient::QueueClient(std::shared_ptr<grpc::ChannelCredentials> credentials,
                          absl::Duration deadline)
@@ -51,7 +58,8 @@ size_t QueueClient::EndpointFor(const std::string& address) {
     }
   }
   endpoints_.push_back(std::make_unique<Endpoint>(
-      Endpoint{address, QueueService::NewStub(grpc::CreateChannel(address, credentials_))}));
+      Endpoint{address, QueueService::NewStub(grpc::CreateCustomChannel(
+                            address, credentials_, QueueChannelArguments()))}));
   return endpoints_.size() - 1;
 }
 

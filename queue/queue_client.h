@@ -26,6 +26,13 @@
 
 namespace backstop::queue {
 
+// gRPC's default 4 MiB would refuse an Append batch of a few large messages (DESIGN §4's
+// default message size is 50 MiB), and a ReadMessage reply of one.
+inline constexpr int kMaxGrpcMessageBytes = 1 << 30;
+
+// Channel arguments for every channel to the queue (message size limits above).
+grpc::ChannelArguments QueueChannelArguments();
+
 struct QueueClientOptions {
   std::vector<std::string> endpoints;  // "host:port" of queue voters
   // null = plaintext (loopback and tests only).

@@ -9,6 +9,7 @@
 
 #include "common/log.h"
 #include "common/status.h"
+#include "queue/queue_client.h"
 
 namespace backstop::queue {
 
@@ -48,6 +49,8 @@ absl::StatusOr<std::unique_ptr<QueueRole>> QueueRole::Start(const Config& config
   int port = 0;
   const std::string listen = config.queue.listen.ToString();
   builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
+  builder.SetMaxReceiveMessageSize(kMaxGrpcMessageBytes);
+  builder.SetMaxSendMessageSize(kMaxGrpcMessageBytes);
   builder.RegisterService(role->transport_->service());
   builder.RegisterService(role->service_.get());
   builder.RegisterService(role->admin_service_.get());
@@ -161,7 +164,7 @@ QueueRole::~QueueRole() {
 }
 
 std::shared_ptr<grpc::Channel> QueueRole::InProcessChannel() {
-  return server_->InProcessChannel(grpc::ChannelArguments());
+  return server_->InProcessChannel(QueueChannelArguments());
 }
 
 }  // namespace backstop::queue

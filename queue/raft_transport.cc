@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <utility>
 
+#include "queue/queue_client.h"
 #include "queue/raft/codec.h"
 
 namespace backstop::queue {
@@ -78,7 +79,8 @@ class RaftTransport::PeerSender {
   void Run() {
     const auto credentials =
         options_.credentials ? options_.credentials : grpc::InsecureChannelCredentials();
-    const std::shared_ptr<grpc::Channel> channel = grpc::CreateChannel(address_, credentials);
+    const std::shared_ptr<grpc::Channel> channel =
+        grpc::CreateCustomChannel(address_, credentials, QueueChannelArguments());
     const std::unique_ptr<raft::wire::RaftPeer::Stub> stub = raft::wire::RaftPeer::NewStub(channel);
     std::unique_ptr<grpc::ClientContext> context;
     std::unique_ptr<grpc::ClientWriter<raft::wire::MessageBatch>> writer;

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
@@ -14,11 +15,13 @@
 #include <vector>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "common/config.h"
 #include "common/http_server.h"
 #include "common/log.h"
 #include "common/status.h"
+#include "ingest/ingest_role.h"
 #include "queue/queue_role.h"
 
 namespace backstop {
@@ -75,7 +78,8 @@ absl::StatusOr<Config> LoadEffectiveConfig(const Flags& flags) {
 
 // The /status document (DESIGN §3.5): node_id, roles, and the queue's Raft view. Node id and
 // roles are fixed for the life of the process (a reload does not change them).
-std::string StatusJson(const Config& config, const queue::QueueRole* queue_role) {
+std::string StatusJson(const Config& config, const queue::QueueRole* queue_role,
+                       const ingest::IngestRole* ingest_role) {
   std::string json = fmt::format("{{\"node_id\":{},\"version\":", config.node.id);
   log::AppendJsonString(json, kVersion);
   json.append(",\"roles\":[");
@@ -93,6 +97,20 @@ std::string StatusJson(const Config& config, const queue::QueueRole* queue_role)
         "\"applied_index\":{},\"synced_writes\":{},\"entries_persisted\":{}}}",
         status.leader.value(), status.is_leader, status.term.value(), status.commit.value(),
         status.applied.value(), status.synced_writes, status.entries_persisted));
+  }
+  if (ingest_role != nullptr) {
+    json.append(",\"ingest\":{\"listen\":[");
+    first = true;
+    for (const std::string& address : ingest_role->listen_addresses()) {
+      json.append(first ? "" : ",");
+      log::AppendJsonString(json, address);
+      first = false;
+    }
+    json.append(
+        fmt::format("],\"active_connections\":{},\"append_rpcs\":{},"
+                    "\"entries_appended\":{}}}",
+                    ingest_role->active_connections(), ingest_role->handoff().rpcs(),
+                    ingest_role->handoff().entries_sent()));
   }
   json.append("}\n");
   return json;
@@ -177,12 +195,38 @@ int Serve(const Flags& flags) {
                                     {"voters", config.queue.peers.size()},
                                     {"data_dir", config.node.data_dir}});
   }
+  std::unique_ptr<ingest::IngestRole> ingest_role;
+  std::atomic<bool> draining{false};
+  if (config.node.roles.Has(Role::kIngest)) {
+    // With the queue in this process (and no other endpoints named), the in-process channel.
+    std::shared_ptr<grpc::Channel> channel;
+    if (queue_role != nullptr && config.queue.endpoints.empty()) {
+      channel = queue_role->InProcessChannel();
+    }
+    absl::StatusOr<std::unique_ptr<ingest::IngestRole>> started =
+        ingest::IngestRole::Start(config, std::move(channel));
+    if (!started.ok()) {
+      std::cerr << "backstop: " << started.status().message() << "\n";
+      logger.Error("cannot start the ingest role",
+                   {{"error", std::string(started.status().message())}});
+      return kExitFailure;
+    }
+    ingest_role = *std::move(started);
+    for (const std::string& address : ingest_role->listen_addresses()) {
+      logger.Info("smtp listening", {{"address", address}});
+    }
+  }
   // A copy: the handler runs on HTTP threads while a reload replaces `config`.
-  (*http)->Handle("/status",
-                  [startup_config = config, role = queue_role.get()](const HttpRequest&) {
-                    return HttpResponse{200, "application/json", StatusJson(startup_config, role)};
-                  });
-  (*http)->Handle("/readyz", [role = queue_role.get()](const HttpRequest&) {
+  (*http)->Handle("/status", [startup_config = config, role = queue_role.get(),
+                              ingest = ingest_role.get()](const HttpRequest&) {
+    return HttpResponse{200, "application/json", StatusJson(startup_config, role, ingest)};
+  });
+  (*http)->Handle("/readyz", [role = queue_role.get(), ingest = ingest_role.get(),
+                              &draining](const HttpRequest&) {
+    // Ingest: listening and not draining.
+    if (ingest != nullptr && draining.load()) {
+      return HttpResponse{503, "text/plain; charset=utf-8", "ingest: draining\n"};
+    }
     // Queue: ready once it knows a leader and has applied what it knows to be committed.
     if (role != nullptr) {
       const queue::QueueNodeStatus status = role->status();
@@ -196,7 +240,7 @@ int Serve(const Flags& flags) {
   logger.Info("http admin listening", {{"address", (*http)->address()}, {"pid", getpid()}});
   // Ingest and delivery arrive with their own issues; until then this process says so rather
   // than pretending.
-  for (Role role : {Role::kIngest, Role::kDelivery}) {
+  for (Role role : {Role::kDelivery}) {
     if (config.node.roles.Has(role)) {
       logger.Warn("role not implemented yet; nothing started for it", {{"role", RoleName(role)}});
     }
@@ -207,6 +251,9 @@ int Serve(const Flags& flags) {
   if (queue_role != nullptr) {
     std::cerr << fmt::format("  queue  {} (gRPC), data in {}\n", queue_role->listen_address(),
                              config.node.data_dir);
+  }
+  if (ingest_role != nullptr) {
+    std::cerr << fmt::format("  smtp   {}\n", fmt::join(ingest_role->listen_addresses(), ", "));
   }
 
   while (true) {
@@ -224,6 +271,12 @@ int Serve(const Flags& flags) {
       }
       config = *std::move(reloaded);
       LogWarnings(logger, config);
+      if (ingest_role != nullptr) {
+        if (const absl::Status status = ingest_role->Reload(config); !status.ok()) {
+          logger.Error("TLS certificate reload failed; keeping the previous one",
+                       {{"error", std::string(status.message())}});
+        }
+      }
       logger.Info("configuration reloaded",
                   {{"path", flags.config_path}, {"domains", config.domains.size()}});
       continue;
@@ -231,8 +284,18 @@ int Serve(const Flags& flags) {
     logger.Info("draining", {{"signal", signal_number == SIGTERM ? "SIGTERM" : "SIGINT"}});
     break;
   }
+  if (ingest_role != nullptr) {
+    // Sessions end at their next command; a transaction in flight gets its commit window.
+    draining = true;
+    ingest_role->Drain();
+    if (!ingest_role->WaitIdle(config.smtp.commit_timeout + absl::Seconds(5))) {
+      logger.Warn("drain window over; closing the remaining SMTP sessions",
+                  {{"sessions", ingest_role->active_connections()}});
+    }
+  }
   // The admin port goes first so that nothing reports on roles being torn down.
   http->reset();
+  ingest_role.reset();
   queue_role.reset();
   logger.Info("stopped");
   return 0;

@@ -59,6 +59,13 @@ TEST(ConfigTest, EmptyDocumentYieldsTheDocumentedDefaults) {
   EXPECT_EQ(c.smtp.tls_key, "");
   EXPECT_FALSE(c.smtp.proxy_protocol);
   EXPECT_THAT(c.smtp.trusted_proxies, IsEmpty());
+  EXPECT_EQ(c.smtp.command_timeout, absl::Minutes(5));
+  EXPECT_EQ(c.smtp.data_timeout, absl::Minutes(3));
+  EXPECT_EQ(c.smtp.max_errors, 10u);
+  EXPECT_EQ(c.smtp.max_received_headers, 50u);
+  EXPECT_EQ(c.smtp.max_connections, 10000u);
+  EXPECT_EQ(c.smtp.max_connections_per_ip, 50u);
+  EXPECT_EQ(c.smtp.threads, 0u);
   EXPECT_EQ(c.queue.listen, (HostPort{"127.0.0.1", 7025}));
   EXPECT_THAT(c.queue.peers, ElementsAre(QueuePeer{1, {"127.0.0.1", 7025}}));
   EXPECT_THAT(c.queue.endpoints, IsEmpty());
@@ -120,6 +127,13 @@ tls_cert = "/etc/tls/mx.pem"
 tls_key = "/etc/tls/mx.key"
 proxy_protocol = true
 trusted_proxies = ["10.0.0.0/8", "fd00::/8", "192.0.2.7"]
+command_timeout = "3s"
+data_timeout = "4s"
+max_errors = 3
+max_received_headers = 30
+max_connections = 200
+max_connections_per_ip = 7
+threads = 2
 
 [queue]
 listen = "0.0.0.0:7125"
@@ -184,6 +198,13 @@ TEST(ConfigTest, ReadsEveryKey) {
   EXPECT_EQ(c.smtp.tls_key, "/etc/tls/mx.key");
   EXPECT_TRUE(c.smtp.proxy_protocol);
   EXPECT_THAT(c.smtp.trusted_proxies, ElementsAre("10.0.0.0/8", "fd00::/8", "192.0.2.7"));
+  EXPECT_EQ(c.smtp.command_timeout, absl::Seconds(3));
+  EXPECT_EQ(c.smtp.data_timeout, absl::Seconds(4));
+  EXPECT_EQ(c.smtp.max_errors, 3u);
+  EXPECT_EQ(c.smtp.max_received_headers, 30u);
+  EXPECT_EQ(c.smtp.max_connections, 200u);
+  EXPECT_EQ(c.smtp.max_connections_per_ip, 7u);
+  EXPECT_EQ(c.smtp.threads, 2u);
   EXPECT_EQ(c.queue.listen, (HostPort{"0.0.0.0", 7125}));
   EXPECT_THAT(c.queue.peers,
               ElementsAre(QueuePeer{1, {"q1.internal", 7125}}, QueuePeer{3, {"q3.internal", 7125}},

@@ -1,0 +1,231 @@
+#include "ingest/ingest_role.h"
+
+#include <map>
+#include <utility>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include "absl/strings/ascii.h"
+#include "common/log.h"
+#include "common/status.h"
+#include "ingest/received.h"
+#include "queue/message_id.h"
+
+namespace backstop::ingest {
+namespace {
+
+const log::Logger& Log() {
+  static const log::Logger logger("ingest");
+  return logger;
+}
+
+Verdict Refuse(int code, const char* enhanced, std::string text) {
+  return Verdict::Reject(Reply{code, enhanced, {std::move(text)}});
+}
+
+// DESIGN §3.2: one entry per destination domain, with only that domain's recipients.
+std::map<std::string, std::vector<const RcptRequest*>> RecipientsByDomain(
+    const Transaction& transaction) {
+  std::map<std::string, std::vector<const RcptRequest*>> by_domain;
+  for (const RcptRequest& rcpt : transaction.recipients) {
+    std::string domain = rcpt.domain;
+    absl::AsciiStrToLower(&domain);
+    if (!domain.empty() && domain.back() == '.') {
+      domain.pop_back();
+    }
+    by_domain[domain].push_back(&rcpt);
+  }
+  return by_domain;
+}
+
+}  // namespace
+
+IngestRole::IngestRole(const Config& config)
+    : node_id_(config.node.id),
+      hostname_(config.node.hostname),
+      max_received_headers_(config.smtp.max_received_headers),
+      commit_timeout_(config.smtp.commit_timeout),
+      relay_(std::make_shared<RelayPolicy>(config.domains)) {}
+
+absl::StatusOr<std::unique_ptr<IngestRole>> IngestRole::Start(
+    const Config& config, std::shared_ptr<grpc::Channel> queue_channel) {
+  std::unique_ptr<IngestRole> role(new IngestRole(config));
+
+  if (!config.smtp.tls_cert.empty()) {
+    role->tls_ = std::make_unique<tls::ReloadableContext>(
+        tls::ServerContextOptions{config.smtp.tls_cert, config.smtp.tls_key});
+    RETURN_IF_ERROR(role->tls_->Reload());
+  }
+
+  if (queue_channel) {
+    role->client_ = queue::QueueClient::ForChannel(std::move(queue_channel), role->commit_timeout_);
+  } else {
+    queue::QueueClientOptions options;
+    options.call_deadline = role->commit_timeout_;
+    for (const HostPort& endpoint : config.queue.endpoints) {
+      options.endpoints.push_back(endpoint.ToString());
+    }
+    if (options.endpoints.empty()) {
+      for (const QueuePeer& peer : config.queue.peers) {
+        options.endpoints.push_back(peer.address.ToString());
+      }
+    }
+    ASSIGN_OR_RETURN(role->client_, queue::QueueClient::Create(options));
+  }
+  queue::QueueClient* client = role->client_.get();
+  role->handoff_ = std::make_unique<QueueHandoff>(
+      [client](const queue::AppendMessages& request) { return client->Append(request); });
+
+  SmtpServerOptions options;
+  options.listen = config.smtp.listen;
+  options.threads = config.smtp.threads;
+  options.session.hostname = config.node.hostname;
+  options.session.max_message_size = config.smtp.max_message_size;
+  options.session.max_recipients = config.smtp.max_recipients;
+  options.session.max_errors = config.smtp.max_errors;
+  options.session.command_timeout = config.smtp.command_timeout;
+  options.session.data_timeout = config.smtp.data_timeout;
+  options.max_connections = config.smtp.max_connections;
+  options.max_connections_per_ip = config.smtp.max_connections_per_ip;
+  options.proxy_protocol = config.smtp.proxy_protocol;
+  ASSIGN_OR_RETURN(options.trusted_proxies, CidrSet::Parse(config.smtp.trusted_proxies));
+  if (role->tls_) {
+    tls::ReloadableContext* tls = role->tls_.get();
+    options.tls_context = [tls] { return tls->Current(); };
+  }
+  ASSIGN_OR_RETURN(role->server_, SmtpServer::Start(std::move(options), role.get()));
+  return role;
+}
+
+IngestRole::~IngestRole() {
+  // The server first: its loops stop, so nothing decides any more; then the handoff fails what
+  // is still waiting (those clients never got a 250).
+  server_.reset();
+  handoff_.reset();
+}
+
+absl::Status IngestRole::Reload(const Config& config) {
+  {
+    std::lock_guard lock(relay_mutex_);
+    relay_ = std::make_shared<RelayPolicy>(config.domains);
+  }
+  if (tls_) {
+    return tls_->Reload();
+  }
+  return absl::OkStatus();
+}
+
+std::shared_ptr<const RelayPolicy> IngestRole::relay() const {
+  std::lock_guard lock(relay_mutex_);
+  return relay_;
+}
+
+void IngestRole::Decide(const ConnectionInfo& connection, const SmtpSession& session,
+                        std::function<void(const Verdict&)> respond) {
+  switch (session.pending()) {
+    case RequestKind::kRcpt:
+      respond(relay()->Check(session.pending_rcpt()));
+      return;
+    case RequestKind::kEndOfData:
+      Commit(connection, session.transaction(), std::move(respond));
+      return;
+    default:
+      respond(Verdict::Accept());
+      return;
+  }
+}
+
+void IngestRole::Commit(const ConnectionInfo& connection, const Transaction& transaction,
+                        std::function<void(const Verdict&)> respond) {
+  // Loop detection before anything is stored (RFC 5321 §6.3).
+  if (CountReceivedHeaders(transaction.data, max_received_headers_) >= max_received_headers_) {
+    respond(
+        Refuse(554, "5.4.6",
+               fmt::format("Too many hops: {} or more Received: headers", max_received_headers_)));
+    return;
+  }
+  const absl::Time now = absl::Now();
+  std::vector<queue::QueueEntry> entries;
+  std::vector<std::string> ids;
+  for (const auto& [domain, recipients] : RecipientsByDomain(transaction)) {
+    const queue::MessageId id = queue::MessageId::Make(
+        now, node_id_, next_sequence_.fetch_add(1, std::memory_order_relaxed));
+    queue::QueueEntry& entry = entries.emplace_back();
+    entry.set_id(std::string(id.bytes()));
+    entry.set_domain(domain);
+    queue::Envelope& envelope = *entry.mutable_envelope();
+    envelope.set_reverse_path(transaction.mail.reverse_path);
+    for (const RcptRequest* rcpt : recipients) {
+      *envelope.add_recipients() = rcpt->recipient;
+    }
+    envelope.set_declared_size(transaction.mail.declared_size);
+    envelope.set_body(transaction.mail.body);
+    envelope.set_smtputf8(transaction.mail.smtputf8);
+    envelope.set_ret(transaction.mail.ret);
+    envelope.set_envid(transaction.mail.envid);
+    envelope.set_client_ip(connection.client.ip);
+    envelope.set_helo(transaction.helo);
+    envelope.set_arrival_ms(absl::ToUnixMillis(now));
+    envelope.set_ingest_node_id(node_id_);
+
+    ReceivedFields received;
+    received.helo = transaction.helo;
+    received.client_ip = connection.client.ip;
+    received.hostname = hostname_;
+    received.esmtp = transaction.esmtp;
+    received.smtputf8 = transaction.mail.smtputf8;
+    received.tls = transaction.tls;
+    received.id = id.ToString();
+    if (recipients.size() == 1) {
+      received.recipient = recipients.front()->recipient.address();
+    }
+    received.time = now;
+    std::string message = BuildReceivedHeader(received);
+    message.reserve(message.size() + transaction.data.size());
+    message += transaction.data;
+    entry.set_message(std::move(message));
+    ids.push_back(id.ToString());
+  }
+
+  const std::string from = transaction.mail.reverse_path;
+  const size_t size = transaction.data.size();
+  const std::string client = connection.client.ip;
+  handoff_->Submit(
+      std::move(entries), now + commit_timeout_,
+      [respond = std::move(respond), ids = std::move(ids), from, size, client,
+       now](const HandoffOutcome& outcome) {
+        const std::string id_list = fmt::format("{}", fmt::join(ids, ","));
+        const double delay = absl::ToDoubleSeconds(absl::Now() - now);
+        switch (outcome.kind) {
+          case HandoffOutcome::Kind::kCommitted:
+            Log().Info("received", {{"ids", id_list},
+                                    {"from", from},
+                                    {"client", client},
+                                    {"size", size},
+                                    {"commit_delay", delay}});
+            respond(Verdict::AcceptWith(
+                Reply{250, "2.0.0", {fmt::format("Ok: queued as {}", id_list)}}));
+            return;
+          case HandoffOutcome::Kind::kOverLimit:
+            Log().Info("rejected", {{"reason", "over_limit"},
+                                    {"from", from},
+                                    {"client", client},
+                                    {"detail", outcome.detail}});
+            respond(Refuse(452, "4.3.1", "Insufficient system storage: " + outcome.detail));
+            return;
+          case HandoffOutcome::Kind::kTempFail:
+            Log().Warn(
+                "commit failed",
+                {{"ids", id_list}, {"from", from}, {"client", client}, {"error", outcome.detail}});
+            respond(Refuse(451, "4.3.0", "Queue temporarily unavailable, try again later"));
+            return;
+          case HandoffOutcome::Kind::kRejected:
+            Log().Error("queue refused a message", {{"ids", id_list}, {"error", outcome.detail}});
+            respond(Refuse(554, "5.3.0", "Message refused by the queue"));
+            return;
+        }
+      });
+}
+
+}  // namespace backstop::ingest

@@ -1,0 +1,71 @@
+#pragma once
+
+// The ingest role of a backstop process: the SMTP server, the decisions its sessions need
+// (relay control now; the filter chain of DESIGN §3.3 plugs in here), and the durable handoff
+// of every accepted message to the queue (DESIGN §3.1: 250 only after the quorum commit).
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/status/statusor.h"
+#include "common/config.h"
+#include "common/tls.h"
+#include "ingest/queue_handoff.h"
+#include "ingest/relay_policy.h"
+#include "ingest/smtp_server.h"
+#include "queue/queue_client.h"
+
+namespace backstop::ingest {
+
+// Owns the queue client, the handoff, the relay policy, the TLS context and the SMTP server.
+// Start/Reload/Drain/destruction on the control thread (main); Decide() on the SMTP loop
+// threads; the handoff's callbacks on its sender threads.
+class IngestRole : public SessionHandler {
+ public:
+  // `queue_channel`: the in-process channel to this process's own voter, or null to reach the
+  // voters of `[queue] endpoints` (or, when that is empty, `[queue] peers`) over the network.
+  static absl::StatusOr<std::unique_ptr<IngestRole>> Start(
+      const Config& config, std::shared_ptr<grpc::Channel> queue_channel);
+  ~IngestRole() override;
+
+  // SIGHUP: the relay domains and recipient lists, and the TLS certificate. Errors leave the
+  // previous TLS context in force.
+  absl::Status Reload(const Config& config);
+  // SIGTERM: stop accepting; sessions end at their next command. Then WaitIdle().
+  void Drain() { server_->Drain(); }
+  bool WaitIdle(absl::Duration timeout) { return server_->WaitIdle(timeout); }
+
+  const std::vector<std::string>& listen_addresses() const { return server_->listen_addresses(); }
+  uint64_t active_connections() const { return server_->active_connections(); }
+  const QueueHandoff& handoff() const { return *handoff_; }
+
+  void Decide(const ConnectionInfo& connection, const SmtpSession& session,
+              std::function<void(const Verdict&)> respond) override;
+
+ private:
+  explicit IngestRole(const Config& config);
+  std::shared_ptr<const RelayPolicy> relay() const;
+  void Commit(const ConnectionInfo& connection, const Transaction& transaction,
+              std::function<void(const Verdict&)> respond);
+
+  const uint64_t node_id_;
+  const std::string hostname_;
+  const uint32_t max_received_headers_;
+  const absl::Duration commit_timeout_;
+  std::atomic<uint64_t> next_sequence_{0};
+
+  mutable std::mutex relay_mutex_;
+  std::shared_ptr<const RelayPolicy> relay_;     // guarded by relay_mutex_
+  std::unique_ptr<tls::ReloadableContext> tls_;  // null = no STARTTLS
+
+  std::unique_ptr<queue::QueueClient> client_;
+  std::unique_ptr<QueueHandoff> handoff_;
+  // Last: destroyed first, so that no session decides after the parts above are gone.
+  std::unique_ptr<SmtpServer> server_;
+};
+
+}  // namespace backstop::ingest

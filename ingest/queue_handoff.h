@@ -1,0 +1,89 @@
+#pragma once
+
+// The durable handoff (DESIGN §3.1): finished SMTP transactions, already split into one queue
+// entry per destination domain, go to the queue, and each transaction learns whether it was
+// committed. Transactions of many sessions and threads are coalesced into one Append RPC
+// (group commit across sessions): while one RPC is in flight, the next batch accumulates.
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "proto/queue.pb.h"
+
+namespace backstop::ingest {
+
+struct HandoffOutcome {
+  enum class Kind : uint8_t {
+    kCommitted,  // every entry is in the queue (now or from an earlier attempt): 250
+    kOverLimit,  // a domain limit refused an entry: 452 4.3.1
+    kTempFail,   // no commit within the deadline, no quorum, queue unreachable: 451 4.3.0
+    kRejected,   // the queue refused an entry as malformed: 554 5.3.0 (a bug, logged)
+  };
+  Kind kind = Kind::kTempFail;
+  std::string detail;  // for the log (and the reply text of kOverLimit)
+};
+
+// The Append call: QueueClient::Append in production, anything in tests.
+using AppendFunction =
+    std::function<absl::StatusOr<queue::AppendResult>(const queue::AppendMessages&)>;
+
+struct QueueHandoffOptions {
+  // Append RPCs in flight at once.
+  size_t senders = 4;
+  // One RPC carries at most this many entries / bytes of messages (a single larger
+  // transaction still goes alone).
+  size_t max_batch_entries = 512;
+  size_t max_batch_bytes = size_t{8} << 20;
+};
+
+// Owns the sender threads and the queue of transactions waiting for them. Submit() from any
+// thread; `done` runs on a sender thread and must not block.
+class QueueHandoff {
+ public:
+  QueueHandoff(AppendFunction append, QueueHandoffOptions options = {});
+  // Fails what is still waiting with kTempFail (its senders were told 451 or will see the
+  // connection close: never an acknowledgement) and joins the senders.
+  ~QueueHandoff();
+  QueueHandoff(const QueueHandoff&) = delete;
+  QueueHandoff& operator=(const QueueHandoff&) = delete;
+
+  // Commits `entries` (one transaction) unless `deadline` passes first.
+  void Submit(std::vector<queue::QueueEntry> entries, absl::Time deadline,
+              std::function<void(const HandoffOutcome&)> done);
+
+  // Counters: Append RPCs made, entries carried (their ratio is the coalescing factor).
+  uint64_t rpcs() const;
+  uint64_t entries_sent() const;
+
+ private:
+  struct Pending {
+    std::vector<queue::QueueEntry> entries;
+    absl::Time deadline;
+    std::function<void(const HandoffOutcome&)> done;
+  };
+
+  void SenderLoop();
+  // Takes the next batch off pending_ (mutex_ held).
+  std::vector<Pending> TakeBatch();
+  void Send(std::vector<Pending> batch);
+
+  const AppendFunction append_;
+  const QueueHandoffOptions options_;
+  mutable std::mutex mutex_;
+  std::condition_variable wake_;
+  std::deque<Pending> pending_;  // guarded by mutex_
+  bool stopping_ = false;        // guarded by mutex_
+  uint64_t rpcs_ = 0;            // guarded by mutex_
+  uint64_t entries_sent_ = 0;    // guarded by mutex_
+  std::vector<std::thread> senders_;
+};
+
+}  // namespace backstop::ingest

@@ -1,0 +1,276 @@
+#include "ingest/queue_handoff.h"
+
+#include <condition_variable>
+#include <future>
+#include <mutex>
+
+#include <fmt/format.h>
+
+#include <gtest/gtest.h>
+
+namespace backstop::ingest {
+namespace {
+
+using Kind = HandoffOutcome::Kind;
+
+queue::QueueEntry Entry(std::string id, std::string domain = "example.com") {
+  queue::QueueEntry entry;
+  entry.set_id(std::move(id));
+  entry.set_domain(std::move(domain));
+  entry.set_message("Subject: x\r\n\r\nbody\r\n");
+  return entry;
+}
+
+// Answers every entry with `code`, except ids listed in `overrides`.
+queue::AppendResult Answer(const queue::AppendMessages& request, queue::Code code,
+                           const std::map<std::string, queue::Code>& overrides = {}) {
+  queue::AppendResult result;
+  for (const queue::QueueEntry& entry : request.entries()) {
+    queue::AppendOutcome* outcome = result.add_outcomes();
+    outcome->set_id(entry.id());
+    const auto it = overrides.find(entry.id());
+    outcome->set_code(it == overrides.end() ? code : it->second);
+    if (outcome->code() == queue::OVER_LIMIT) {
+      outcome->set_limit(queue::LIMIT_QUEUED_BYTES);
+    }
+  }
+  return result;
+}
+
+// Collects outcomes by transaction name.
+class Outcomes {
+ public:
+  std::function<void(const HandoffOutcome&)> For(std::string name) {
+    return [this, name](const HandoffOutcome& outcome) {
+      std::lock_guard lock(mutex_);
+      outcomes_[name] = outcome;
+      changed_.notify_all();
+    };
+  }
+  HandoffOutcome Wait(const std::string& name) {
+    std::unique_lock lock(mutex_);
+    changed_.wait(lock, [&] { return outcomes_.contains(name); });
+    return outcomes_[name];
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  std::map<std::string, HandoffOutcome> outcomes_;
+};
+
+absl::Time Later() {
+  return absl::Now() + absl::Minutes(1);
+}
+
+TEST(QueueHandoffTest, CommitsATransactionOfSeveralEntries) {
+  std::vector<size_t> sizes;
+  std::mutex mutex;
+  QueueHandoff handoff([&](const queue::AppendMessages& request) {
+    std::lock_guard lock(mutex);
+    sizes.push_back(request.entries_size());
+    return absl::StatusOr<queue::AppendResult>(Answer(request, queue::OK));
+  });
+  Outcomes outcomes;
+  handoff.Submit({Entry("a1", "a.example"), Entry("a2", "b.example")}, Later(), outcomes.For("a"));
+  EXPECT_EQ(outcomes.Wait("a").kind, Kind::kCommitted);
+  std::lock_guard lock(mutex);
+  EXPECT_EQ(sizes, std::vector<size_t>{2});
+}
+
+TEST(QueueHandoffTest, CoalescesTransactionsWaitingBehindAnRpc) {
+  std::promise<void> first_call_started;
+  std::promise<void> release_first_call;
+  std::shared_future<void> released = release_first_call.get_future().share();
+  std::mutex mutex;
+  std::vector<size_t> sizes;
+  QueueHandoffOptions options;
+  options.senders = 1;
+  QueueHandoff handoff(
+      [&](const queue::AppendMessages& request) {
+        bool first;
+        {
+          std::lock_guard lock(mutex);
+          first = sizes.empty();
+          sizes.push_back(request.entries_size());
+        }
+        if (first) {
+          first_call_started.set_value();
+          released.wait();
+        }
+        return absl::StatusOr<queue::AppendResult>(Answer(request, queue::OK));
+      },
+      options);
+  Outcomes outcomes;
+  handoff.Submit({Entry("t0")}, Later(), outcomes.For("t0"));
+  first_call_started.get_future().wait();
+  for (int i = 1; i <= 5; ++i) {
+    handoff.Submit({Entry(fmt::format("t{}", i))}, Later(),
+                   outcomes.For(fmt::format("t{}", i)));
+  }
+  release_first_call.set_value();
+  for (int i = 0; i <= 5; ++i) {
+    EXPECT_EQ(outcomes.Wait(fmt::format("t{}", i)).kind, Kind::kCommitted);
+  }
+  std::lock_guard lock(mutex);
+  EXPECT_EQ(sizes, (std::vector<size_t>{1, 5}));
+  EXPECT_EQ(handoff.rpcs(), 2u);
+  EXPECT_EQ(handoff.entries_sent(), 6u);
+}
+
+TEST(QueueHandoffTest, JudgesEachTransactionOfABatchByItsOwnEntries) {
+  std::promise<void> first_call_started;
+  std::promise<void> release_first_call;
+  std::shared_future<void> released = release_first_call.get_future().share();
+  std::atomic<int> calls{0};
+  QueueHandoffOptions options;
+  options.senders = 1;
+  QueueHandoff handoff(
+      [&](const queue::AppendMessages& request) {
+        if (calls.fetch_add(1) == 0) {
+          first_call_started.set_value();
+          released.wait();
+        }
+        return absl::StatusOr<queue::AppendResult>(Answer(request, queue::OK,
+                                                          {{"over", queue::OVER_LIMIT},
+                                                           {"dup", queue::ALREADY_EXISTS},
+                                                           {"bad", queue::INVALID_ARGUMENT}}));
+      },
+      options);
+  Outcomes outcomes;
+  handoff.Submit({Entry("first")}, Later(), outcomes.For("first"));
+  first_call_started.get_future().wait();
+  handoff.Submit({Entry("ok1"), Entry("over", "full.example")}, Later(), outcomes.For("mixed"));
+  handoff.Submit({Entry("dup")}, Later(), outcomes.For("dup"));
+  handoff.Submit({Entry("bad")}, Later(), outcomes.For("bad"));
+  handoff.Submit({Entry("ok2")}, Later(), outcomes.For("ok"));
+  release_first_call.set_value();
+  const HandoffOutcome mixed = outcomes.Wait("mixed");
+  EXPECT_EQ(mixed.kind, Kind::kOverLimit);
+  EXPECT_NE(mixed.detail.find("full.example"), std::string::npos);
+  EXPECT_NE(mixed.detail.find("queued bytes"), std::string::npos);
+  EXPECT_EQ(outcomes.Wait("dup").kind, Kind::kCommitted);
+  EXPECT_EQ(outcomes.Wait("bad").kind, Kind::kRejected);
+  EXPECT_EQ(outcomes.Wait("ok").kind, Kind::kCommitted);
+  EXPECT_EQ(calls.load(), 2);
+}
+
+TEST(QueueHandoffTest, RpcFailureIsATemporaryFailure) {
+  QueueHandoff handoff([](const queue::AppendMessages&) {
+    return absl::StatusOr<queue::AppendResult>(absl::UnavailableError("no quorum"));
+  });
+  Outcomes outcomes;
+  handoff.Submit({Entry("a")}, Later(), outcomes.For("a"));
+  const HandoffOutcome outcome = outcomes.Wait("a");
+  EXPECT_EQ(outcome.kind, Kind::kTempFail);
+  EXPECT_EQ(outcome.detail, "no quorum");
+}
+
+TEST(QueueHandoffTest, AnswerMissingAnEntryIsATemporaryFailure) {
+  QueueHandoff handoff([](const queue::AppendMessages&) {
+    return absl::StatusOr<queue::AppendResult>(queue::AppendResult());
+  });
+  Outcomes outcomes;
+  handoff.Submit({Entry("a")}, Later(), outcomes.For("a"));
+  EXPECT_EQ(outcomes.Wait("a").kind, Kind::kTempFail);
+}
+
+TEST(QueueHandoffTest, DoesNotSendATransactionPastItsDeadline) {
+  std::atomic<int> calls{0};
+  QueueHandoff handoff([&](const queue::AppendMessages& request) {
+    calls.fetch_add(1);
+    return absl::StatusOr<queue::AppendResult>(Answer(request, queue::OK));
+  });
+  Outcomes outcomes;
+  handoff.Submit({Entry("late")}, absl::Now() - absl::Seconds(1), outcomes.For("late"));
+  EXPECT_EQ(outcomes.Wait("late").kind, Kind::kTempFail);
+  EXPECT_EQ(calls.load(), 0);
+}
+
+TEST(QueueHandoffTest, SplitsBatchesAtTheEntryLimit) {
+  std::promise<void> first_call_started;
+  std::promise<void> release_first_call;
+  std::shared_future<void> released = release_first_call.get_future().share();
+  std::mutex mutex;
+  std::vector<size_t> sizes;
+  QueueHandoffOptions options;
+  options.senders = 1;
+  options.max_batch_entries = 3;
+  QueueHandoff handoff(
+      [&](const queue::AppendMessages& request) {
+        bool first;
+        {
+          std::lock_guard lock(mutex);
+          first = sizes.empty();
+          sizes.push_back(request.entries_size());
+        }
+        if (first) {
+          first_call_started.set_value();
+          released.wait();
+        }
+        return absl::StatusOr<queue::AppendResult>(Answer(request, queue::OK));
+      },
+      options);
+  Outcomes outcomes;
+  handoff.Submit({Entry("x")}, Later(), outcomes.For("x"));
+  first_call_started.get_future().wait();
+  handoff.Submit({Entry("a1"), Entry("a2")}, Later(), outcomes.For("a"));
+  handoff.Submit({Entry("b1"), Entry("b2")}, Later(), outcomes.For("b"));
+  handoff.Submit({Entry("c1")}, Later(), outcomes.For("c"));
+  release_first_call.set_value();
+  for (const char* name : {"x", "a", "b", "c"}) {
+    EXPECT_EQ(outcomes.Wait(name).kind, Kind::kCommitted);
+  }
+  std::lock_guard lock(mutex);
+  // a (2) + b (2) would exceed 3: b starts the next batch, c joins it.
+  EXPECT_EQ(sizes, (std::vector<size_t>{1, 2, 3}));
+}
+
+TEST(QueueHandoffTest, ShutdownFailsWhatIsStillWaiting) {
+  std::promise<void> first_call_started;
+  std::promise<void> release_first_call;
+  std::shared_future<void> released = release_first_call.get_future().share();
+  Outcomes outcomes;
+  std::thread releaser;
+  {
+    QueueHandoffOptions options;
+    options.senders = 1;
+    std::atomic<int> calls{0};
+    QueueHandoff handoff(
+        [&](const queue::AppendMessages& request) {
+          if (calls.fetch_add(1) == 0) {
+            first_call_started.set_value();
+            released.wait();
+          }
+          return absl::StatusOr<queue::AppendResult>(Answer(request, queue::OK));
+        },
+        options);
+    handoff.Submit({Entry("inflight")}, Later(), outcomes.For("inflight"));
+    first_call_started.get_future().wait();
+    handoff.Submit({Entry("waiting")}, Later(), outcomes.For("waiting"));
+    // Releases the in-flight call once the destructor has begun: a Submit is then refused on
+    // the caller's own thread.
+    releaser = std::thread([&] {
+      while (true) {
+        auto refused_here = std::make_shared<std::atomic<bool>>(false);
+        handoff.Submit({Entry("probe")}, Later(),
+                       [refused_here, me = std::this_thread::get_id()](const HandoffOutcome&) {
+                         if (std::this_thread::get_id() == me) {
+                           refused_here->store(true);
+                         }
+                       });
+        if (refused_here->load()) {
+          break;
+        }
+        std::this_thread::yield();
+      }
+      release_first_call.set_value();
+    });
+  }
+  releaser.join();
+  EXPECT_EQ(outcomes.Wait("inflight").kind, Kind::kCommitted);
+  EXPECT_EQ(outcomes.Wait("waiting").kind, Kind::kTempFail);
+}
+
+}  // namespace
+}  // namespace backstop::ingest
