@@ -30,13 +30,15 @@ LINT_PACKAGES := clang-format-16 clang-tidy-16
 # Only `make fuzz` needs these (clang with the libFuzzer runtime).
 FUZZ_PACKAGES := clang libclang-rt-14-dev
 
-.PHONY: help deps deps-lint deps-fuzz fuzz configure build run test bench bench-queue sim fmt lint \
+.PHONY: help deps deps-lint deps-fuzz fuzz configure build run test bench bench-queue bench-ingest \
+        sim fmt lint \
         test-asan test-tsan clean
 
 help:
 	@echo "make run     install deps, build, start the embedded default ($(CONFIG))"
 	@echo "make test    install deps, build, run every unit, simulation and system test"
 	@echo "make bench   build and run the micro-benchmarks (make bench-queue: queue appends)"
+	@echo "make bench-ingest  accepted msg/s, primary down: Backstop beside Postfix as a backup MX"
 	@echo "make sim     run the Raft simulator for SEEDS seeds x STEPS steps"
 	@echo "make fuzz    run every libFuzzer target for FUZZ_SECONDS (clang, ASan+UBSan)"
 	@echo "make fmt / make lint / make test-asan / make test-tsan / make clean"
@@ -86,6 +88,11 @@ bench: build
 # Queue append throughput, 1 and 3 voters, beside the disk's raw fsync rate (JSON lines).
 bench-queue: build
 	bench/queue_append.sh $(BUILD_DIR)
+
+# Ingest with the primary down, Backstop beside Postfix as a backup MX, both loaded by Postfix's
+# smtp-source (JSON lines). Postfix's half needs root (passwordless sudo otherwise).
+bench-ingest: build
+	bench/ingest_compare.sh $(BUILD_DIR)
 
 SEEDS ?= 2000
 FIRST_SEED ?= 1

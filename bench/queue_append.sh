@@ -5,6 +5,8 @@
 # same disk measured in the same run as the baseline.
 #   bench/queue_append.sh [BUILD_DIR]        (default build/release)
 set -euo pipefail
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
 build=${1:-build/release}
 backstop=$build/cmd/backstop/backstop
 loadgen=$build/bench/backstop-queue-loadgen
@@ -13,12 +15,10 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
 # start_cluster N: starts N voters; sets $endpoints and $http (first voter's admin address).
 start_cluster() {
   local n=$1 peers="" ports=() https=()
-  for i in $(seq 1 "$n"); do ports+=("$(free_port)"); https+=("$(free_port)"); done
+  for i in $(seq 1 "$n"); do ports+=("$(bench_free_port)"); https+=("$(bench_free_port)"); done
   for i in $(seq 1 "$n"); do peers+="${peers:+, }\"$i@127.0.0.1:${ports[$((i-1))]}\""; done
   endpoints=""
   for i in $(seq 1 "$n"); do
@@ -51,21 +51,7 @@ TOML
 
 stop_cluster() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; pids=(); }
 
-# Raw fsync rate of this disk: 4 KiB write + fdatasync, 2 s.
-python3 - "$work" <<'PY'
-import os, sys, time
-path = os.path.join(sys.argv[1], "fsync-probe")
-fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
-os.ftruncate(fd, 4096 * 1024)
-block = b"x" * 4096
-n, start = 0, time.monotonic()
-while time.monotonic() - start < 2.0:
-    os.pwrite(fd, block, (n % 1024) * 4096)
-    os.fdatasync(fd)
-    n += 1
-os.close(fd)
-print('{"baseline":"raw fdatasync","fsyncs_per_second":%.1f}' % (n / (time.monotonic() - start)))
-PY
+bench_fsync_rate "$work"
 
 for voters in 1 3; do
   for size in 2048 51200; do
