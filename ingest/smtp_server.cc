@@ -242,6 +242,9 @@ class SmtpServer::Connection {
       case Phase::kRefused:
         return;
       case Phase::kSmtp:
+        if (session_->pending() == RequestKind::kConnect) {
+          heard_before_banner_ = true;
+        }
         session_->Feed(data, now);
         break;
       case Phase::kTlsHandshake:
@@ -450,10 +453,17 @@ class SmtpServer::Connection {
         return false;
       case Phase::kSmtp:
       case Phase::kTls:
+        if (session_->closing() || close_after_send_) {
+          return false;
+        }
+        // Before the banner, one read tells an early talker (RFC 5321 §4.3.1: the client
+        // waits for the greeting) from a client that waits.
+        if (session_->pending() == RequestKind::kConnect) {
+          return !heard_before_banner_;
+        }
         // While a decision is pending the session only buffers: not reading is the
         // back-pressure that bounds what a pipelining client can make us hold.
-        return session_->pending() == RequestKind::kNone && !session_->closing() &&
-               !close_after_send_;
+        return session_->pending() == RequestKind::kNone;
     }
     return false;
   }
@@ -556,6 +566,7 @@ class SmtpServer::Connection {
   std::unique_ptr<tls::Session> tls_;
   absl::Time handshake_deadline_ = absl::InfiniteFuture();
   bool decision_in_flight_ = false;
+  bool heard_before_banner_ = false;
   bool deciding_ = false;  // inside SessionHandler::Decide
   std::optional<Verdict> immediate_verdict_;
   std::string sending_;  // bytes of the send in flight
