@@ -254,6 +254,13 @@ primary = ["127.0.0.1:2526"]
 max_queued_messages = 1
 """
     node = backstop(standalone_with(extra))
+    # The leader creates the configured domains (with their limits) through the log just
+    # after it starts: wait for that before testing a limit.
+    deadline = time.monotonic() + 20
+    while not any(d["domain"] == "tiny.test" and d.get("configured")
+                  for d in ctl(node, "queue", "summary").get("domains", [])):
+        assert time.monotonic() < deadline, "tiny.test was never created"
+        time.sleep(0.05)
     with smtplib.SMTP(*smtp_address(node)) as client:
         assert client.sendmail("s@sender.test", ["a@tiny.test"], b"Subject: 1\r\n\r\nx\r\n") == {}
         with pytest.raises(smtplib.SMTPDataError) as error:
