@@ -21,6 +21,7 @@
 #include "common/http_server.h"
 #include "common/log.h"
 #include "common/status.h"
+#include "delivery/delivery_role.h"
 #include "ingest/ingest_role.h"
 #include "queue/queue_role.h"
 
@@ -216,6 +217,22 @@ int Serve(const Flags& flags) {
       logger.Info("smtp listening", {{"address", address}});
     }
   }
+  std::unique_ptr<delivery::DeliveryRole> delivery_role;
+  if (config.node.roles.Has(Role::kDelivery)) {
+    std::shared_ptr<grpc::Channel> channel;
+    if (queue_role != nullptr && config.queue.endpoints.empty()) {
+      channel = queue_role->InProcessChannel();
+    }
+    absl::StatusOr<std::unique_ptr<delivery::DeliveryRole>> started =
+        delivery::DeliveryRole::Start(config, std::move(channel));
+    if (!started.ok()) {
+      std::cerr << "backstop: " << started.status().message() << "\n";
+      logger.Error("cannot start the delivery role",
+                   {{"error", std::string(started.status().message())}});
+      return kExitFailure;
+    }
+    delivery_role = *std::move(started);
+  }
   // A copy: the handler runs on HTTP threads while a reload replaces `config`.
   (*http)->Handle("/status", [startup_config = config, role = queue_role.get(),
                               ingest = ingest_role.get()](const HttpRequest&) {
@@ -240,11 +257,6 @@ int Serve(const Flags& flags) {
   logger.Info("http admin listening", {{"address", (*http)->address()}, {"pid", getpid()}});
   // Ingest and delivery arrive with their own issues; until then this process says so rather
   // than pretending.
-  for (Role role : {Role::kDelivery}) {
-    if (config.node.roles.Has(role)) {
-      logger.Warn("role not implemented yet; nothing started for it", {{"role", RoleName(role)}});
-    }
-  }
   std::cerr << fmt::format("backstop {}: node {} ({}), roles {}\n  admin  http://{}/livez\n",
                            kVersion, config.node.id, config.node.hostname,
                            RoleList(config.node.roles), (*http)->address());
@@ -271,6 +283,9 @@ int Serve(const Flags& flags) {
       }
       config = *std::move(reloaded);
       LogWarnings(logger, config);
+      if (delivery_role != nullptr) {
+        delivery_role->Reload(config);
+      }
       if (ingest_role != nullptr) {
         if (const absl::Status status = ingest_role->Reload(config); !status.ok()) {
           logger.Error("TLS certificate reload failed; keeping the previous one",
@@ -296,6 +311,7 @@ int Serve(const Flags& flags) {
   // The admin port goes first so that nothing reports on roles being torn down.
   http->reset();
   ingest_role.reset();
+  delivery_role.reset();
   queue_role.reset();
   logger.Info("stopped");
   return 0;

@@ -1,0 +1,901 @@
+#include "delivery/delivery_role.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <utility>
+
+#include <fmt/format.h>
+
+#include "absl/strings/ascii.h"
+#include "common/log.h"
+#include "common/socket.h"
+#include "common/status.h"
+#include "common/units.h"
+#include "delivery/dsn.h"
+#include "delivery/mx_selection.h"
+#include "delivery/smtp_client.h"
+#include "queue/message_id.h"
+
+namespace backstop::delivery {
+namespace {
+
+// Long enough for a large message over a slow link; an expired lease only makes the entry due
+// again (a duplicate at worst), never lost.
+constexpr absl::Duration kLeaseDuration = absl::Minutes(15);
+constexpr absl::Duration kConnectTimeout = absl::Seconds(30);
+// How often an idle worker asks for due entries.
+constexpr absl::Duration kIdlePoll = absl::Milliseconds(500);
+// Entries leased and not yet completed, at most.
+constexpr size_t kMaxInFlight = 2048;
+// Messages one connection carries.
+constexpr size_t kMessagesPerConnection = 100;
+
+const log::Logger& Log() {
+  static const log::Logger logger("delivery");
+  return logger;
+}
+
+std::string IdText(const std::string& bytes) {
+  absl::StatusOr<queue::MessageId> id = queue::MessageId::FromBytes(bytes);
+  return id.ok() ? id->ToString() : "?";
+}
+
+double SecondsSince(int64_t ms, absl::Time now) {
+  return ms == 0 ? 0 : absl::ToDoubleSeconds(now - absl::FromUnixMillis(ms));
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Job: the entries of one domain leased together, until each is completed. Loop thread.
+
+class DeliveryRole::Job {
+ public:
+  Job(DeliveryRole* role, queue::LeasedDomain leased)
+      : role_(role), domain_(leased.domain()), policy_(role->DomainPolicy(leased.domain())) {
+    for (queue::LeasedEntry& entry : *leased.mutable_entries()) {
+      entries_.push_back(std::move(entry));
+    }
+  }
+
+  void Start();
+  // A connection has finished; `results` answer some of this job's entries.
+  void ConnectionFinished(Connection* connection, std::vector<MessageResult> results,
+                          const std::string& remote_host);
+  const std::string& domain() const { return domain_; }
+  DeliveryRole& role() { return *role_; }
+
+ private:
+  void Routed(const Route& route);
+  void OpenConnections(const Route& route);
+  const queue::LeasedEntry* Find(const std::string& id) const;
+  // Completions, each queued in `items_` and sent when the job ends.
+  void Retry(const queue::LeasedEntry& leased, const std::string& error,
+             std::vector<std::string> remaining = {});
+  void Bounce(const queue::LeasedEntry& leased, const std::string& status,
+              const std::string& reason);
+  void Complete(const queue::LeasedEntry& leased, const MessageResult& result,
+                const std::string& remote_host);
+  void MaybeDone();
+
+  DeliveryRole* const role_;
+  const std::string domain_;
+  const std::shared_ptr<const DomainConfig> policy_;  // null: not a configured domain
+  std::vector<queue::LeasedEntry> entries_;
+  std::vector<std::unique_ptr<Connection>> connections_;
+  size_t open_connections_ = 0;
+  bool started_ = false;
+  std::vector<queue::CompletionItem> items_;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Connection: one SMTP client connection, from DNS and connect to QUIT. Loop thread.
+
+class DeliveryRole::Connection {
+ public:
+  Connection(Job* job, std::vector<RouteHost> hosts, std::vector<const queue::LeasedEntry*> entries,
+             TlsPolicy tls)
+      : job_(job),
+        role_(job->role()),
+        loop_(*role_.loop_),
+        hosts_(std::move(hosts)),
+        entries_(std::move(entries)),
+        tls_policy_(tls),
+        io_op_([this](const Completion& c) { OnIo(c); }),
+        send_op_([this](const Completion& c) { OnSent(c); }),
+        timer_op_([this](const Completion& c) { OnTimer(c); }) {}
+
+  void Start() { TryHost(); }
+
+ private:
+  enum class Phase : uint8_t { kResolving, kConnecting, kSmtp, kDone };
+
+  void TryHost() {
+    if (host_index_ >= hosts_.size() || loop_.stopping() || role_.resolver_ == nullptr) {
+      FailAll(last_error_.empty() ? "no host to deliver to" : last_error_);
+      return;
+    }
+    phase_ = Phase::kResolving;
+    const RouteHost& host = hosts_[host_index_];
+    role_.resolver_->LookupAddresses(host.host, [this](AddressResult result) {
+      if (!result.status.ok()) {
+        last_error_ =
+            fmt::format("{}: {}", hosts_[host_index_].host, std::string(result.status.message()));
+        ++host_index_;
+        TryHost();
+        return;
+      }
+      addresses_ = std::move(result.addresses);
+      address_index_ = 0;
+      TryAddress();
+    });
+  }
+
+  void TryAddress() {
+    if (address_index_ >= addresses_.size() || loop_.stopping()) {
+      ++host_index_;
+      TryHost();
+      return;
+    }
+    const RouteHost& host = hosts_[host_index_];
+    const std::string& ip = addresses_[address_index_];
+    const std::string text = ip.find(':') != std::string::npos
+                                 ? fmt::format("[{}]:{}", ip, host.port)
+                                 : fmt::format("{}:{}", ip, host.port);
+    absl::StatusOr<SocketAddress> address = SocketAddress::Parse(text);
+    absl::StatusOr<UniqueFd> fd =
+        address.ok() ? Connect(*address, Blocking::kNo) : address.status();
+    if (!fd.ok()) {
+      ConnectFailed(std::string(fd.status().message()));
+      return;
+    }
+    fd_ = std::move(*fd);
+    remote_ = text;
+    phase_ = Phase::kConnecting;
+    deadline_ = absl::Now() + kConnectTimeout;
+    loop_.PollAdd(io_op_, fd_.get(), POLLOUT);
+    ArmTimer();
+  }
+
+  void ConnectFailed(const std::string& why) {
+    role_.counters_.connection_failures.fetch_add(1, std::memory_order_relaxed);
+    last_error_ = fmt::format("connect to {} ({}): {}", hosts_[host_index_].host, remote_, why);
+    Log().Info("connection failed", {{"domain", job_->domain()}, {"error", last_error_}});
+    fd_.Reset();
+    ++address_index_;
+    TryAddress();
+  }
+
+  void OnIo(const Completion& c) {
+    if (phase_ == Phase::kDone) {
+      MaybeFinish();
+      return;
+    }
+    if (phase_ == Phase::kConnecting) {
+      OnConnectCompletion(c);
+      return;
+    }
+    OnRecv(c);
+  }
+
+  void OnConnectCompletion(const Completion& c) {
+    if (timer_op_.in_flight()) {
+      loop_.Cancel(timer_op_);
+    }
+    int error = 0;
+    socklen_t length = sizeof(error);
+    if (c.result < 0) {
+      error = -c.result;
+    } else if (getsockopt(fd_.get(), SOL_SOCKET, SO_ERROR, &error, &length) != 0) {
+      error = errno;
+    }
+    if (error != 0) {
+      if (timer_op_.in_flight()) {
+        // Wait for the cancelled timer before reusing it for the next address.
+        pending_connect_error_ = error == ECANCELED ? "timed out" : std::strerror(error);
+        return;
+      }
+      ConnectFailed(error == ECANCELED ? "timed out" : std::strerror(error));
+      return;
+    }
+    // io_uring waits for readiness itself on a blocking socket (common/event_loop.h).
+    fcntl(fd_.get(), F_SETFL, fcntl(fd_.get(), F_GETFL) & ~O_NONBLOCK);
+    role_.counters_.connections.fetch_add(1, std::memory_order_relaxed);
+    phase_ = Phase::kSmtp;
+    ClientOptions options;
+    options.helo_name = role_.config_.node.hostname;
+    options.tls = tls_policy_;
+    const absl::Time now = absl::Now();
+    client_ = std::make_unique<SmtpClient>(options, now);
+    for (const queue::LeasedEntry* leased : entries_) {
+      client_->AddMessage(leased->entry(), now);
+    }
+    client_->Finish(now);
+    Pump();
+  }
+
+  void OnRecv(const Completion& c) {
+    const absl::Time now = absl::Now();
+    if (c.result <= 0) {
+      client_->ConnectionLost(now);
+      Pump();
+      Close();
+      return;
+    }
+    const std::string_view data(c.data.data(), c.data.size());
+    if (tls_) {
+      tls_->FeedCiphertext(data);
+      if (!tls_->handshake_done()) {
+        if (const absl::Status status = tls_->Handshake(); !status.ok()) {
+          client_->TlsFailed(std::string(status.message()), now);
+          Pump();
+          return;
+        }
+        QueueRaw(tls_->TakeCiphertext(), 0);
+        if (!tls_->handshake_done()) {
+          Pump();
+          return;
+        }
+        client_->TlsEstablished(now);
+      }
+      std::string plaintext;
+      bool peer_closed = false;
+      if (!tls_->ReadPlaintext(&plaintext, &peer_closed).ok()) {
+        client_->ConnectionLost(now);
+      } else if (!plaintext.empty()) {
+        client_->Feed(plaintext, now);
+      }
+      if (peer_closed) {
+        client_->ConnectionLost(now);
+      }
+    } else {
+      client_->Feed(data, now);
+    }
+    Pump();
+  }
+
+  void Pump() {
+    if (phase_ != Phase::kSmtp) {
+      return;
+    }
+    const absl::Time now = absl::Now();
+    std::string output = client_->TakeOutput();
+    if (!output.empty()) {
+      const size_t plain = output.size();
+      if (tls_ && tls_->handshake_done()) {
+        if (!tls_->WritePlaintext(output).ok()) {
+          client_->ConnectionLost(now);
+        } else {
+          QueueRaw(tls_->TakeCiphertext(), plain);
+        }
+      } else {
+        QueueRaw(std::move(output), plain);
+      }
+    }
+    if (client_->tls_requested() && !tls_) {
+      absl::StatusOr<std::unique_ptr<tls::Session>> session =
+          role_.tls_ ? tls::Session::Client(role_.tls_, hosts_[host_index_].host)
+                     : absl::StatusOr<std::unique_ptr<tls::Session>>(
+                           absl::FailedPreconditionError("no TLS client context"));
+      if (!session.ok() || !(*session)->Handshake().ok()) {
+        client_->TlsFailed(
+            session.ok() ? "handshake failed" : std::string(session.status().message()), now);
+      } else {
+        tls_ = std::move(*session);
+        QueueRaw(tls_->TakeCiphertext(), 0);
+      }
+    }
+    std::vector<MessageResult> results = client_->TakeResults();
+    for (MessageResult& result : results) {
+      results_.push_back(std::move(result));
+    }
+    if (client_->closing()) {
+      if (!send_op_.in_flight() && queued_.empty()) {
+        Close();
+      }
+      return;
+    }
+    if (!io_op_.in_flight()) {
+      loop_.Recv(io_op_, fd_.get());
+    }
+    deadline_ = client_->deadline();
+    ArmTimer();
+  }
+
+  void QueueRaw(std::string bytes, size_t plaintext_bytes) {
+    queued_plain_ += plaintext_bytes;
+    if (bytes.empty()) {
+      return;
+    }
+    queued_ += bytes;
+    StartSend();
+  }
+
+  void StartSend() {
+    if (send_op_.in_flight() || queued_.empty() || phase_ != Phase::kSmtp) {
+      return;
+    }
+    sending_.swap(queued_);
+    queued_.clear();
+    sending_plain_ = queued_plain_;
+    queued_plain_ = 0;
+    loop_.Send(send_op_, fd_.get(), sending_);
+  }
+
+  void OnSent(const Completion& c) {
+    if (phase_ != Phase::kSmtp) {
+      MaybeFinish();
+      return;
+    }
+    const absl::Time now = absl::Now();
+    if (c.result < 0) {
+      client_->ConnectionLost(now);
+      Pump();
+      Close();
+      return;
+    }
+    sending_.clear();
+    if (sending_plain_ > 0) {
+      client_->OnBytesSent(sending_plain_, now);
+    }
+    sending_plain_ = 0;
+    StartSend();
+    Pump();
+  }
+
+  void ArmTimer() {
+    if (deadline_ == absl::InfiniteFuture() || phase_ == Phase::kDone) {
+      return;
+    }
+    if (timer_op_.in_flight()) {
+      if (deadline_ < timer_at_) {
+        loop_.Cancel(timer_op_);
+      }
+      return;
+    }
+    timer_at_ = deadline_;
+    loop_.StartTimer(timer_op_, std::max(deadline_ - absl::Now(), absl::ZeroDuration()));
+  }
+
+  void OnTimer(const Completion& c) {
+    if (phase_ == Phase::kDone) {
+      MaybeFinish();
+      return;
+    }
+    if (!pending_connect_error_.empty()) {
+      const std::string error = std::move(pending_connect_error_);
+      pending_connect_error_.clear();
+      ConnectFailed(error);
+      return;
+    }
+    if (c.result == -ECANCELED && loop_.stopping()) {
+      Close();
+      return;
+    }
+    const absl::Time now = absl::Now();
+    if (now < deadline_) {
+      ArmTimer();
+      return;
+    }
+    if (phase_ == Phase::kConnecting) {
+      loop_.Cancel(io_op_);  // its completion reports the failure
+      return;
+    }
+    client_->OnTimer(now);
+    Pump();
+    if (client_->closing() && send_op_.in_flight()) {
+      Close();
+    }
+  }
+
+  // Every message without a result fails temporarily with `error`.
+  void FailAll(const std::string& error) {
+    for (const queue::LeasedEntry* leased : entries_) {
+      MessageResult result;
+      result.id = leased->entry().id();
+      result.failure = ConnectionFailure::kConnectionLost;
+      for (const queue::Recipient& recipient : leased->entry().envelope().recipients()) {
+        RecipientResult recipient_result;
+        recipient_result.address = recipient.address();
+        recipient_result.outcome = RecipientOutcome::kTemporaryFailure;
+        recipient_result.source = ReplySource::kClient;
+        recipient_result.reply.code = 451;
+        recipient_result.reply.enhanced = "4.4.1";
+        recipient_result.reply.lines = {error};
+        result.recipients.push_back(std::move(recipient_result));
+      }
+      results_.push_back(std::move(result));
+    }
+    phase_ = Phase::kDone;
+    MaybeFinish();
+  }
+
+  void Close() {
+    if (phase_ == Phase::kDone) {
+      return;
+    }
+    phase_ = Phase::kDone;
+    if (fd_.valid()) {
+      ::shutdown(fd_.get(), SHUT_RDWR);
+    }
+    loop_.Cancel(io_op_);
+    loop_.Cancel(send_op_);
+    loop_.Cancel(timer_op_);
+    MaybeFinish();
+  }
+
+  // Reports to the job once nothing is in flight; may destroy this. Last action of a caller.
+  void MaybeFinish() {
+    if (phase_ != Phase::kDone || finished_ || io_op_.in_flight() || send_op_.in_flight() ||
+        timer_op_.in_flight()) {
+      return;
+    }
+    finished_ = true;
+    fd_.Reset();
+    const std::string remote = host_index_ < hosts_.size() ? hosts_[host_index_].host : "";
+    job_->ConnectionFinished(this, std::move(results_), remote);
+  }
+
+  Job* const job_;
+  DeliveryRole& role_;
+  EventLoop& loop_;
+  const std::vector<RouteHost> hosts_;
+  const std::vector<const queue::LeasedEntry*> entries_;
+  const TlsPolicy tls_policy_;
+  Phase phase_ = Phase::kResolving;
+  size_t host_index_ = 0;
+  std::vector<std::string> addresses_;
+  size_t address_index_ = 0;
+  std::string remote_;
+  std::string last_error_;
+  std::string pending_connect_error_;
+  UniqueFd fd_;
+  std::unique_ptr<SmtpClient> client_;
+  std::unique_ptr<tls::Session> tls_;
+  std::string sending_;
+  std::string queued_;
+  size_t sending_plain_ = 0;  // plaintext bytes the send in flight carries
+  size_t queued_plain_ = 0;
+  absl::Time deadline_ = absl::InfiniteFuture();
+  absl::Time timer_at_ = absl::InfiniteFuture();
+  std::vector<MessageResult> results_;
+  bool finished_ = false;
+  Operation io_op_;  // connect readiness, then receives
+  Operation send_op_;
+  Operation timer_op_;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Job
+
+void DeliveryRole::Job::Start() {
+  std::vector<queue::LeasedEntry*> deliverable;
+  for (queue::LeasedEntry& leased : entries_) {
+    switch (leased.lease().disposition()) {
+      case queue::DISPOSITION_EXPIRED:
+        Bounce(leased, "5.4.7",
+               fmt::format("delivery time expired: not delivered within {} of arrival",
+                           backstop::FormatDuration(role_->config_.delivery.max_queue_lifetime)));
+        break;
+      case queue::DISPOSITION_BOUNCE:
+        Bounce(
+            leased, "5.0.0",
+            leased.bounce_reason().empty() ? "returned by the operator" : leased.bounce_reason());
+        break;
+      default:
+        deliverable.push_back(&leased);
+    }
+  }
+  if (deliverable.empty()) {
+    started_ = true;
+    MaybeDone();
+    return;
+  }
+  if (policy_ && !policy_->primary.empty()) {
+    Routed(RouteToPrimaries(policy_->primary));
+    return;
+  }
+  RoutingOptions options;
+  options.our_hostname = role_->config_.node.hostname;
+  options.smtp_port = role_->config_.delivery.smtp_port;
+  options.shuffle_seed = role_->next_sequence_.load();
+  role_->resolver_->LookupMx(domain_, [this, options](MxResult mx) {
+    if (mx.status.ok()) {
+      MxLookup lookup;
+      lookup.status = MxLookupStatus::kRecords;
+      if (mx.null_mx) {
+        lookup.records.push_back({0, "."});
+      }
+      for (const backstop::MxRecord& record : mx.records) {
+        lookup.records.push_back({record.preference, record.exchange});
+      }
+      Routed(RouteByMx(domain_, lookup, options));
+      return;
+    }
+    if (!IsNxDomain(mx.status) && !IsNoData(mx.status)) {
+      MxLookup lookup;
+      lookup.error = std::string(mx.status.message());
+      Routed(RouteByMx(domain_, lookup, options));
+      return;
+    }
+    // No MX: RFC 5321 §5.1's implicit MX, if the domain has an address.
+    role_->resolver_->LookupAddresses(domain_, [this, options](AddressResult addresses) {
+      MxLookup lookup;
+      if (addresses.status.ok()) {
+        lookup.status = MxLookupStatus::kNoMxButAddress;
+      } else if (IsNxDomain(addresses.status) || IsNoData(addresses.status)) {
+        lookup.status = MxLookupStatus::kNoMxNoAddress;
+      } else {
+        lookup.error = std::string(addresses.status.message());
+      }
+      Routed(RouteByMx(domain_, lookup, options));
+    });
+  });
+}
+
+void DeliveryRole::Job::Routed(const Route& route) {
+  started_ = true;
+  for (queue::LeasedEntry& leased : entries_) {
+    if (leased.lease().disposition() != queue::DISPOSITION_DELIVER &&
+        leased.lease().disposition() != queue::DISPOSITION_UNSPECIFIED) {
+      continue;
+    }
+    switch (route.kind) {
+      case Route::Kind::kDeliver:
+        break;
+      case Route::Kind::kWeAreBestMx:
+      case Route::Kind::kTemporaryFailure:
+        Retry(leased, route.reason);
+        break;
+      case Route::Kind::kPermanentFailure:
+        Bounce(leased, route.enhanced_status, route.reason);
+        break;
+    }
+  }
+  if (route.kind == Route::Kind::kDeliver) {
+    OpenConnections(route);
+  }
+  MaybeDone();
+}
+
+void DeliveryRole::Job::OpenConnections(const Route& route) {
+  std::vector<const queue::LeasedEntry*> deliverable;
+  for (const queue::LeasedEntry& leased : entries_) {
+    const auto disposition = leased.lease().disposition();
+    if (disposition == queue::DISPOSITION_DELIVER ||
+        disposition == queue::DISPOSITION_UNSPECIFIED) {
+      deliverable.push_back(&leased);
+    }
+  }
+  const size_t limit = std::max<size_t>(1, role_->config_.delivery.connections_per_domain);
+  const size_t count =
+      std::min(limit, std::max<size_t>(1, (deliverable.size() + kMessagesPerConnection - 1) /
+                                              kMessagesPerConnection));
+  // Spread the entries: the backlog drains over parallel connections.
+  const size_t parallel = std::min(std::max(count, std::min(limit, deliverable.size())), limit);
+  std::vector<std::vector<const queue::LeasedEntry*>> shares(parallel);
+  for (size_t i = 0; i < deliverable.size(); ++i) {
+    shares[i % parallel].push_back(deliverable[i]);
+  }
+  const TlsPolicy tls = policy_ && policy_->tls == DomainTls::kRequired ? TlsPolicy::kRequired
+                                                                        : TlsPolicy::kOpportunistic;
+  for (auto& share : shares) {
+    if (share.empty()) {
+      continue;
+    }
+    connections_.push_back(std::make_unique<Connection>(this, route.hosts, std::move(share), tls));
+  }
+  open_connections_ = connections_.size();
+  // Start after all exist: a connection may finish (and count down) inside Start().
+  for (size_t i = 0, n = connections_.size(); i < n; ++i) {
+    connections_[i]->Start();
+  }
+}
+
+const queue::LeasedEntry* DeliveryRole::Job::Find(const std::string& id) const {
+  for (const queue::LeasedEntry& leased : entries_) {
+    if (leased.entry().id() == id) {
+      return &leased;
+    }
+  }
+  return nullptr;
+}
+
+void DeliveryRole::Job::Retry(const queue::LeasedEntry& leased, const std::string& error,
+                              std::vector<std::string> remaining) {
+  queue::CompletionItem& item = items_.emplace_back();
+  item.set_id(leased.entry().id());
+  item.set_lease_token(leased.lease().token());
+  queue::RetryLater& retry = *item.mutable_retry();
+  retry.set_error(error);
+  for (std::string& address : remaining) {
+    retry.add_remaining_recipients(std::move(address));
+  }
+  role_->counters_.deferred.fetch_add(1, std::memory_order_relaxed);
+  Log().Info("deferred",
+             {{"id", IdText(leased.entry().id())},
+              {"domain", domain_},
+              {"attempts", leased.attempts() + 1},
+              {"delay", SecondsSince(leased.entry().envelope().arrival_ms(), absl::Now())},
+              {"error", error}});
+}
+
+void DeliveryRole::Job::Bounce(const queue::LeasedEntry& leased, const std::string& status,
+                               const std::string& reason) {
+  const absl::Time now = absl::Now();
+  DsnReport report;
+  report.id = role_->NewId();
+  report.now = now;
+  for (const queue::Recipient& recipient : leased.entry().envelope().recipients()) {
+    DsnRecipient dsn;
+    dsn.address = recipient.address();
+    dsn.action = DsnAction::kFailed;
+    dsn.status = status;
+    dsn.reason = reason;
+    report.recipients.push_back(std::move(dsn));
+  }
+  queue::CompletionItem& item = items_.emplace_back();
+  item.set_id(leased.entry().id());
+  item.set_lease_token(leased.lease().token());
+  item.mutable_bounced()->set_error(reason);
+  DsnOptions options;
+  options.reporting_mta = role_->config_.node.hostname;
+  if (std::optional<queue::QueueEntry> dsn = BuildDsn(leased.entry(), report, options)) {
+    *item.add_dsn() = std::move(*dsn);
+    role_->counters_.dsns.fetch_add(1, std::memory_order_relaxed);
+  }
+  role_->counters_.bounced.fetch_add(1, std::memory_order_relaxed);
+  Log().Info("bounced", {{"id", IdText(leased.entry().id())},
+                         {"domain", domain_},
+                         {"status", status},
+                         {"dsn", item.dsn_size() > 0},
+                         {"reason", reason}});
+}
+
+void DeliveryRole::Job::Complete(const queue::LeasedEntry& leased, const MessageResult& result,
+                                 const std::string& remote_host) {
+  const absl::Time now = absl::Now();
+  std::vector<std::string> temporary;
+  std::string temporary_error;
+  DsnReport report;
+  report.now = now;
+  size_t delivered = 0;
+  std::string permanent_error;
+  for (const RecipientResult& recipient : result.recipients) {
+    switch (recipient.outcome) {
+      case RecipientOutcome::kDelivered:
+        ++delivered;
+        break;
+      case RecipientOutcome::kTemporaryFailure:
+        temporary.push_back(recipient.address);
+        if (temporary_error.empty()) {
+          temporary_error = recipient.reply.OneLine();
+        }
+        break;
+      case RecipientOutcome::kPermanentFailure:
+        report.recipients.push_back(
+            DsnRecipientFor(recipient, DsnAction::kFailed,
+                            recipient.source == ReplySource::kServer ? remote_host : "", now));
+        if (permanent_error.empty()) {
+          permanent_error = recipient.reply.OneLine();
+        }
+        break;
+    }
+  }
+  if (!temporary.empty()) {
+    // Only the failed recipients stay, when some were done with.
+    Retry(leased, temporary_error,
+          temporary.size() == result.recipients.size() ? std::vector<std::string>{}
+                                                       : std::move(temporary));
+  } else {
+    queue::CompletionItem& item = items_.emplace_back();
+    item.set_id(leased.entry().id());
+    item.set_lease_token(leased.lease().token());
+    if (delivered > 0) {
+      item.mutable_delivered();
+      role_->counters_.delivered.fetch_add(1, std::memory_order_relaxed);
+      Log().Info("delivered",
+                 {{"id", IdText(leased.entry().id())},
+                  {"domain", domain_},
+                  {"relay", remote_host},
+                  {"recipients", delivered},
+                  {"delay", SecondsSince(leased.entry().envelope().arrival_ms(), now)}});
+    } else {
+      item.mutable_bounced()->set_error(permanent_error);
+      role_->counters_.bounced.fetch_add(1, std::memory_order_relaxed);
+      Log().Info("bounced", {{"id", IdText(leased.entry().id())},
+                             {"domain", domain_},
+                             {"relay", remote_host},
+                             {"reason", permanent_error}});
+    }
+  }
+  if (!report.recipients.empty()) {
+    report.id = role_->NewId();
+    DsnOptions options;
+    options.reporting_mta = role_->config_.node.hostname;
+    if (std::optional<queue::QueueEntry> dsn = BuildDsn(leased.entry(), report, options)) {
+      *items_.back().add_dsn() = std::move(*dsn);
+      role_->counters_.dsns.fetch_add(1, std::memory_order_relaxed);
+    }
+  }
+}
+
+void DeliveryRole::Job::ConnectionFinished(Connection* /*connection*/,
+                                           std::vector<MessageResult> results,
+                                           const std::string& remote_host) {
+  for (const MessageResult& result : results) {
+    if (const queue::LeasedEntry* leased = Find(result.id)) {
+      Complete(*leased, result, remote_host);
+    }
+  }
+  --open_connections_;
+  MaybeDone();
+}
+
+void DeliveryRole::Job::MaybeDone() {
+  if (!started_ || open_connections_ > 0) {
+    return;
+  }
+  role_->Finished(std::move(items_));
+  role_->JobDone(this);  // deletes this
+}
+
+// ---------------------------------------------------------------------------------------------
+// DeliveryRole
+
+DeliveryRole::DeliveryRole(const Config& config)
+    : config_(config), worker_id_(fmt::format("delivery-{}", config.node.id)) {
+  for (const DomainConfig& domain : config.domains) {
+    domains_[domain.name] = std::make_shared<const DomainConfig>(domain);
+  }
+}
+
+absl::StatusOr<std::unique_ptr<DeliveryRole>> DeliveryRole::Start(
+    const Config& config, std::shared_ptr<grpc::Channel> queue_channel) {
+  std::unique_ptr<DeliveryRole> role(new DeliveryRole(config));
+  if (queue_channel) {
+    role->client_ = queue::QueueClient::ForChannel(std::move(queue_channel), absl::Seconds(30));
+  } else {
+    queue::QueueClientOptions options;
+    for (const HostPort& endpoint : config.queue.endpoints) {
+      options.endpoints.push_back(endpoint.ToString());
+    }
+    if (options.endpoints.empty()) {
+      for (const QueuePeer& peer : config.queue.peers) {
+        options.endpoints.push_back(peer.address.ToString());
+      }
+    }
+    ASSIGN_OR_RETURN(role->client_, queue::QueueClient::Create(options));
+  }
+  // Opportunistic STARTTLS toward MX hosts (RFC 7435): encrypted, not authenticated.
+  ASSIGN_OR_RETURN(role->tls_, tls::Context::Client({.ca_file = "", .verify_peer = false}));
+  ASSIGN_OR_RETURN(role->loop_, EventLoop::Create());
+  ResolverOptions resolver_options;
+  resolver_options.servers = config.dns.servers;
+  ASSIGN_OR_RETURN(role->resolver_, Resolver::Create(*role->loop_, resolver_options));
+  DeliveryRole* raw = role.get();
+  role->loop_thread_ = std::thread([raw] { raw->loop_->Run(); });
+  role->lease_thread_ = std::thread([raw] { raw->LeaseLoop(); });
+  return role;
+}
+
+DeliveryRole::~DeliveryRole() {
+  {
+    std::lock_guard lock(mutex_);
+    stopping_ = true;
+  }
+  wake_.notify_all();
+  if (lease_thread_.joinable()) {
+    lease_thread_.join();
+  }
+  if (loop_) {
+    // The resolver belongs to the loop thread; it cancels its lookups as it goes.
+    loop_->Post([this] { resolver_.reset(); });
+    loop_->Stop();
+    if (loop_thread_.joinable()) {
+      loop_thread_.join();
+    }
+  }
+  jobs_.clear();
+}
+
+void DeliveryRole::Reload(const Config& config) {
+  std::lock_guard lock(domains_mutex_);
+  domains_.clear();
+  for (const DomainConfig& domain : config.domains) {
+    domains_[domain.name] = std::make_shared<const DomainConfig>(domain);
+  }
+}
+
+std::shared_ptr<const DomainConfig> DeliveryRole::DomainPolicy(const std::string& domain) const {
+  std::lock_guard lock(domains_mutex_);
+  const auto it = domains_.find(domain);
+  return it == domains_.end() ? nullptr : it->second;
+}
+
+std::string DeliveryRole::NewId() {
+  return std::string(queue::MessageId::Make(absl::Now(), config_.node.id,
+                                            next_sequence_.fetch_add(1) | (uint64_t{1} << 63))
+                         .bytes());
+}
+
+void DeliveryRole::StartJob(queue::LeasedDomain leased) {
+  auto job = std::make_unique<Job>(this, std::move(leased));
+  Job* raw = job.get();
+  jobs_.emplace(raw, std::move(job));
+  if (resolver_ == nullptr) {
+    return;  // stopping: the leases expire
+  }
+  raw->Start();
+}
+
+void DeliveryRole::JobDone(Job* job) {
+  jobs_.erase(job);
+}
+
+void DeliveryRole::Finished(std::vector<queue::CompletionItem> items) {
+  if (items.empty()) {
+    return;
+  }
+  {
+    std::lock_guard lock(mutex_);
+    for (queue::CompletionItem& item : items) {
+      completions_.push_back(std::move(item));
+    }
+  }
+  wake_.notify_all();
+}
+
+void DeliveryRole::LeaseLoop() {
+  std::unique_lock lock(mutex_);
+  while (!stopping_) {
+    if (!completions_.empty()) {
+      queue::CompleteEntries request;
+      for (queue::CompletionItem& item : completions_) {
+        *request.add_items() = std::move(item);
+      }
+      completions_.clear();
+      lock.unlock();
+      const absl::StatusOr<queue::CompleteResult> result = client_->Complete(request);
+      if (!result.ok()) {
+        // The leases expire and the entries are delivered again: late, never lost.
+        Log().Warn("complete failed", {{"entries", request.items_size()},
+                                       {"error", std::string(result.status().message())}});
+      }
+      lock.lock();
+      in_flight_ -= std::min<size_t>(in_flight_, request.items_size());
+      continue;
+    }
+    size_t leased_now = 0;
+    if (in_flight_ < kMaxInFlight) {
+      queue::LeaseEntries request;
+      request.set_worker_id(worker_id_);
+      request.set_max_entries(
+          static_cast<uint32_t>(std::min<size_t>(512, kMaxInFlight - in_flight_)));
+      request.set_lease_duration_ms(absl::ToInt64Milliseconds(kLeaseDuration));
+      lock.unlock();
+      absl::StatusOr<queue::LeaseResult> result = client_->Lease(request);
+      lock.lock();
+      if (result.ok()) {
+        for (queue::LeasedDomain& domain : *result->mutable_domains()) {
+          leased_now += domain.entries_size();
+          in_flight_ += domain.entries_size();
+          loop_->Post(
+              [this, domain = std::move(domain)]() mutable { StartJob(std::move(domain)); });
+        }
+        counters_.leased.fetch_add(leased_now, std::memory_order_relaxed);
+      } else {
+        Log().Debug("lease failed", {{"error", std::string(result.status().message())}});
+      }
+    }
+    if (leased_now == 0) {
+      wake_.wait_for(lock, absl::ToChronoMilliseconds(kIdlePoll),
+                     [this] { return stopping_ || !completions_.empty(); });
+    }
+  }
+}
+
+}  // namespace backstop::delivery

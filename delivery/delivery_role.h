@@ -1,0 +1,104 @@
+#pragma once
+
+// The delivery role of a backstop process (DESIGN §3.4): leases due queue entries in batches
+// grouped by domain, routes each domain (configured primaries, else MX records below our own),
+// delivers over SMTP connections driven by an io_uring loop (at most connections_per_domain
+// per domain, several messages per connection, STARTTLS per the domain's policy), and completes
+// every entry in batches: delivered, retry later (the domain backs off), or bounced with the
+// RFC 3464 DSN queued in the same command.
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/status/statusor.h"
+#include "common/config.h"
+#include "common/dns_resolver.h"
+#include "common/event_loop.h"
+#include "common/tls.h"
+#include "queue/queue_client.h"
+
+namespace backstop::delivery {
+
+// Counters for /status and logs; any thread.
+struct DeliveryCounters {
+  std::atomic<uint64_t> leased{0};
+  std::atomic<uint64_t> delivered{0};
+  std::atomic<uint64_t> deferred{0};
+  std::atomic<uint64_t> bounced{0};
+  std::atomic<uint64_t> dsns{0};
+  std::atomic<uint64_t> connections{0};
+  std::atomic<uint64_t> connection_failures{0};
+};
+
+// Owns the queue client, the lease thread (blocking gRPC calls: Lease, Complete), and the loop
+// thread with its resolver and SMTP connections. Start/Reload/destruction on the control thread.
+class DeliveryRole {
+ public:
+  // `queue_channel`: the in-process channel to this process's voter, or null for the network
+  // ([queue] endpoints, else peers).
+  static absl::StatusOr<std::unique_ptr<DeliveryRole>> Start(
+      const Config& config, std::shared_ptr<grpc::Channel> queue_channel);
+  // Stops leasing, closes the connections (their entries' leases expire and they are leased
+  // again: late, never lost) and joins the threads.
+  ~DeliveryRole();
+  DeliveryRole(const DeliveryRole&) = delete;
+  DeliveryRole& operator=(const DeliveryRole&) = delete;
+
+  // SIGHUP: per-domain primaries and TLS policy.
+  void Reload(const Config& config);
+  const DeliveryCounters& counters() const { return counters_; }
+
+ private:
+  class Job;
+  class Connection;
+  friend class Job;
+  friend class Connection;
+
+  explicit DeliveryRole(const Config& config);
+  void LeaseLoop();
+  // Loop thread: delivers one leased domain.
+  void StartJob(queue::LeasedDomain leased);
+  void JobDone(Job* job);
+  // Any thread: hands finished entries to the lease thread.
+  void Finished(std::vector<queue::CompletionItem> items);
+  // A 16-byte id for a DSN this node creates.
+  std::string NewId();
+  std::shared_ptr<const DomainConfig> DomainPolicy(const std::string& domain) const;
+
+  const Config config_;
+  const std::string worker_id_;
+  DeliveryCounters counters_;
+  std::atomic<uint64_t> next_sequence_{0};
+
+  mutable std::mutex domains_mutex_;
+  // Configured domains by name (primaries, TLS policy); guarded by domains_mutex_.
+  std::unordered_map<std::string, std::shared_ptr<const DomainConfig>> domains_;
+
+  std::unique_ptr<queue::QueueClient> client_;
+  std::shared_ptr<const tls::Context> tls_;
+
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  bool stopping_ = false;                           // guarded by mutex_
+  std::vector<queue::CompletionItem> completions_;  // guarded by mutex_
+  size_t in_flight_ = 0;                            // leased, not completed; mutex_
+  std::thread lease_thread_;
+
+  std::unique_ptr<EventLoop> loop_;
+  std::thread loop_thread_;
+  // Loop thread only.
+  std::unique_ptr<Resolver> resolver_;
+  std::unordered_map<Job*, std::unique_ptr<Job>> jobs_;
+};
+
+}  // namespace backstop::delivery
