@@ -1168,5 +1168,29 @@ TEST_F(StateMachineTest, InstallCheckpointReplacesTheDatabase) {
   EXPECT_FALSE(std::filesystem::exists(Dir("checkpoint")));
 }
 
+TEST_F(StateMachineTest, ReplaceWithSwapsTheOpenDatabaseForACheckpoint) {
+  AppendAll({Entry(1)});
+  ASSERT_TRUE(machine_->CreateCheckpoint(Dir("checkpoint")).ok());
+  const uint64_t applied = machine_->applied_index();
+  const uint64_t digest = Digest(*machine_);
+  absl::StatusOr<uint64_t> checkpoint_index = QueueStateMachine::AppliedIndexOf(Dir("checkpoint"));
+  ASSERT_TRUE(checkpoint_index.ok()) << checkpoint_index.status();
+  EXPECT_EQ(*checkpoint_index, applied);
+  AppendAll({Entry(2)});
+  ASSERT_NE(Digest(*machine_), digest);
+
+  ASSERT_TRUE(machine_->ReplaceWith(Dir("checkpoint")).ok());
+  EXPECT_EQ(machine_->applied_index(), applied);
+  EXPECT_EQ(Digest(*machine_), digest);
+  EXPECT_TRUE(absl::IsNotFound(machine_->GetEntry(ToId(Id(2))).status()));
+  // The replaced machine keeps applying, and what it holds survives a reopen.
+  AppendAll({Entry(3)});
+  const uint64_t after = Digest(*machine_);
+  machine_.reset();
+  machine_ = OpenAt(Dir());
+  ASSERT_NE(machine_, nullptr);
+  EXPECT_EQ(Digest(*machine_), after);
+}
+
 }  // namespace
 }  // namespace backstop::queue
