@@ -155,7 +155,7 @@ def test_joining_voter_catches_up_by_snapshot_then_a_founder_is_removed(backstop
         assert taken[-1]["log_first_index"] > 2
 
     # A fourth node, started empty in join mode, is added through the admin API.
-    ports = dict(founders, **{4: reserve_port()})
+    ports = {**founders, 4: reserve_port()}
     joining = backstop(config_text=queue_config(4, tmp_path / "data4", founders,
                                                 listen_port=ports[4],
                                                 queue_extra=compact + "\njoin = true"))
