@@ -176,16 +176,9 @@ absl::Status SnapshotStaging::Write(size_t file, uint64_t offset, std::string_vi
 
 absl::Status SnapshotStaging::Finish(uint64_t digest) {
   if (!files_.empty()) {
-    // Closes the last file, after creating any trailing empty ones.
+    // Creates any trailing empty files and checks that the last one is complete.
     RETURN_IF_ERROR(Write(files_.size() - 1, files_.back().size, ""));
-    if (written_ != files_.back().size) {
-      return absl::DataLossError("snapshot file " + files_.back().name + " is truncated");
-    }
-    if (fd_ >= 0) {
-      RETURN_IF_ERROR(CloseCurrent());
-    } else {
-      RETURN_IF_ERROR(Write(files_.size() - 1, 0, ""));  // unreachable for a non-empty last file
-    }
+    RETURN_IF_ERROR(CloseCurrent());
   }
   if (digest != digest_.value()) {
     return absl::DataLossError("snapshot digest mismatch: the stream was corrupted");
@@ -196,12 +189,14 @@ absl::Status SnapshotStaging::Finish(uint64_t digest) {
   if (fd < 0) {
     return ErrnoToStatus(errno, "create " + meta_path);
   }
-  const bool written = ::write(fd, meta.data(), meta.size()) == static_cast<ssize_t>(meta.size());
-  const int saved = errno;
-  const bool synced = written && ::fsync(fd) == 0;
+  const ssize_t written = ::write(fd, meta.data(), meta.size());
+  int error = written == static_cast<ssize_t>(meta.size()) ? 0 : (written < 0 ? errno : EIO);
+  if (error == 0 && ::fsync(fd) != 0) {
+    error = errno;
+  }
   ::close(fd);
-  if (!synced) {
-    return ErrnoToStatus(written ? errno : saved, "write " + meta_path);
+  if (error != 0) {
+    return ErrnoToStatus(error, "write " + meta_path);
   }
   RETURN_IF_ERROR(SyncDirectory(dir_));
   finished_ = true;
