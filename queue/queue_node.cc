@@ -94,6 +94,8 @@ absl::StatusOr<std::unique_ptr<QueueNode>> QueueNode::Start(const QueueNodeOptio
       transport->SetPeer(peer.id, peer.address);
     }
   }
+  // Learned from membership changes: newer than the configuration's list.
+  RETURN_IF_ERROR(node->LoadAddressBook());
   transport->SetSnapshotReceiver(node.get());
   node->thread_ = std::thread([raw = node.get()] { raw->Run(); });
   return node;
@@ -276,7 +278,7 @@ void QueueNode::StartConfChange(const raft::ConfChange& change, const std::strin
   }
   if (adding) {
     // Before the Ready that carries the entry: the leader replicates to the learner at once.
-    // Other members learn the address when they apply the entry (ApplyMembership).
+    // Other members learn the address when they apply the entry (ApplyEntry).
     transport_->SetPeer(change.node, address);
     std::lock_guard lock(mutex_);
     addresses_[change.node] = address;
@@ -478,15 +480,7 @@ void QueueNode::ProcessReady() {
     entries_persisted_ += ready.entries.size();
     SendMessages(std::move(ready.messages_after_persist));
     for (const raft::Entry& entry : ready.committed_entries) {
-      // Configuration changes and the leader's empty entries carry no queue command; applying
-      // them empty still moves the state machine's applied index.
-      const std::string_view payload =
-          entry.type == raft::EntryType::kNormal ? std::string_view(entry.data) : "";
-      if (entry.type == raft::EntryType::kConfChange) {
-        ApplyMembership(entry);
-      }
-      absl::StatusOr<CommandResult> result =
-          state_machine_->Apply(entry.index.value(), entry.time, payload);
+      absl::StatusOr<CommandResult> result = ApplyEntry(entry);
       if (!result.ok()) {
         Fatal(result.status());
         return;
@@ -544,6 +538,7 @@ absl::Status QueueNode::InstallReadySnapshot(const raft::SnapshotMeta& meta) {
   if (state_machine_->applied_index() != meta.index.value()) {
     return absl::DataLossError("the installed snapshot holds another applied index");
   }
+  RETURN_IF_ERROR(LoadAddressBook());
   // Our own checkpoint of it: if we lead one day, this is what we send.
   RETURN_IF_ERROR(PublishCheckpoint(meta.index));
   snapshot_index_ = meta.index;
@@ -611,20 +606,46 @@ void QueueNode::MaybeTakeSnapshot() {
   }
 }
 
-void QueueNode::ApplyMembership(const raft::Entry& entry) {
+absl::StatusOr<CommandResult> QueueNode::ApplyEntry(const raft::Entry& entry) {
+  if (entry.type == raft::EntryType::kNormal) {
+    // The leader's empty entries apply as no-ops that still move the applied index.
+    return state_machine_->Apply(entry.index.value(), entry.time, std::string_view(entry.data));
+  }
+  Command command;
   absl::StatusOr<raft::ConfChange> change = raft::DecodeConfChange(entry.data);
-  if (!change.ok() || change->node == options_.id) {
-    return;
+  if (change.ok() && change->type == raft::ConfChangeType::kAddLearner &&
+      !change->context.empty()) {
+    command.mutable_member()->set_id(change->node.value());
+    command.mutable_member()->set_address(change->context);
+    if (change->node != options_.id) {
+      SetAddress(change->node, change->context);
+    }
+  } else if (change.ok() && change->type == raft::ConfChangeType::kRemove) {
+    command.mutable_member()->set_id(change->node.value());
+    command.mutable_member()->set_removed(true);
+    if (change->node != options_.id) {
+      transport_->RemovePeer(change->node);
+      std::lock_guard lock(mutex_);
+      addresses_.erase(change->node);
+    }
   }
-  if (change->type == raft::ConfChangeType::kAddLearner && !change->context.empty()) {
-    transport_->SetPeer(change->node, change->context);
-    std::lock_guard lock(mutex_);
-    addresses_[change->node] = change->context;
-  } else if (change->type == raft::ConfChangeType::kRemove) {
-    transport_->RemovePeer(change->node);
-    std::lock_guard lock(mutex_);
-    addresses_.erase(change->node);
+  return state_machine_->Apply(entry.index.value(), entry.time, command);
+}
+
+absl::Status QueueNode::LoadAddressBook() {
+  ASSIGN_OR_RETURN(const auto members, state_machine_->Members());
+  for (const auto& [id, address] : members) {
+    if (raft::NodeId(id) != options_.id) {
+      SetAddress(raft::NodeId(id), address);
+    }
   }
+  return absl::OkStatus();
+}
+
+void QueueNode::SetAddress(raft::NodeId id, const std::string& address) {
+  transport_->SetPeer(id, address);
+  std::lock_guard lock(mutex_);
+  addresses_[id] = address;
 }
 
 void QueueNode::FailPending(const absl::Status& status) {

@@ -19,7 +19,8 @@
 // (InstallSnapshot, off the Raft thread); the receiving node stages it on the gRPC thread, then
 // the Raft thread swaps it in for its state machine (SwapInDirectory) before the Raft log records
 // the snapshot. A crash between the two is completed on the next start from the metadata staged
-// with the files. Membership changes carry the member's address, so every member learns it.
+// with the files. Membership changes carry the member's address, recorded in the state machine
+// (SetMember): every member learns it and keeps it across restarts and snapshots.
 
 #include <condition_variable>
 #include <cstdint>
@@ -209,8 +210,13 @@ class QueueNode final : public SnapshotReceiver {
   // Start: the state machine holds a snapshot the Raft log does not know yet (a crash during
   // an install): record it in the log, as the install would have.
   absl::Status CompleteInterruptedInstall();
-  // Raft thread: applied membership changes update the addresses (transport and PeerAddress).
-  void ApplyMembership(const raft::Entry& entry);
+  // Raft thread: applies a committed entry to the state machine. A membership change records
+  // the member's address there (SetMember) and updates the transport and PeerAddress.
+  absl::StatusOr<CommandResult> ApplyEntry(const raft::Entry& entry);
+  // The addresses recorded in the state machine (learned from membership changes, perhaps
+  // before a restart or inside a snapshot) into the transport and PeerAddress.
+  absl::Status LoadAddressBook();
+  void SetAddress(raft::NodeId id, const std::string& address);
   void FailPending(const absl::Status& status);
   void Fatal(const absl::Status& status);
 

@@ -30,6 +30,8 @@ constexpr const char* kColumnFamilies[] = {"default", "domains", "entries",
                                            "bodies",  "index",   "greylist"};
 constexpr size_t kBodiesCf = 3;
 constexpr uint32_t kDefaultPageSize = 100;
+// Members' addresses in the meta family: prefix, then the node id big-endian.
+constexpr std::string_view kMemberPrefix = "member/";
 // Expired greylist records removed per greylist check: bounded work per command that still
 // outpaces creation (at most one record per check).
 constexpr size_t kGreylistSweep = 8;
@@ -434,6 +436,13 @@ absl::StatusOr<CommandResult> QueueStateMachine::Txn::Run(const Command& command
     }
     case Command::kConnection: {
       ASSIGN_OR_RETURN(*result.mutable_connection(), CountConnections(command.connection()));
+      return result;
+    }
+    case Command::kMember: {
+      const std::string key =
+          std::string(kMemberPrefix) + keys::EncodeFixed64(command.member().id());
+      RETURN_IF_ERROR(command.member().removed() ? Delete(cf_.meta, key)
+                                                 : Put(cf_.meta, key, command.member().address()));
       return result;
     }
     case Command::COMMAND_NOT_SET:
@@ -1228,6 +1237,23 @@ absl::StatusOr<GreylistRecord> QueueStateMachine::GetGreylist(std::string_view c
     return absl::DataLossError("unparsable greylist record");
   }
   return record;
+}
+
+absl::StatusOr<std::map<uint64_t, std::string>> QueueStateMachine::Members() const {
+  std::shared_lock lock(db_mutex_);
+  RETURN_IF_ERROR(CheckOpen());
+  std::map<uint64_t, std::string> members;
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), cf_.meta));
+  for (it->Seek(kMemberPrefix); it->Valid() && it->key().starts_with(kMemberPrefix); it->Next()) {
+    const std::optional<uint64_t> id =
+        keys::DecodeFixed64(it->key().ToStringView().substr(kMemberPrefix.size()));
+    if (!id.has_value()) {
+      return absl::DataLossError("malformed member key");
+    }
+    members[*id] = it->value().ToString();
+  }
+  RETURN_IF_ERROR(FromRocks(it->status(), "member scan"));
+  return members;
 }
 
 absl::StatusOr<uint64_t> QueueStateMachine::ContentDigest() const {

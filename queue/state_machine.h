@@ -38,6 +38,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <shared_mutex>
 #include <string>
@@ -99,6 +100,8 @@ class QueueStateMachine {
   absl::StatusOr<StoredEntry> GetEntry(const MessageId& id) const;      // NotFound when absent
   absl::StatusOr<std::string> ReadMessage(const MessageId& id) const;   // NotFound when absent
   absl::StatusOr<DomainRecord> GetDomain(std::string_view name) const;  // NotFound when absent
+  // The members' addresses recorded by SetMember commands, by node id.
+  absl::StatusOr<std::map<uint64_t, std::string>> Members() const;
   absl::StatusOr<GreylistRecord> GetGreylist(std::string_view client_network,
                                              std::string_view sender,
                                              std::string_view recipient) const;

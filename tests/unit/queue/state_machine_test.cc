@@ -1192,5 +1192,24 @@ TEST_F(StateMachineTest, ReplaceWithSwapsTheOpenDatabaseForACheckpoint) {
   EXPECT_EQ(Digest(*machine_), after);
 }
 
+TEST_F(StateMachineTest, SetMemberRecordsAndForgetsAddressesThatSurviveAReopen) {
+  auto set_member = [](uint64_t id, const std::string& address, bool removed) {
+    Command command;
+    command.mutable_member()->set_id(id);
+    command.mutable_member()->set_address(address);
+    command.mutable_member()->set_removed(removed);
+    return command;
+  };
+  EXPECT_EQ(Apply(set_member(4, "10.0.0.4:7025", false)).code(), OK);
+  EXPECT_EQ(Apply(set_member(5, "10.0.0.5:7025", false)).code(), OK);
+  EXPECT_EQ(Apply(set_member(4, "", true)).code(), OK);
+  machine_.reset();
+  machine_ = OpenAt(Dir());
+  ASSERT_NE(machine_, nullptr);
+  absl::StatusOr<std::map<uint64_t, std::string>> members = machine_->Members();
+  ASSERT_TRUE(members.ok()) << members.status();
+  EXPECT_EQ(*members, (std::map<uint64_t, std::string>{{5, "10.0.0.5:7025"}}));
+}
+
 }  // namespace
 }  // namespace backstop::queue
