@@ -2,7 +2,9 @@
 // (the same client ingest uses) from many concurrent workers, and reports throughput as JSON.
 // With --acked FILE it records the id of every message the queue acknowledged; with --verify
 // FILE it reads each of those ids back from one voter (--endpoints names exactly one), which is
-// how the system tests prove that nothing acknowledged was lost.
+// how the system tests prove that nothing acknowledged was lost. --add-voter ID@HOST:PORT and
+// --remove-voter ID call the AdminService instead (trying each endpoint until the leader
+// answers), for the membership system tests until backstopctl exists.
 
 #include <CLI/CLI.hpp>
 #include <atomic>
@@ -16,8 +18,10 @@
 #include <vector>
 
 #include <fmt/format.h>
+#include <grpcpp/grpcpp.h>
 
 #include "absl/time/clock.h"
+#include "proto/admin.grpc.pb.h"
 #include "queue/message_id.h"
 #include "queue/queue_client.h"
 
@@ -34,6 +38,8 @@ struct Flags {
   std::string acked_path;
   std::string verify_path;
   uint64_t node_id = 999;
+  std::string add_voter;  // id@host:port
+  uint64_t remove_voter = 0;
 };
 
 QueueEntry MakeEntry(const Flags& flags, uint64_t n, absl::Time now) {
@@ -131,6 +137,53 @@ int Verify(const Flags& flags, QueueClient& client) {
   return missing == 0 ? 0 : 1;
 }
 
+// One membership change through whichever endpoint leads, retried for up to a minute (a
+// follower refuses; a learner may still be catching up).
+int ChangeMembership(const Flags& flags) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  std::string last_error;
+  while (std::chrono::steady_clock::now() < deadline) {
+    for (const std::string& endpoint : flags.endpoints) {
+      auto stub = admin::AdminService::NewStub(
+          grpc::CreateChannel(endpoint, grpc::InsecureChannelCredentials()));
+      grpc::ClientContext context;
+      context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(70));
+      grpc::Status status;
+      if (flags.remove_voter != 0) {
+        admin::RemoveVoterRequest request;
+        request.set_id(flags.remove_voter);
+        admin::RemoveVoterResponse response;
+        status = stub->RemoveVoter(&context, request, &response);
+      } else {
+        const size_t at = flags.add_voter.find('@');
+        if (at == std::string::npos) {
+          std::cerr << "--add-voter expects id@host:port\n";
+          return 2;
+        }
+        admin::AddVoterRequest request;
+        request.set_id(std::stoull(flags.add_voter.substr(0, at)));
+        request.set_address(flags.add_voter.substr(at + 1));
+        admin::AddVoterResponse response;
+        status = stub->AddVoter(&context, request, &response);
+      }
+      if (status.ok()) {
+        std::cout << "{\"ok\":true}\n";
+        return 0;
+      }
+      last_error = endpoint + ": " + status.error_message();
+      if (status.error_code() == grpc::StatusCode::INVALID_ARGUMENT ||
+          status.error_code() == grpc::StatusCode::NOT_FOUND ||
+          status.error_code() == grpc::StatusCode::ALREADY_EXISTS) {
+        std::cerr << last_error << "\n";
+        return 1;
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  std::cerr << "membership change did not succeed: " << last_error << "\n";
+  return 1;
+}
+
 int Main(int argc, char** argv) {
   CLI::App app{"backstop-queue-loadgen: append load and loss checks against the queue"};
   Flags flags;
@@ -145,7 +198,12 @@ int Main(int argc, char** argv) {
   app.add_option("--acked", flags.acked_path, "write acknowledged ids here");
   app.add_option("--verify", flags.verify_path, "read back the ids in this file instead");
   app.add_option("--id-node", flags.node_id, "node id stamped into message ids");
+  app.add_option("--add-voter", flags.add_voter, "add this voter (id@host:port) instead");
+  app.add_option("--remove-voter", flags.remove_voter, "remove this voter (id) instead");
   CLI11_PARSE(app, argc, argv);
+  if (!flags.add_voter.empty() || flags.remove_voter != 0) {
+    return ChangeMembership(flags);
+  }
 
   QueueClientOptions options;
   options.endpoints = flags.endpoints;

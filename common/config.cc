@@ -580,7 +580,7 @@ void ReadSmtp(const Section& s, SmtpConfig* smtp) {
 }
 
 void ReadQueue(const Section& s, QueueConfig* queue) {
-  s.RejectUnknownKeys({"listen", "peers", "endpoints"});
+  s.RejectUnknownKeys({"listen", "peers", "endpoints", "join", "snapshot_entries"});
   s.ReadListenAddress("listen", &queue->listen);
   std::vector<QueuePeer> peers;
   const bool present = s.ForEachString(
@@ -622,6 +622,8 @@ void ReadQueue(const Section& s, QueueConfig* queue) {
     queue->peers = std::move(peers);
   }
   s.ReadHostPortList("endpoints", -1, /*connectable=*/true, &queue->endpoints);
+  s.ReadBool("join", &queue->join);
+  s.ReadInteger("snapshot_entries", 1, kInt64Max, &queue->snapshot_entries);
 }
 
 void ReadDelivery(const Section& s, DeliveryConfig* delivery) {
@@ -882,15 +884,16 @@ void CheckRoles(const Section& root, const Section& smtp, const Section& queue, 
     const std::vector<QueuePeer>& peers = config->queue.peers;
     if (peers.empty()) {
       queue.Error("peers", "is empty but this node has the queue role (list every voter)");
-    } else if (std::none_of(peers.begin(), peers.end(),
+    } else if (!config->queue.join &&
+               std::none_of(peers.begin(), peers.end(),
                             [&](const QueuePeer& p) { return p.id == config->node.id; })) {
       queue.Error("peers", fmt::format("does not contain this node's id {} (node.id), but this "
                                        "node has the queue role and must be a voter",
                                        config->node.id));
     }
     // Raft needs a majority: two voters survive no more failures than one, four no more than
-    // three, and cost more writes.
-    if (peers.size() % 2 == 0 && !peers.empty()) {
+    // three, and cost more writes. (A joining node lists the others: the count is not its own.)
+    if (peers.size() % 2 == 0 && !peers.empty() && !config->queue.join) {
       queue.Warn("peers", fmt::format("{} voters tolerate no more failures than {}; use an odd "
                                       "number",
                                       peers.size(), peers.size() - 1));
@@ -1085,8 +1088,9 @@ std::string ConfigSummary(const Config& config) {
     voters.push_back(fmt::format("{}@{}", peer.id, peer.address.ToString()));
   }
   if (config.node.roles.Has(Role::kQueue)) {
-    out += fmt::format("queue: listen {}, voters: {}\n", config.queue.listen.ToString(),
-                       fmt::join(voters, ", "));
+    out += fmt::format("queue: listen {}, voters: {}{}\n", config.queue.listen.ToString(),
+                       fmt::join(voters, ", "),
+                       config.queue.join ? " (joining: waits to be added)" : "");
   } else {
     std::vector<std::string> endpoints;
     for (const HostPort& endpoint : config.queue.endpoints) {

@@ -97,6 +97,12 @@ struct QueueConfig {
   std::vector<QueuePeer> peers = {{1, {"127.0.0.1", 7025}}};
   // Empty on a node with the queue role = its own voter, in process.
   std::vector<HostPort> endpoints;
+  // A voter that joins a running cluster: on its first start it waits, empty, to be added with
+  // the admin API (AddVoter) instead of founding a cluster; `peers` then lists the members it
+  // knows, itself not among them.
+  bool join = false;
+  // Applied entries between two snapshots of the queue state (each one compacts the Raft log).
+  uint64_t snapshot_entries = 10'000;
 };
 
 struct DeliveryConfig {

@@ -21,6 +21,14 @@ const log::Logger& Logger() {
   return logger;
 }
 
+// The founding snapshot (raft::Bootstrap) has no state machine image: the empty state.
+constexpr raft::LogIndex kFoundingIndex(1);
+
+bool CarriesCheckpoint(const raft::Message& message) {
+  return message.type == raft::MessageType::kSnapshot && message.snapshot.has_value() &&
+         message.snapshot->meta.index > kFoundingIndex;
+}
+
 }  // namespace
 
 QueueNode::QueueNode(const QueueNodeOptions& options, RaftTransport* transport)
@@ -39,6 +47,7 @@ absl::StatusOr<std::unique_ptr<QueueNode>> QueueNode::Start(const QueueNodeOptio
   ASSIGN_OR_RETURN(node->storage_, RocksDbLogStorage::Open(node->database_.get()));
   ASSIGN_OR_RETURN(node->state_machine_,
                    QueueStateMachine::Open(options.data_dir + "/state", options.state_machine));
+  ASSIGN_OR_RETURN(node->snapshots_, SnapshotStore::Open(options.data_dir));
 
   const bool fresh = node->storage_->LastIndex() == raft::LogIndex() &&
                      node->storage_->GetHardState() == raft::HardState{};
@@ -59,6 +68,8 @@ absl::StatusOr<std::unique_ptr<QueueNode>> QueueNode::Start(const QueueNodeOptio
                   {{"node_id", options.id.value()}, {"voters", conf_state.voters.size()}});
   }
 
+  RETURN_IF_ERROR(node->CompleteInterruptedInstall());
+
   raft::NodeOptions raft_options;
   raft_options.id = options.id;
   raft_options.election_ticks = options.election_ticks;
@@ -68,12 +79,24 @@ absl::StatusOr<std::unique_ptr<QueueNode>> QueueNode::Start(const QueueNodeOptio
                              static_cast<uint64_t>(absl::ToUnixNanos(options.clock->Now()));
   ASSIGN_OR_RETURN(node->node_, raft::Node::Create(raft_options, node->storage_.get()));
 
+  // The latest snapshot must have its checkpoint, to be sent to followers; a crash may have
+  // come between the two.
+  ASSIGN_OR_RETURN(const raft::Snapshot snapshot, node->storage_->GetSnapshot());
+  node->snapshot_index_ = snapshot.meta.index;
+  if (snapshot.meta.index > kFoundingIndex &&
+      node->snapshots_->published() != snapshot.meta.index) {
+    RETURN_IF_ERROR(node->TakeSnapshot(raft::LogIndex(node->state_machine_->applied_index())));
+  }
+
   for (const VoterAddress& peer : options.voters) {
     node->addresses_[peer.id] = peer.address;
     if (peer.id != options.id) {
       transport->SetPeer(peer.id, peer.address);
     }
   }
+  // Learned from membership changes: newer than the configuration's list.
+  RETURN_IF_ERROR(node->LoadAddressBook());
+  transport->SetSnapshotReceiver(node.get());
   node->thread_ = std::thread([raw = node.get()] { raw->Run(); });
   return node;
 }
@@ -87,6 +110,67 @@ QueueNode::~QueueNode() {
   if (thread_.joinable()) {
     thread_.join();
   }
+  // After the Raft thread answered every staged snapshot, so that no call into us is waiting.
+  transport_->SetSnapshotReceiver(nullptr);
+}
+
+absl::Status QueueNode::CompleteInterruptedInstall() {
+  const raft::LogIndex applied(state_machine_->applied_index());
+  const raft::HardState hard_state = storage_->GetHardState();
+  ASSIGN_OR_RETURN(const raft::Snapshot held, storage_->GetSnapshot());
+  // Applying never outruns the durable commit index (each Ready's hard state is persisted before
+  // its entries are applied): only a swapped-in snapshot can be ahead of the log.
+  if (applied <= std::max(hard_state.commit, held.meta.index)) {
+    return absl::OkStatus();
+  }
+  absl::StatusOr<raft::SnapshotMeta> meta = ReadSnapshotMeta(options_.data_dir + "/state");
+  if (!meta.ok() || meta->index != applied) {
+    return absl::DataLossError(fmt::format(
+        "queue state machine applied index {} is beyond the Raft log's commit index {} and "
+        "holds no snapshot metadata for it",
+        applied.value(), hard_state.commit.value()));
+  }
+  raft::HardState completed = hard_state;
+  if (completed.term < meta->term) {
+    completed.term = meta->term;
+    completed.vote = raft::kNoNode;
+  }
+  completed.commit = meta->index;
+  Logger().Info("completing a snapshot install interrupted by a restart",
+                {{"index", meta->index.value()}});
+  RETURN_IF_ERROR(storage_->Persist(raft::Snapshot{*meta, {}}, {}, completed));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<SnapshotStaging>> QueueNode::BeginSnapshot(
+    const raft::Message& message, const std::vector<SnapshotFile>& files) {
+  if (!CarriesCheckpoint(message)) {
+    return absl::InvalidArgumentError("a streamed snapshot must be past the founding one");
+  }
+  return snapshots_->BeginStaging(message.snapshot->meta, files);
+}
+
+absl::Status QueueNode::InstallSnapshot(raft::Message message,
+                                        std::unique_ptr<SnapshotStaging> staged) {
+  // Vetted here, on the gRPC thread: a checkpoint that does not open at its index is refused
+  // before the Raft thread would swap it in.
+  ASSIGN_OR_RETURN(const uint64_t applied, QueueStateMachine::AppliedIndexOf(staged->dir()));
+  if (applied != message.snapshot->meta.index.value()) {
+    return absl::InvalidArgumentError(
+        fmt::format("snapshot for index {} holds a state machine at index {}",
+                    message.snapshot->meta.index.value(), applied));
+  }
+  auto done = std::make_shared<std::promise<absl::Status>>();
+  std::future<absl::Status> result = done->get_future();
+  {
+    std::lock_guard lock(mutex_);
+    if (stopping_) {
+      return absl::UnavailableError("queue node is shutting down");
+    }
+    incoming_.push_back(IncomingSnapshot{std::move(message), std::move(staged), done});
+  }
+  wake_.notify_one();
+  return result.get();
 }
 
 void QueueNode::Propose(Command command, Done done) {
@@ -110,6 +194,9 @@ void QueueNode::ProposeEncoded(std::string encoded_command, Done done) {
 }
 
 void QueueNode::Receive(raft::Message message) {
+  if (CarriesCheckpoint(message)) {
+    return;  // its state machine comes only by InstallSnapshot
+  }
   {
     std::lock_guard lock(mutex_);
     inbox_.push_back(std::move(message));
@@ -183,13 +270,15 @@ void QueueNode::StartConfChange(const raft::ConfChange& change, const std::strin
     done(absl::InvalidArgumentError("the leader cannot remove itself; transfer leadership first"));
     return;
   }
-  absl::StatusOr<raft::LogIndex> index = node_->ProposeConfChange(change, options_.clock->Now());
+  absl::StatusOr<raft::LogIndex> index = node_->ProposeConfChange(
+      raft::ConfChange(change.type, change.node, adding ? address : ""), options_.clock->Now());
   if (!index.ok()) {
     done(index.status());
     return;
   }
   if (adding) {
     // Before the Ready that carries the entry: the leader replicates to the learner at once.
+    // Other members learn the address when they apply the entry (ApplyEntry).
     transport_->SetPeer(change.node, address);
     std::lock_guard lock(mutex_);
     addresses_[change.node] = address;
@@ -254,11 +343,13 @@ void QueueNode::Run() {
   std::vector<raft::Message> messages;
   std::vector<Proposal> proposals;
   std::vector<Task> tasks;
+  std::vector<IncomingSnapshot> incoming;
   while (true) {
     {
       std::unique_lock lock(mutex_);
       wake_.wait_until(lock, next_tick, [this] {
-        return stopping_ || !inbox_.empty() || !proposals_.empty() || !tasks_.empty();
+        return stopping_ || !inbox_.empty() || !proposals_.empty() || !tasks_.empty() ||
+               !incoming_.empty();
       });
       if (stopping_) {
         break;
@@ -266,6 +357,7 @@ void QueueNode::Run() {
       messages.swap(inbox_);
       proposals.swap(proposals_);
       tasks.swap(tasks_);
+      incoming.swap(incoming_);
     }
     if (failed_) {
       const absl::Status failed =
@@ -276,9 +368,13 @@ void QueueNode::Run() {
       for (Task& task : tasks) {
         task.done(failed);
       }
+      for (IncomingSnapshot& snapshot : incoming) {
+        snapshot.done->set_value(failed);
+      }
       proposals.clear();
       tasks.clear();
       messages.clear();
+      incoming.clear();
       continue;
     }
     const absl::Time now = options_.clock->Now();
@@ -286,6 +382,11 @@ void QueueNode::Run() {
       node_->Step(message);
     }
     messages.clear();
+    for (IncomingSnapshot& snapshot : incoming) {
+      node_->Step(snapshot.message);
+      installing_.push_back(std::move(snapshot));
+    }
+    incoming.clear();
     bool ticked = false;
     if (SteadyClock::now() >= next_tick) {
       ticked = true;
@@ -318,6 +419,7 @@ void QueueNode::Run() {
     }
     tasks.clear();
     ProcessReady();
+    AnswerInstalls();
     CheckMembershipWork(ticked);
     if (node_->role() != raft::Role::kLeader && !pending_.empty()) {
       FailPending(
@@ -341,9 +443,16 @@ void QueueNode::Run() {
   {
     std::lock_guard lock(mutex_);
     tasks.swap(tasks_);
+    incoming.swap(incoming_);
   }
   for (Task& task : tasks) {
     task.done(stopping);
+  }
+  for (IncomingSnapshot& snapshot : incoming) {
+    snapshot.done->set_value(stopping);
+  }
+  for (IncomingSnapshot& snapshot : installing_) {
+    snapshot.done->set_value(stopping);
   }
   FailPending(stopping);
   for (CatchUp& catch_up : catching_up_) {
@@ -357,29 +466,21 @@ void QueueNode::Run() {
 void QueueNode::ProcessReady() {
   while (!failed_ && node_->HasReady()) {
     raft::Ready ready = node_->GetReady();
-    transport_->Send(std::move(ready.messages));
-    if (ready.snapshot.has_value() && !ready.snapshot->data.empty()) {
-      // The log is never compacted past the founding snapshot yet, so a state-machine image
-      // can only come from a peer running a newer version.
-      Fatal(absl::UnimplementedError("installing a queue snapshot is not supported yet"));
-      return;
+    SendMessages(std::move(ready.messages));
+    if (ready.snapshot.has_value()) {
+      if (absl::Status installed = InstallReadySnapshot(ready.snapshot->meta); !installed.ok()) {
+        Fatal(installed);
+        return;
+      }
     }
     if (absl::Status persisted = storage_->Persist(ready); !persisted.ok()) {
       Fatal(persisted);
       return;
     }
     entries_persisted_ += ready.entries.size();
-    transport_->Send(std::move(ready.messages_after_persist));
+    SendMessages(std::move(ready.messages_after_persist));
     for (const raft::Entry& entry : ready.committed_entries) {
-      // Configuration changes and the leader's empty entries carry no queue command; applying
-      // them empty still moves the state machine's applied index.
-      const std::string_view payload =
-          entry.type == raft::EntryType::kNormal ? std::string_view(entry.data) : "";
-      if (entry.type == raft::EntryType::kConfChange) {
-        ForgetRemovedPeer(entry);
-      }
-      absl::StatusOr<CommandResult> result =
-          state_machine_->Apply(entry.index.value(), entry.time, payload);
+      absl::StatusOr<CommandResult> result = ApplyEntry(entry);
       if (!result.ok()) {
         Fatal(result.status());
         return;
@@ -396,18 +497,155 @@ void QueueNode::ProcessReady() {
       }
     }
     node_->Advance();
+    MaybeTakeSnapshot();
   }
 }
 
-void QueueNode::ForgetRemovedPeer(const raft::Entry& entry) {
-  absl::StatusOr<raft::ConfChange> change = raft::DecodeConfChange(entry.data);
-  if (!change.ok() || change->type != raft::ConfChangeType::kRemove ||
-      change->node == options_.id) {
+void QueueNode::SendMessages(std::vector<raft::Message> messages) {
+  std::vector<raft::Message> plain;
+  plain.reserve(messages.size());
+  for (raft::Message& message : messages) {
+    if (!CarriesCheckpoint(message)) {
+      plain.push_back(std::move(message));
+      continue;
+    }
+    const raft::LogIndex index = message.snapshot->meta.index;
+    transport_->SendSnapshot(std::move(message),
+                             [store = snapshots_, index] { return store->OpenForSending(index); });
+  }
+  transport_->Send(std::move(plain));
+}
+
+absl::Status QueueNode::InstallReadySnapshot(const raft::SnapshotMeta& meta) {
+  if (meta.index <= kFoundingIndex) {
+    if (state_machine_->applied_index() > meta.index.value()) {
+      return absl::InternalError("the founding snapshot was restored over applied entries");
+    }
+    return absl::OkStatus();  // the empty state, which this node holds
+  }
+  auto staged = std::find_if(installing_.begin(), installing_.end(), [&](const auto& incoming) {
+    return incoming.message.snapshot->meta.index == meta.index;
+  });
+  if (staged == installing_.end()) {
+    return absl::InternalError("raft restored a snapshot whose files were not received");
+  }
+  const auto started = std::chrono::steady_clock::now();
+  RETURN_IF_ERROR(state_machine_->ReplaceWith(staged->staged->dir()));
+  staged->staged->Release();
+  if (options_.test_crash == TestCrash::kAfterSnapshotSwap) {
+    return absl::AbortedError("test crash after the snapshot swap");
+  }
+  if (state_machine_->applied_index() != meta.index.value()) {
+    return absl::DataLossError("the installed snapshot holds another applied index");
+  }
+  RETURN_IF_ERROR(LoadAddressBook());
+  // Our own checkpoint of it: if we lead one day, this is what we send.
+  RETURN_IF_ERROR(PublishCheckpoint(meta.index));
+  snapshot_index_ = meta.index;
+  Logger().Info("installed a snapshot from the leader",
+                {{"index", meta.index.value()},
+                 {"ms", std::chrono::duration_cast<std::chrono::milliseconds>(
+                            std::chrono::steady_clock::now() - started)
+                            .count()}});
+  return absl::OkStatus();
+}
+
+void QueueNode::AnswerInstalls() {
+  for (IncomingSnapshot& snapshot : installing_) {
+    const raft::LogIndex index = snapshot.message.snapshot->meta.index;
+    if (failed_) {
+      snapshot.done->set_value(absl::UnavailableError("queue node has failed"));
+    } else if (node_->commit() >= index) {
+      snapshot.done->set_value(absl::OkStatus());  // installed, or held already
+    } else {
+      snapshot.done->set_value(
+          absl::FailedPreconditionError("raft did not take the snapshot (stale term?)"));
+    }
+  }
+  installing_.clear();  // destroys the staging directories that were not installed
+}
+
+absl::Status QueueNode::PublishCheckpoint(raft::LogIndex index) {
+  ASSIGN_OR_RETURN(const std::string dir, snapshots_->PrepareDir(index));
+  RETURN_IF_ERROR(state_machine_->CreateCheckpoint(dir));
+  return snapshots_->Publish(index);
+}
+
+absl::Status QueueNode::TakeSnapshot(raft::LogIndex index) {
+  if (index < snapshot_index_ || index.value() != state_machine_->applied_index()) {
+    return absl::InternalError("queue snapshot requested away from the applied index");
+  }
+  const auto started = std::chrono::steady_clock::now();
+  // The checkpoint flushes the state machine's memtables: everything up to `index` is durable
+  // in its database before the log below it goes.
+  RETURN_IF_ERROR(PublishCheckpoint(index));
+  if (index > snapshot_index_) {
+    RETURN_IF_ERROR(storage_->CreateSnapshot(index, node_->conf_state(), ""));
+    snapshot_index_ = index;
+  }
+  const raft::LogIndex compact_to = index - options_.snapshot_keep_entries;
+  if (compact_to >= storage_->FirstIndex()) {
+    RETURN_IF_ERROR(storage_->Compact(compact_to));
+  }
+  Logger().Info("queue snapshot taken",
+                {{"index", index.value()},
+                 {"log_first_index", storage_->FirstIndex().value()},
+                 {"ms", std::chrono::duration_cast<std::chrono::milliseconds>(
+                            std::chrono::steady_clock::now() - started)
+                            .count()}});
+  return absl::OkStatus();
+}
+
+void QueueNode::MaybeTakeSnapshot() {
+  const raft::LogIndex applied = node_->applied();
+  if (failed_ || applied.Since(snapshot_index_) < options_.snapshot_entries) {
     return;
   }
-  transport_->RemovePeer(change->node);
+  if (absl::Status taken = TakeSnapshot(applied); !taken.ok()) {
+    Fatal(taken);
+  }
+}
+
+absl::StatusOr<CommandResult> QueueNode::ApplyEntry(const raft::Entry& entry) {
+  if (entry.type == raft::EntryType::kNormal) {
+    // The leader's empty entries apply as no-ops that still move the applied index.
+    return state_machine_->Apply(entry.index.value(), entry.time, std::string_view(entry.data));
+  }
+  Command command;
+  absl::StatusOr<raft::ConfChange> change = raft::DecodeConfChange(entry.data);
+  if (change.ok() && change->type == raft::ConfChangeType::kAddLearner &&
+      !change->context.empty()) {
+    command.mutable_member()->set_id(change->node.value());
+    command.mutable_member()->set_address(change->context);
+    if (change->node != options_.id) {
+      SetAddress(change->node, change->context);
+    }
+  } else if (change.ok() && change->type == raft::ConfChangeType::kRemove) {
+    command.mutable_member()->set_id(change->node.value());
+    command.mutable_member()->set_removed(true);
+    if (change->node != options_.id) {
+      transport_->RemovePeer(change->node);
+      std::lock_guard lock(mutex_);
+      addresses_.erase(change->node);
+    }
+  }
+  return state_machine_->Apply(entry.index.value(), entry.time, command);
+}
+
+absl::Status QueueNode::LoadAddressBook() {
+  ASSIGN_OR_RETURN(const auto members, state_machine_->Members());
+  for (const auto& [id, address] : members) {
+    if (raft::NodeId(id) != options_.id) {
+      SetAddress(raft::NodeId(id), address);
+    }
+  }
+  return absl::OkStatus();
+}
+
+void QueueNode::SetAddress(raft::NodeId id, const std::string& address) {
+  transport_->SetPeer(id, address);
   std::lock_guard lock(mutex_);
-  addresses_.erase(change->node);
+  addresses_[id] = address;
 }
 
 void QueueNode::FailPending(const absl::Status& status) {

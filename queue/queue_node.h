@@ -11,10 +11,21 @@
 // proposer gets Unavailable and retries (commands are idempotent where it matters: Append by
 // message id). A storage or state-machine write error is fatal: the node stops serving and the
 // process must restart from what is durable (fail-stop; never retry an fsync).
+//
+// Snapshots and log compaction: every snapshot_entries applied entries, the node checkpoints its
+// state machine (SnapshotStore, <data_dir>/snapshots/<index>), records the snapshot in the Raft
+// log and compacts the log below it, keeping the last snapshot_keep_entries. A follower the
+// leader can no longer reach with entries is sent the checkpoint by the transport
+// (InstallSnapshot, off the Raft thread); the receiving node stages it on the gRPC thread, then
+// the Raft thread swaps it in for its state machine (SwapInDirectory) before the Raft log records
+// the snapshot. A crash between the two is completed on the next start from the metadata staged
+// with the files. Membership changes carry the member's address, recorded in the state machine
+// (SetMember): every member learns it and keeps it across restarts and snapshots.
 
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
+#include <future>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -29,6 +40,7 @@
 #include "queue/raft/node.h"
 #include "queue/raft_storage.h"
 #include "queue/raft_transport.h"
+#include "queue/snapshot_store.h"
 #include "queue/state_machine.h"
 
 namespace backstop::queue {
@@ -48,6 +60,13 @@ enum class StartMode : uint8_t {
   kJoinExisting,
 };
 
+// TEST-ONLY: where a node stops as if its process died, to test recovery between two steps.
+enum class TestCrash : uint8_t {
+  kNone,
+  // After swapping a received snapshot in for the state machine, before the Raft log records it.
+  kAfterSnapshotSwap,
+};
+
 struct QueueNodeOptions {
   raft::NodeId id;
   // The founding configuration, this node included; for kJoinExisting, the members it knows.
@@ -59,8 +78,14 @@ struct QueueNodeOptions {
   int election_ticks = 10;  // election timeout: [10, 20) ticks = 1–2 s by default
   int heartbeat_ticks = 1;
   int catch_up_ticks = 600;  // how long AddVoter waits for a learner to catch up: 60 s
+  // Applied entries after the last snapshot that trigger the next one (and a log compaction).
+  uint64_t snapshot_entries = 10'000;
+  // Entries kept below a new snapshot, so that a follower slightly behind gets entries rather
+  // than the whole snapshot.
+  uint64_t snapshot_keep_entries = 1'000;
   StateMachineOptions state_machine;
   const Clock* clock = &RealClock::Get();
+  TestCrash test_crash = TestCrash::kNone;
   // Called once, on the Raft thread, when storage fails; the default logs and aborts, since
   // nothing may be written after a failed fsync.
   std::function<void(const absl::Status&)> on_fatal_error;
@@ -78,7 +103,7 @@ struct QueueNodeStatus {
   raft::ConfState members;  // the configuration in force (latest in the log)
 };
 
-class QueueNode {
+class QueueNode final : public SnapshotReceiver {
  public:
   using Done = std::function<void(absl::StatusOr<CommandResult>)>;
   using StatusDone = std::function<void(absl::Status)>;
@@ -89,7 +114,7 @@ class QueueNode {
   static absl::StatusOr<std::unique_ptr<QueueNode>> Start(const QueueNodeOptions& options,
                                                           RaftTransport* transport);
   // Stops the Raft thread; pending proposals get Unavailable.
-  ~QueueNode();
+  ~QueueNode() override;
   QueueNode(const QueueNode&) = delete;
   QueueNode& operator=(const QueueNode&) = delete;
 
@@ -97,8 +122,15 @@ class QueueNode {
   void Propose(Command command, Done done);
   // The same for a command already in its wire form (saves re-encoding large appends).
   void ProposeEncoded(std::string encoded_command, Done done);
-  // Any thread: a message from a peer (the transport's inbox).
+  // Any thread: a message from a peer (the transport's inbox). A snapshot message that did not
+  // come with its files (InstallSnapshot) is dropped.
   void Receive(raft::Message message);
+
+  // SnapshotReceiver, called by the transport on gRPC threads.
+  absl::StatusOr<std::unique_ptr<SnapshotStaging>> BeginSnapshot(
+      const raft::Message& message, const std::vector<SnapshotFile>& files) override;
+  absl::Status InstallSnapshot(raft::Message message,
+                               std::unique_ptr<SnapshotStaging> staged) override;
 
   // Membership and leadership; any thread, `done` runs on the Raft thread exactly once.
   //
@@ -148,6 +180,12 @@ class QueueNode {
     int ticks_left;
     StatusDone done;
   };
+  // A snapshot received and staged, waiting for the Raft thread.
+  struct IncomingSnapshot {
+    raft::Message message;
+    std::unique_ptr<SnapshotStaging> staged;
+    std::shared_ptr<std::promise<absl::Status>> done;
+  };
 
   explicit QueueNode(const QueueNodeOptions& options, RaftTransport* transport);
   void Run();
@@ -157,8 +195,28 @@ class QueueNode {
   // Raft thread: advances the waiting AddVoter promotions and leadership transfers.
   void CheckMembershipWork(bool ticked);
   void ProcessReady();
-  // Raft thread: an applied removal drops the member from the transport.
-  void ForgetRemovedPeer(const raft::Entry& entry);
+  // Raft thread: sends messages, snapshots by their own transfers.
+  void SendMessages(std::vector<raft::Message> messages);
+  // Raft thread: swaps in the staged state machine for a snapshot Raft restored (before the
+  // Raft log records it).
+  absl::Status InstallReadySnapshot(const raft::SnapshotMeta& meta);
+  // Raft thread: answers the staged snapshots stepped in this round.
+  void AnswerInstalls();
+  // Raft thread: checkpoints the state machine at the applied index `index` into the store.
+  absl::Status PublishCheckpoint(raft::LogIndex index);
+  // Raft thread: a snapshot at the applied index `index`, then the log compaction below it.
+  absl::Status TakeSnapshot(raft::LogIndex index);
+  void MaybeTakeSnapshot();
+  // Start: the state machine holds a snapshot the Raft log does not know yet (a crash during
+  // an install): record it in the log, as the install would have.
+  absl::Status CompleteInterruptedInstall();
+  // Raft thread: applies a committed entry to the state machine. A membership change records
+  // the member's address there (SetMember) and updates the transport and PeerAddress.
+  absl::StatusOr<CommandResult> ApplyEntry(const raft::Entry& entry);
+  // The addresses recorded in the state machine (learned from membership changes, perhaps
+  // before a restart or inside a snapshot) into the transport and PeerAddress.
+  absl::Status LoadAddressBook();
+  void SetAddress(raft::NodeId id, const std::string& address);
   void FailPending(const absl::Status& status);
   void Fatal(const absl::Status& status);
 
@@ -167,7 +225,10 @@ class QueueNode {
   std::unique_ptr<Database> database_;
   std::unique_ptr<RocksDbLogStorage> storage_;
   std::unique_ptr<QueueStateMachine> state_machine_;
-  std::unique_ptr<raft::Node> node_;  // Raft thread only
+  std::shared_ptr<SnapshotStore> snapshots_;  // shared with the transport's transfers
+  std::unique_ptr<raft::Node> node_;          // Raft thread only
+  raft::LogIndex snapshot_index_;             // Raft thread only: the latest snapshot's
+  std::vector<IncomingSnapshot> installing_;  // Raft thread only: stepped, not yet answered
 
   std::map<uint64_t, Pending> pending_;  // by log index; Raft thread only
   bool failed_ = false;                  // Raft thread only
@@ -180,6 +241,7 @@ class QueueNode {
   std::vector<raft::Message> inbox_;               // guarded by mutex_
   std::vector<Proposal> proposals_;                // guarded by mutex_
   std::vector<Task> tasks_;                        // guarded by mutex_
+  std::vector<IncomingSnapshot> incoming_;         // guarded by mutex_
   std::map<raft::NodeId, std::string> addresses_;  // guarded by mutex_
   bool stopping_ = false;                          // guarded by mutex_
   QueueNodeStatus status_;  // guarded by mutex_, published by the Raft thread

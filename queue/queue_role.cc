@@ -1,5 +1,6 @@
 #include "queue/queue_role.h"
 
+#include <algorithm>
 #include <chrono>
 #include <future>
 #include <string>
@@ -35,6 +36,12 @@ absl::StatusOr<std::unique_ptr<QueueRole>> QueueRole::Start(const Config& config
   node_options.id = self;
   node_options.voters = voters;
   node_options.data_dir = config.node.data_dir;
+  node_options.start_mode =
+      config.queue.join ? StartMode::kJoinExisting : StartMode::kFoundingMember;
+  node_options.snapshot_entries = config.queue.snapshot_entries;
+  // Never more than the interval: a small interval (tests) still compacts.
+  node_options.snapshot_keep_entries =
+      std::min(node_options.snapshot_keep_entries, config.queue.snapshot_entries / 2);
   node_options.state_machine = StateMachineOptions::FromConfig(config.delivery);
   {
     std::lock_guard lock(role->node_mutex_);

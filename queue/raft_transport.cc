@@ -1,12 +1,32 @@
 #include "queue/raft_transport.h"
 
 #include <algorithm>
+#include <shared_mutex>
 #include <utility>
 
+#include "common/log.h"
+#include "common/status.h"
 #include "queue/queue_client.h"
 #include "queue/raft/codec.h"
 
 namespace backstop::queue {
+namespace {
+
+const log::Logger& Logger() {
+  static const log::Logger logger("queue");
+  return logger;
+}
+
+grpc::Status ToGrpc(const absl::Status& status) {
+  const auto code = absl::IsResourceExhausted(status) ? grpc::StatusCode::RESOURCE_EXHAUSTED
+                    : absl::IsUnavailable(status)     ? grpc::StatusCode::UNAVAILABLE
+                    : absl::IsDataLoss(status)        ? grpc::StatusCode::DATA_LOSS
+                    : absl::IsInvalidArgument(status) ? grpc::StatusCode::INVALID_ARGUMENT
+                                                      : grpc::StatusCode::FAILED_PRECONDITION;
+  return grpc::Status(code, std::string(status.message()));
+}
+
+}  // namespace
 
 // Owns the outbox and the stream to one peer, and the thread that writes the one to the other.
 // Enqueue() and the destructor may be called from any thread; everything else runs on the
@@ -14,7 +34,13 @@ namespace backstop::queue {
 class RaftTransport::PeerSender {
  public:
   PeerSender(const RaftTransportOptions& options, Counters& counters, std::string address)
-      : options_(options), counters_(counters), address_(std::move(address)) {
+      : options_(options),
+        counters_(counters),
+        address_(std::move(address)),
+        stub_(raft::wire::RaftPeer::NewStub(grpc::CreateCustomChannel(
+            address_,
+            options.credentials ? options.credentials : grpc::InsecureChannelCredentials(),
+            QueueChannelArguments()))) {
     thread_ = std::thread([this] { Run(); });
   }
 
@@ -25,9 +51,15 @@ class RaftTransport::PeerSender {
       if (active_context_ != nullptr) {
         active_context_->TryCancel();  // unblocks a Write() stuck on a slow or dead peer
       }
+      if (snapshot_context_ != nullptr) {
+        snapshot_context_->TryCancel();
+      }
     }
     wake_.notify_all();
     thread_.join();
+    if (snapshot_thread_.joinable()) {
+      snapshot_thread_.join();
+    }
   }
 
   PeerSender(const PeerSender&) = delete;
@@ -47,7 +79,102 @@ class RaftTransport::PeerSender {
     return true;
   }
 
+  // False when a transfer to this peer is still running (or the sender is stopping).
+  bool StartSnapshot(raft::Message message, SnapshotOpener open) {
+    std::lock_guard lock(mutex_);
+    if (stopping_ || snapshot_running_) {
+      return false;
+    }
+    if (snapshot_thread_.joinable()) {
+      snapshot_thread_.join();  // finished: it cleared snapshot_running_ as its last step
+    }
+    snapshot_running_ = true;
+    snapshot_thread_ =
+        std::thread([this, message = std::move(message), open = std::move(open)]() mutable {
+          const raft::LogIndex index = message.snapshot->meta.index;
+          const absl::Status sent = StreamSnapshot(std::move(message), open);
+          if (sent.ok()) {
+            ++counters_.snapshots_sent;
+            Logger().Info("snapshot sent", {{"peer", address_}, {"index", index.value()}});
+          } else {
+            ++counters_.snapshots_failed;
+            Logger().Warn("snapshot transfer failed", {{"peer", address_},
+                                                       {"index", index.value()},
+                                                       {"error", std::string(sent.message())}});
+          }
+          std::lock_guard done_lock(mutex_);
+          snapshot_running_ = false;
+        });
+    return true;
+  }
+
  private:
+  // The transfer thread: header, file chunks, trailer; then waits for the peer's verdict.
+  absl::Status StreamSnapshot(raft::Message message, const SnapshotOpener& open) {
+    ASSIGN_OR_RETURN(std::unique_ptr<SnapshotReader> reader, open());
+    grpc::ClientContext context;
+    {
+      std::lock_guard lock(mutex_);
+      if (stopping_) {
+        return absl::CancelledError("transport stopping");
+      }
+      snapshot_context_ = &context;
+    }
+    raft::wire::InstallSnapshotResponse response;
+    std::unique_ptr<grpc::ClientWriter<raft::wire::SnapshotChunk>> writer =
+        stub_->InstallSnapshot(&context, &response);
+    const absl::Status streamed = [&]() -> absl::Status {
+      raft::wire::SnapshotChunk chunk;
+      *chunk.mutable_message() = raft::ToWire(message);
+      for (const SnapshotFile& file : reader->files()) {
+        raft::wire::SnapshotFile* wire_file = chunk.add_files();
+        wire_file->set_name(file.name);
+        wire_file->set_size(file.size);
+      }
+      if (!writer->Write(chunk)) {
+        return absl::UnavailableError("snapshot stream broke");
+      }
+      StreamDigest digest;
+      for (size_t i = 0; i < reader->files().size(); ++i) {
+        for (uint64_t offset = 0; offset < reader->files()[i].size;) {
+          chunk.Clear();
+          ASSIGN_OR_RETURN(std::string data,
+                           reader->Read(i, offset, options_.snapshot_chunk_bytes));
+          digest.Add(data);
+          chunk.set_file(static_cast<uint32_t>(i));
+          chunk.set_offset(offset);
+          offset += data.size();
+          chunk.set_data(std::move(data));
+          if (!writer->Write(chunk)) {
+            return absl::UnavailableError("snapshot stream broke");
+          }
+        }
+      }
+      chunk.Clear();
+      chunk.set_last(true);
+      chunk.set_digest(digest.value());
+      if (!writer->Write(chunk)) {
+        return absl::UnavailableError("snapshot stream broke");
+      }
+      return absl::OkStatus();
+    }();
+    if (streamed.ok()) {
+      writer->WritesDone();
+    } else {
+      context.TryCancel();
+    }
+    const grpc::Status finished = writer->Finish();
+    {
+      std::lock_guard lock(mutex_);
+      snapshot_context_ = nullptr;
+    }
+    RETURN_IF_ERROR(streamed);
+    if (!finished.ok()) {
+      return absl::UnavailableError("peer refused the snapshot: " + finished.error_message());
+    }
+    return absl::OkStatus();
+  }
+
   // Waits for messages; false when the sender is stopping.
   bool TakeBatch(std::vector<raft::Message>* batch) {
     std::unique_lock lock(mutex_);
@@ -77,11 +204,6 @@ class RaftTransport::PeerSender {
   }
 
   void Run() {
-    const auto credentials =
-        options_.credentials ? options_.credentials : grpc::InsecureChannelCredentials();
-    const std::shared_ptr<grpc::Channel> channel =
-        grpc::CreateCustomChannel(address_, credentials, QueueChannelArguments());
-    const std::unique_ptr<raft::wire::RaftPeer::Stub> stub = raft::wire::RaftPeer::NewStub(channel);
     std::unique_ptr<grpc::ClientContext> context;
     std::unique_ptr<grpc::ClientWriter<raft::wire::MessageBatch>> writer;
     raft::wire::SendAck ack;
@@ -106,7 +228,7 @@ class RaftTransport::PeerSender {
         }
         context = std::make_unique<grpc::ClientContext>();
         active_context_ = context.get();
-        writer = stub->Send(context.get(), &ack);
+        writer = stub_->Send(context.get(), &ack);
       }
       raft::wire::MessageBatch wire_batch;
       for (const raft::Message& message : batch) {
@@ -137,12 +259,16 @@ class RaftTransport::PeerSender {
   const RaftTransportOptions& options_;
   Counters& counters_;
   const std::string address_;
+  const std::unique_ptr<raft::wire::RaftPeer::Stub> stub_;  // thread-safe
 
   std::mutex mutex_;
   std::condition_variable wake_;
-  std::deque<raft::Message> outbox_;               // guarded by mutex_
-  bool stopping_ = false;                          // guarded by mutex_
-  grpc::ClientContext* active_context_ = nullptr;  // guarded by mutex_
+  std::deque<raft::Message> outbox_;                 // guarded by mutex_
+  bool stopping_ = false;                            // guarded by mutex_
+  grpc::ClientContext* active_context_ = nullptr;    // guarded by mutex_
+  bool snapshot_running_ = false;                    // guarded by mutex_
+  grpc::ClientContext* snapshot_context_ = nullptr;  // guarded by mutex_
+  std::thread snapshot_thread_;                      // started and joined under mutex_
   std::thread thread_;
 };
 
@@ -172,10 +298,78 @@ class RaftTransport::PeerService final : public raft::wire::RaftPeer::Service {
     return grpc::Status::OK;
   }
 
+  grpc::Status InstallSnapshot(grpc::ServerContext* /*context*/,
+                               grpc::ServerReader<raft::wire::SnapshotChunk>* reader,
+                               raft::wire::InstallSnapshotResponse* /*response*/) override {
+    const absl::Status installed = Receive(reader);
+    if (!installed.ok()) {
+      ++counters_.snapshots_refused;
+      Logger().Warn("incoming snapshot refused", {{"error", std::string(installed.message())}});
+      return ToGrpc(installed);
+    }
+    ++counters_.snapshots_received;
+    return grpc::Status::OK;
+  }
+
+  void SetReceiver(SnapshotReceiver* receiver) {
+    std::unique_lock lock(receiver_mutex_);
+    receiver_ = receiver;
+  }
+
  private:
+  absl::Status Receive(grpc::ServerReader<raft::wire::SnapshotChunk>* reader) {
+    raft::wire::SnapshotChunk chunk;
+    if (!reader->Read(&chunk) || !chunk.has_message()) {
+      return absl::InvalidArgumentError("snapshot stream without its header");
+    }
+    ASSIGN_OR_RETURN(raft::Message message, raft::FromWire(chunk.message()));
+    if (message.type != raft::MessageType::kSnapshot || !message.snapshot.has_value()) {
+      return absl::InvalidArgumentError("snapshot stream announces no snapshot");
+    }
+    if (message.to != self_) {
+      ++counters_.dropped_misaddressed;
+      return absl::InvalidArgumentError("snapshot addressed to another node");
+    }
+    std::vector<SnapshotFile> files;
+    for (const raft::wire::SnapshotFile& file : chunk.files()) {
+      files.push_back(SnapshotFile{file.name(), file.size()});
+    }
+    std::unique_ptr<SnapshotStaging> staging;
+    {
+      std::shared_lock lock(receiver_mutex_);
+      if (receiver_ == nullptr) {
+        return absl::UnavailableError("this node takes no snapshots now");
+      }
+      ASSIGN_OR_RETURN(staging, receiver_->BeginSnapshot(message, files));
+    }
+    bool complete = false;
+    while (!complete && reader->Read(&chunk)) {
+      if (chunk.has_message() || chunk.files_size() > 0) {
+        return absl::InvalidArgumentError("snapshot header repeated mid-stream");
+      }
+      if (!chunk.data().empty()) {
+        RETURN_IF_ERROR(staging->Write(chunk.file(), chunk.offset(), chunk.data()));
+      }
+      if (chunk.last()) {
+        RETURN_IF_ERROR(staging->Finish(chunk.digest()));
+        complete = true;
+      }
+    }
+    if (!complete) {
+      return absl::DataLossError("snapshot stream ended before its last chunk");
+    }
+    std::shared_lock lock(receiver_mutex_);
+    if (receiver_ == nullptr) {
+      return absl::UnavailableError("this node takes no snapshots now");
+    }
+    return receiver_->InstallSnapshot(std::move(message), std::move(staging));
+  }
+
   const raft::NodeId self_;
   Counters& counters_;
   const Inbox inbox_;
+  std::shared_mutex receiver_mutex_;
+  SnapshotReceiver* receiver_ = nullptr;  // guarded by receiver_mutex_
 };
 
 RaftTransport::RaftTransport(const RaftTransportOptions& options, Inbox inbox)
@@ -229,6 +423,20 @@ void RaftTransport::Send(std::vector<raft::Message> messages) {
   }
 }
 
+void RaftTransport::SendSnapshot(raft::Message message, SnapshotOpener open) {
+  std::lock_guard lock(peers_mutex_);
+  auto it = peers_.find(message.to);
+  if (it == peers_.end() || !message.snapshot.has_value()) {
+    ++counters_.dropped_unknown_peer;
+  } else if (!it->second->StartSnapshot(std::move(message), std::move(open))) {
+    ++counters_.snapshots_dropped_busy;
+  }
+}
+
+void RaftTransport::SetSnapshotReceiver(SnapshotReceiver* receiver) {
+  service_->SetReceiver(receiver);
+}
+
 RaftTransportStats RaftTransport::stats() const {
   return RaftTransportStats{
       .sent = counters_.sent.load(),
@@ -238,6 +446,11 @@ RaftTransportStats RaftTransport::stats() const {
       .received = counters_.received.load(),
       .dropped_misaddressed = counters_.dropped_misaddressed.load(),
       .dropped_undecodable = counters_.dropped_undecodable.load(),
+      .snapshots_sent = counters_.snapshots_sent.load(),
+      .snapshots_failed = counters_.snapshots_failed.load(),
+      .snapshots_dropped_busy = counters_.snapshots_dropped_busy.load(),
+      .snapshots_received = counters_.snapshots_received.load(),
+      .snapshots_refused = counters_.snapshots_refused.load(),
   };
 }
 

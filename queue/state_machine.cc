@@ -7,6 +7,7 @@
 #include <map>
 #include <optional>
 #include <set>
+#include <shared_mutex>
 #include <system_error>
 #include <utility>
 
@@ -19,6 +20,7 @@
 #include "absl/time/civil_time.h"
 #include "common/status.h"
 #include "queue/keys.h"
+#include "queue/snapshot_store.h"
 
 namespace backstop::queue {
 namespace {
@@ -28,6 +30,8 @@ constexpr const char* kColumnFamilies[] = {"default", "domains", "entries",
                                            "bodies",  "index",   "greylist"};
 constexpr size_t kBodiesCf = 3;
 constexpr uint32_t kDefaultPageSize = 100;
+// Members' addresses in the meta family: prefix, then the node id big-endian.
+constexpr std::string_view kMemberPrefix = "member/";
 // Expired greylist records removed per greylist check: bounded work per command that still
 // outpaces creation (at most one record per check).
 constexpr size_t kGreylistSweep = 8;
@@ -432,6 +436,13 @@ absl::StatusOr<CommandResult> QueueStateMachine::Txn::Run(const Command& command
     }
     case Command::kConnection: {
       ASSIGN_OR_RETURN(*result.mutable_connection(), CountConnections(command.connection()));
+      return result;
+    }
+    case Command::kMember: {
+      const std::string key =
+          std::string(kMemberPrefix) + keys::EncodeFixed64(command.member().id());
+      RETURN_IF_ERROR(command.member().removed() ? Delete(cf_.meta, key)
+                                                 : Put(cf_.meta, key, command.member().address()));
       return result;
     }
     case Command::COMMAND_NOT_SET:
@@ -926,37 +937,47 @@ absl::StatusOr<ConnectionCountResult> QueueStateMachine::Txn::CountConnections(
 // ---------------------------------------------------------------------------------------------
 // QueueStateMachine
 
-QueueStateMachine::QueueStateMachine(const StateMachineOptions& options,
-                                     std::unique_ptr<rocksdb::DB> db,
-                                     std::vector<rocksdb::ColumnFamilyHandle*> handles)
-    : options_(options), db_(std::move(db)), handles_(std::move(handles)) {
-  cf_ = {.meta = handles_[0],
-         .domains = handles_[1],
-         .entries = handles_[2],
-         .bodies = handles_[3],
-         .index = handles_[4],
-         .greylist = handles_[5]};
-}
+QueueStateMachine::QueueStateMachine(const StateMachineOptions& options, std::string dir)
+    : options_(options), dir_(std::move(dir)) {}
 
 QueueStateMachine::~QueueStateMachine() {
+  CloseDatabase();
+}
+
+void QueueStateMachine::CloseDatabase() {
   for (rocksdb::ColumnFamilyHandle* handle : handles_) {
     db_->DestroyColumnFamilyHandle(handle);
   }
+  handles_.clear();
+  cf_ = {};
+  if (db_ != nullptr) {
+    db_->Close().PermitUncheckedError();
+    db_.reset();
+  }
+}
+
+absl::Status QueueStateMachine::CheckOpen() const {
+  return db_ != nullptr ? absl::OkStatus()
+                        : absl::UnavailableError("queue state machine is closed after a failure");
 }
 
 absl::StatusOr<std::unique_ptr<QueueStateMachine>> QueueStateMachine::Open(
     const std::string& dir, const StateMachineOptions& options) {
+  // A snapshot install interrupted by a crash: back to the old database or on to the new one.
+  RETURN_IF_ERROR(RecoverDirectorySwap(dir));
   std::error_code error;
   std::filesystem::create_directories(dir, error);
   if (error) {
     return absl::InternalError("create " + dir + ": " + error.message());
   }
-  rocksdb::DBOptions db_options;
-  db_options.create_if_missing = true;
-  db_options.create_missing_column_families = true;
-  // After a crash the unsynced WAL tail may be torn: recover the longest consistent prefix of
-  // whole batches (the applied index says which), and let Raft replay the rest.
-  db_options.wal_recovery_mode = rocksdb::WALRecoveryMode::kPointInTimeRecovery;
+  std::unique_ptr<QueueStateMachine> machine(new QueueStateMachine(options, dir));
+  RETURN_IF_ERROR(machine->OpenDatabase());
+  return machine;
+}
+
+namespace {
+
+std::vector<rocksdb::ColumnFamilyDescriptor> FamilyDescriptors() {
   std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;
   for (size_t i = 0; i < std::size(kColumnFamilies); ++i) {
     rocksdb::ColumnFamilyOptions cf_options;
@@ -969,30 +990,80 @@ absl::StatusOr<std::unique_ptr<QueueStateMachine>> QueueStateMachine::Open(
     }
     descriptors.emplace_back(kColumnFamilies[i], cf_options);
   }
+  return descriptors;
+}
+
+}  // namespace
+
+absl::StatusOr<uint64_t> QueueStateMachine::AppliedIndexOf(const std::string& dir) {
   std::vector<rocksdb::ColumnFamilyHandle*> handles;
   rocksdb::DB* raw_db = nullptr;
-  RETURN_IF_ERROR(
-      FromRocks(rocksdb::DB::Open(db_options, dir, descriptors, &handles, &raw_db), "open " + dir));
-  std::unique_ptr<QueueStateMachine> machine(
-      new QueueStateMachine(options, std::unique_ptr<rocksdb::DB>(raw_db), std::move(handles)));
+  RETURN_IF_ERROR(FromRocks(rocksdb::DB::OpenForReadOnly(rocksdb::DBOptions(), dir,
+                                                         FamilyDescriptors(), &handles, &raw_db),
+                            "open " + dir + " read-only"));
+  std::unique_ptr<rocksdb::DB> db(raw_db);
+  std::string value;
+  const rocksdb::Status read =
+      db->Get(rocksdb::ReadOptions(), handles[0], std::string(keys::kAppliedIndex), &value);
+  for (rocksdb::ColumnFamilyHandle* handle : handles) {
+    db->DestroyColumnFamilyHandle(handle);
+  }
+  if (read.IsNotFound()) {
+    return 0;
+  }
+  RETURN_IF_ERROR(FromRocks(read, "read the applied index of " + dir));
+  const std::optional<uint64_t> index = keys::DecodeFixed64(value);
+  if (!index.has_value()) {
+    return absl::DataLossError("malformed applied index in " + dir);
+  }
+  return *index;
+}
 
+absl::Status QueueStateMachine::OpenDatabase() {
+  rocksdb::DBOptions db_options;
+  db_options.create_if_missing = true;
+  db_options.create_missing_column_families = true;
+  // After a crash the unsynced WAL tail may be torn: recover the longest consistent prefix of
+  // whole batches (the applied index says which), and let Raft replay the rest.
+  db_options.wal_recovery_mode = rocksdb::WALRecoveryMode::kPointInTimeRecovery;
+  rocksdb::DB* raw_db = nullptr;
+  RETURN_IF_ERROR(
+      FromRocks(rocksdb::DB::Open(db_options, dir_, FamilyDescriptors(), &handles_, &raw_db),
+                "open " + dir_));
+  db_.reset(raw_db);
+  cf_ = {.meta = handles_[0],
+         .domains = handles_[1],
+         .entries = handles_[2],
+         .bodies = handles_[3],
+         .index = handles_[4],
+         .greylist = handles_[5]};
+
+  applied_index_.store(0);
+  cluster_time_ms_ = 0;
   for (std::string_view key : {keys::kAppliedIndex, keys::kClusterTime}) {
-    absl::StatusOr<std::string> value = machine->ReadValue(machine->cf_.meta, key);
+    absl::StatusOr<std::string> value = ReadValue(cf_.meta, key);
     if (absl::IsNotFound(value.status())) {
       continue;
     }
     RETURN_IF_ERROR(value.status());
     const std::optional<uint64_t> number = keys::DecodeFixed64(*value);
     if (!number.has_value()) {
-      return absl::DataLossError("malformed " + std::string(key) + " in " + dir);
+      return absl::DataLossError("malformed " + std::string(key) + " in " + dir_);
     }
     if (key == keys::kAppliedIndex) {
-      machine->applied_index_.store(*number);
+      applied_index_.store(*number);
     } else {
-      machine->cluster_time_ms_ = static_cast<int64_t>(*number);
+      cluster_time_ms_ = static_cast<int64_t>(*number);
     }
   }
-  return machine;
+  return absl::OkStatus();
+}
+
+absl::Status QueueStateMachine::ReplaceWith(const std::string& checkpoint_dir) {
+  std::unique_lock lock(db_mutex_);
+  CloseDatabase();
+  RETURN_IF_ERROR(SwapInDirectory(checkpoint_dir, dir_));
+  return OpenDatabase();
 }
 
 absl::StatusOr<CommandResult> QueueStateMachine::Apply(uint64_t index, absl::Time cluster_time,
@@ -1035,6 +1106,8 @@ absl::StatusOr<std::string> QueueStateMachine::ReadValue(rocksdb::ColumnFamilyHa
 }
 
 absl::StatusOr<std::vector<DomainSummary>> QueueStateMachine::Summaries() const {
+  std::shared_lock lock(db_mutex_);
+  RETURN_IF_ERROR(CheckOpen());
   rocksdb::ReadOptions read_options;
   read_options.snapshot = db_->GetSnapshot();
   std::vector<DomainSummary> summaries;
@@ -1085,6 +1158,8 @@ absl::StatusOr<std::vector<DomainSummary>> QueueStateMachine::Summaries() const 
 
 absl::StatusOr<ListEntriesResponse> QueueStateMachine::ListEntries(
     const ListEntriesRequest& request) const {
+  std::shared_lock lock(db_mutex_);
+  RETURN_IF_ERROR(CheckOpen());
   if (!ValidDomainName(request.domain())) {
     return absl::InvalidArgumentError("list entries of which domain?");
   }
@@ -1123,6 +1198,8 @@ absl::StatusOr<ListEntriesResponse> QueueStateMachine::ListEntries(
 }
 
 absl::StatusOr<StoredEntry> QueueStateMachine::GetEntry(const MessageId& id) const {
+  std::shared_lock lock(db_mutex_);
+  RETURN_IF_ERROR(CheckOpen());
   ASSIGN_OR_RETURN(std::string value, ReadValue(cf_.entries, id.bytes()));
   StoredEntry entry;
   if (!entry.ParseFromString(value)) {
@@ -1132,10 +1209,14 @@ absl::StatusOr<StoredEntry> QueueStateMachine::GetEntry(const MessageId& id) con
 }
 
 absl::StatusOr<std::string> QueueStateMachine::ReadMessage(const MessageId& id) const {
+  std::shared_lock lock(db_mutex_);
+  RETURN_IF_ERROR(CheckOpen());
   return ReadValue(cf_.bodies, id.bytes());
 }
 
 absl::StatusOr<DomainRecord> QueueStateMachine::GetDomain(std::string_view name) const {
+  std::shared_lock lock(db_mutex_);
+  RETURN_IF_ERROR(CheckOpen());
   ASSIGN_OR_RETURN(std::string value, ReadValue(cf_.domains, name));
   DomainRecord record;
   if (!record.ParseFromString(value)) {
@@ -1147,6 +1228,8 @@ absl::StatusOr<DomainRecord> QueueStateMachine::GetDomain(std::string_view name)
 absl::StatusOr<GreylistRecord> QueueStateMachine::GetGreylist(std::string_view client_network,
                                                               std::string_view sender,
                                                               std::string_view recipient) const {
+  std::shared_lock lock(db_mutex_);
+  RETURN_IF_ERROR(CheckOpen());
   ASSIGN_OR_RETURN(std::string value,
                    ReadValue(cf_.greylist, keys::GreylistKey(client_network, sender, recipient)));
   GreylistRecord record;
@@ -1156,7 +1239,26 @@ absl::StatusOr<GreylistRecord> QueueStateMachine::GetGreylist(std::string_view c
   return record;
 }
 
+absl::StatusOr<std::map<uint64_t, std::string>> QueueStateMachine::Members() const {
+  std::shared_lock lock(db_mutex_);
+  RETURN_IF_ERROR(CheckOpen());
+  std::map<uint64_t, std::string> members;
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), cf_.meta));
+  for (it->Seek(kMemberPrefix); it->Valid() && it->key().starts_with(kMemberPrefix); it->Next()) {
+    const std::optional<uint64_t> id =
+        keys::DecodeFixed64(it->key().ToStringView().substr(kMemberPrefix.size()));
+    if (!id.has_value()) {
+      return absl::DataLossError("malformed member key");
+    }
+    members[*id] = it->value().ToString();
+  }
+  RETURN_IF_ERROR(FromRocks(it->status(), "member scan"));
+  return members;
+}
+
 absl::StatusOr<uint64_t> QueueStateMachine::ContentDigest() const {
+  std::shared_lock lock(db_mutex_);
+  RETURN_IF_ERROR(CheckOpen());
   constexpr uint64_t kFnvPrime = 0x100000001b3ULL;
   uint64_t digest = 0xcbf29ce484222325ULL;
   const auto mix = [&digest](std::string_view bytes) {
@@ -1185,6 +1287,8 @@ absl::StatusOr<uint64_t> QueueStateMachine::ContentDigest() const {
 }
 
 absl::Status QueueStateMachine::CheckInvariants() const {
+  std::shared_lock lock(db_mutex_);
+  RETURN_IF_ERROR(CheckOpen());
   rocksdb::ReadOptions read_options;
   read_options.snapshot = db_->GetSnapshot();
   const auto check = [&]() -> absl::Status {
@@ -1261,6 +1365,8 @@ absl::Status QueueStateMachine::CheckInvariants() const {
 }
 
 absl::Status QueueStateMachine::CreateCheckpoint(const std::string& dir) const {
+  std::shared_lock lock(db_mutex_);
+  RETURN_IF_ERROR(CheckOpen());
   rocksdb::Checkpoint* raw = nullptr;
   RETURN_IF_ERROR(FromRocks(rocksdb::Checkpoint::Create(db_.get(), &raw), "checkpoint"));
   std::unique_ptr<rocksdb::Checkpoint> checkpoint(raw);
@@ -1271,25 +1377,7 @@ absl::Status QueueStateMachine::CreateCheckpoint(const std::string& dir) const {
 
 absl::Status QueueStateMachine::InstallCheckpoint(const std::string& checkpoint_dir,
                                                   const std::string& db_dir) {
-  // Not crash-atomic yet: a crash between the renames leaves no database in db_dir, which then
-  // opens empty (applied index 0) and must be sent a snapshot again. Nothing acknowledged is
-  // lost by that, since the leader still has it.
-  const std::string replaced = db_dir + ".replaced";
-  std::error_code error;
-  std::filesystem::remove_all(replaced, error);
-  if (std::filesystem::exists(db_dir, error)) {
-    std::filesystem::rename(db_dir, replaced, error);
-    if (error) {
-      return absl::InternalError("move aside " + db_dir + ": " + error.message());
-    }
-  }
-  std::filesystem::rename(checkpoint_dir, db_dir, error);
-  if (error) {
-    return absl::InternalError("install " + checkpoint_dir + ": " + error.message());
-  }
-  std::filesystem::remove_all(replaced, error);
-  // TODO(snapshot streaming): fsync the parent directory so the rename itself is durable.
-  return absl::OkStatus();
+  return SwapInDirectory(checkpoint_dir, db_dir);
 }
 
 }  // namespace backstop::queue

@@ -32,13 +32,15 @@
 // nothing. The Raft log must therefore not be compacted past an index until the state covering
 // it is durable (SyncAppliedState, or a checkpoint).
 //
-// Threads: Apply, and the other mutators, from one thread at a time (the apply loop). The const
-// queries may run on any thread concurrently with Apply; each sees the state after some whole
-// command.
+// Threads: Apply, ReplaceWith and the other mutators, from one thread at a time (the apply
+// loop). The const queries may run on any thread concurrently with Apply; each sees the state
+// after some whole command.
 
 #include <atomic>
 #include <cstdint>
+#include <map>
 #include <memory>
+#include <shared_mutex>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -98,6 +100,8 @@ class QueueStateMachine {
   absl::StatusOr<StoredEntry> GetEntry(const MessageId& id) const;      // NotFound when absent
   absl::StatusOr<std::string> ReadMessage(const MessageId& id) const;   // NotFound when absent
   absl::StatusOr<DomainRecord> GetDomain(std::string_view name) const;  // NotFound when absent
+  // The members' addresses recorded by SetMember commands, by node id.
+  absl::StatusOr<std::map<uint64_t, std::string>> Members() const;
   absl::StatusOr<GreylistRecord> GetGreylist(std::string_view client_network,
                                              std::string_view sender,
                                              std::string_view recipient) const;
@@ -112,13 +116,21 @@ class QueueStateMachine {
   absl::StatusOr<uint64_t> ContentDigest() const;
 
   // Writes a consistent, openable copy of the database (hard links where possible) into `dir`,
-  // which must not exist. The copy includes the applied index it corresponds to.
+  // which must not exist. The copy includes the applied index it corresponds to. Flushing the
+  // memtables for it also makes everything applied so far durable in this database.
   absl::Status CreateCheckpoint(const std::string& dir) const;
 
   // Replaces the database directory `db_dir` (closed by the caller) with the checkpoint in
-  // `checkpoint_dir` by renames on the same filesystem; open the result with Open(db_dir).
+  // `checkpoint_dir` by renames on the same filesystem (SwapInDirectory: a crash leaves the
+  // old or the new database, never neither); open the result with Open(db_dir).
   static absl::Status InstallCheckpoint(const std::string& checkpoint_dir,
                                         const std::string& db_dir);
+  // The applied index of the checkpoint in `dir`, opened read-only (to vet a received one).
+  static absl::StatusOr<uint64_t> AppliedIndexOf(const std::string& dir);
+  // The same for this open machine: closes the database, swaps `checkpoint_dir` in and reopens
+  // it. Queries on other threads wait meanwhile. Call from the applying thread; an error leaves
+  // the machine closed (every query answers Unavailable) and the caller must fail-stop.
+  absl::Status ReplaceWith(const std::string& checkpoint_dir);
 
  private:
   class Txn;
@@ -131,12 +143,20 @@ class QueueStateMachine {
     rocksdb::ColumnFamilyHandle* greylist = nullptr;
   };
 
-  QueueStateMachine(const StateMachineOptions& options, std::unique_ptr<rocksdb::DB> db,
-                    std::vector<rocksdb::ColumnFamilyHandle*> handles);
+  QueueStateMachine(const StateMachineOptions& options, std::string dir);
+  // Opens the database in dir_ and loads the applied index and cluster time.
+  absl::Status OpenDatabase();
+  void CloseDatabase();
+  // Unavailable while the database is closed (a failed ReplaceWith).
+  absl::Status CheckOpen() const;
   absl::StatusOr<std::string> ReadValue(rocksdb::ColumnFamilyHandle* cf,
                                         std::string_view key) const;
 
   const StateMachineOptions options_;
+  const std::string dir_;
+  // Shared by the queries, exclusive while ReplaceWith swaps the database. The applying thread
+  // (the only one that replaces it) reads db_ without it.
+  mutable std::shared_mutex db_mutex_;
   std::unique_ptr<rocksdb::DB> db_;
   std::vector<rocksdb::ColumnFamilyHandle*> handles_;  // owned; destroyed before db_
   ColumnFamilies cf_;

@@ -175,6 +175,7 @@ std::string EncodeConfChange(const ConfChange& change) {
       break;
   }
   out.set_node_id(change.node.value());
+  out.set_context(change.context);
   return out.SerializeAsString();
 }
 
@@ -185,6 +186,7 @@ absl::StatusOr<ConfChange> DecodeConfChange(std::string_view data) {
   }
   ConfChange out;
   out.node = NodeId(in.node_id());
+  out.context = in.context();
   switch (in.type()) {
     case wire::CONF_CHANGE_ADD_LEARNER:
       out.type = ConfChangeType::kAddLearner;

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/time/time.h"
@@ -102,8 +103,15 @@ enum class ConfChangeType : uint8_t { kAddLearner, kPromoteVoter, kRemove };
 
 // One membership step. Changes are applied one at a time when their entry is applied.
 struct ConfChange {
+  ConfChange() = default;
+  ConfChange(ConfChangeType change_type, NodeId change_node, std::string change_context = {})
+      : type(change_type), node(change_node), context(std::move(change_context)) {}
+
   ConfChangeType type = ConfChangeType::kAddLearner;
   NodeId node;
+  // Opaque to Raft, applied with the change on every member (the queue puts the new member's
+  // gRPC address here, so that everyone learns where it is).
+  std::string context;
   bool operator==(const ConfChange&) const = default;
 };
 

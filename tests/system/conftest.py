@@ -18,9 +18,11 @@ import urllib.request
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-BACKSTOP_BIN = os.environ.get("BACKSTOP_BIN", str(REPO / "build/release/cmd/backstop/backstop"))
-LOADGEN_BIN = os.environ.get("BACKSTOP_LOADGEN",
-                             str(REPO / "build/release/bench/backstop-queue-loadgen"))
+# Absolute, since each process runs in its own working directory.
+BACKSTOP_BIN = os.path.abspath(
+    os.environ.get("BACKSTOP_BIN", str(REPO / "build/release/cmd/backstop/backstop")))
+LOADGEN_BIN = os.path.abspath(
+    os.environ.get("BACKSTOP_LOADGEN", str(REPO / "build/release/bench/backstop-queue-loadgen")))
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 15.0
 

@@ -9,8 +9,10 @@ import pytest
 from conftest import LOADGEN_BIN, reserve_port
 
 
-def queue_config(node_id, data_dir, ports):
+def queue_config(node_id, data_dir, ports, listen_port=None, queue_extra=""):
+    """ports: the voters' queue ports by id (peers); listen_port defaults to ports[node_id]."""
     peers = ", ".join(f'"{i}@127.0.0.1:{port}"' for i, port in ports.items())
+    listen_port = listen_port or ports[node_id]
     return f"""
 [node]
 id = {node_id}
@@ -19,8 +21,9 @@ data_dir = "{data_dir}"
 roles = ["queue"]
 
 [queue]
-listen = "127.0.0.1:{ports[node_id]}"
+listen = "127.0.0.1:{listen_port}"
 peers = [{peers}]
+{queue_extra}
 
 [http]
 listen = "127.0.0.1:0"
@@ -126,3 +129,62 @@ def test_configured_domains_are_seeded_once(backstop):
     again = backstop(restart_of=node)
     second = wait_until(lambda: seeding_lines(again)[1:], what="the restart's seeding")[0]
     assert (second["configured"], second["created"]) == (1, 0)
+
+
+def log_messages(node, msg):
+    return [e for e in node.logs() if e.get("msg") == msg]
+
+
+def test_joining_voter_catches_up_by_snapshot_then_a_founder_is_removed(backstop, tmp_path):
+    founders = {i: reserve_port() for i in (1, 2, 3)}
+    compact = "snapshot_entries = 300"
+    nodes = {i: backstop(config_text=queue_config(i, tmp_path / f"data{i}", founders,
+                                                  queue_extra=compact))
+             for i in founders}
+    leader = wait_until(lambda: leader_of(nodes), what="a leader")
+    endpoints = ",".join(f"127.0.0.1:{port}" for port in founders.values())
+    acked = tmp_path / "acked.txt"
+    result = run_loadgen("--endpoints", endpoints, "--messages", "3000", "--concurrency", "32",
+                         "--size", "1024", "--acked", str(acked))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert '"acked":3000' in result.stdout, result.stdout
+    # Every voter took snapshots and compacted its log past the entries a new node would need.
+    for node in nodes.values():
+        taken = wait_until(lambda n=node: log_messages(n, "queue snapshot taken"),
+                           what="a snapshot on every voter")
+        assert taken[-1]["log_first_index"] > 2
+
+    # A fourth node, started empty in join mode, is added through the admin API.
+    ports = {**founders, 4: reserve_port()}
+    joining = backstop(config_text=queue_config(4, tmp_path / "data4", founders,
+                                                listen_port=ports[4],
+                                                queue_extra=compact + "\njoin = true"))
+    assert log_messages(joining, "new queue node waiting to be added to the cluster")
+    added = run_loadgen("--endpoints", endpoints, "--add-voter", f"4@127.0.0.1:{ports[4]}")
+    assert added.returncode == 0, added.stderr[-2000:]
+    nodes[4] = joining
+
+    target = nodes[leader].status()["queue"]["commit_index"]
+    wait_until(lambda: joining.status()["queue"]["applied_index"] >= target, timeout=60,
+               what="the new voter caught up")
+    installed = log_messages(joining, "installed a snapshot from the leader")
+    assert installed and installed[0]["index"] > 2
+    verify = run_loadgen("--endpoints", f"127.0.0.1:{ports[4]}", "--verify", str(acked))
+    assert verify.returncode == 0, verify.stderr[-2000:]
+    assert '"present":3000,"missing":0' in verify.stdout
+
+    # Remove a founder that does not lead; the other three (the new one included) go on.
+    leader = wait_until(lambda: leader_of(nodes), what="a leader")
+    victim = next(i for i in founders if i != leader)
+    removed = run_loadgen("--endpoints", endpoints, "--remove-voter", str(victim))
+    assert removed.returncode == 0, removed.stderr[-2000:]
+    nodes[victim].stop()
+    del nodes[victim]
+    survivors = ",".join(f"127.0.0.1:{ports[i]}" for i in nodes)
+    more = run_loadgen("--endpoints", survivors, "--messages", "200", "--concurrency", "8",
+                       "--id-node", "998")
+    assert more.returncode == 0, more.stderr[-2000:]
+    assert '"acked":200' in more.stdout, more.stdout
+    target = nodes[leader].status()["queue"]["commit_index"]
+    wait_until(lambda: all(n.status()["queue"]["applied_index"] >= target
+                           for n in nodes.values()), timeout=30, what="survivors applied")

@@ -1,6 +1,8 @@
 #include "queue/queue_node.h"
 
 #include <chrono>
+#include <filesystem>
+#include <functional>
 #include <future>
 #include <memory>
 #include <string>
@@ -56,6 +58,65 @@ void AppendThroughLeader(Cluster& cluster, int first, int count) {
       }
     }
   }
+}
+
+// Proposes messages first..first+count-1 to the leader all at once (the Raft thread packs them
+// into few entries per fsync), then retries those that failed, like clients would.
+void AppendManyThroughLeader(Cluster& cluster, int first, int count) {
+  std::vector<int> todo;
+  for (int n = first; n < first + count; ++n) {
+    todo.push_back(n);
+  }
+  for (int attempt = 0; !todo.empty(); ++attempt) {
+    ASSERT_LT(attempt, 50) << todo.size() << " messages never committed";
+    Voter* leader = cluster.WaitForLeader();
+    ASSERT_NE(leader, nullptr);
+    std::vector<std::future<absl::StatusOr<CommandResult>>> results;
+    for (int n : todo) {
+      auto promise = std::make_shared<std::promise<absl::StatusOr<CommandResult>>>();
+      results.push_back(promise->get_future());
+      leader->node()->Propose(AppendOne(n), [promise](absl::StatusOr<CommandResult> result) {
+        promise->set_value(std::move(result));
+      });
+    }
+    std::vector<int> failed;
+    for (size_t i = 0; i < todo.size(); ++i) {
+      ASSERT_EQ(results[i].wait_for(std::chrono::seconds(30)), std::future_status::ready);
+      absl::StatusOr<CommandResult> result = results[i].get();
+      if (!result.ok()) {
+        failed.push_back(todo[i]);
+      } else {
+        ASSERT_EQ(result->code(), OK);
+      }
+    }
+    todo = failed;
+  }
+}
+
+uint64_t Digest(QueueNode* node) {
+  absl::StatusOr<uint64_t> digest = node->state_machine().ContentDigest();
+  EXPECT_TRUE(digest.ok()) << digest.status();
+  return digest.value_or(0);
+}
+
+Voter* AFollower(Cluster& cluster) {
+  Voter* leader = cluster.WaitForLeader();
+  for (auto& voter : cluster.voters()) {
+    if (voter.get() != leader) {
+      return voter.get();
+    }
+  }
+  return nullptr;
+}
+
+absl::Status WaitFor(std::function<void(QueueNode::StatusDone)> start) {
+  auto promise = std::make_shared<std::promise<absl::Status>>();
+  std::future<absl::Status> result = promise->get_future();
+  start([promise](absl::Status status) { promise->set_value(std::move(status)); });
+  if (result.wait_for(std::chrono::seconds(60)) != std::future_status::ready) {
+    return absl::DeadlineExceededError("no answer within 60 s");
+  }
+  return result.get();
 }
 
 void WaitUntilApplied(QueueNode* node, uint64_t index) {
@@ -114,6 +175,127 @@ TEST(QueueNodeTest, ThreeVotersKeepEveryAppendThroughALeaderCrashAndRestart) {
     ASSERT_EQ(summaries->size(), 1u);
     EXPECT_EQ((*summaries)[0].queued_messages(), 101u);
   }
+}
+
+// Every voter applied the leader's last index and holds the same state.
+void ExpectSameState(Cluster& cluster, std::vector<Voter*> extra = {}) {
+  Voter* leader = cluster.WaitForLeader();
+  ASSERT_NE(leader, nullptr);
+  const uint64_t target = leader->node()->state_machine().applied_index();
+  std::vector<Voter*> voters = std::move(extra);
+  for (auto& voter : cluster.voters()) {
+    if (voter->node() != nullptr) {
+      voters.push_back(voter.get());
+    }
+  }
+  for (Voter* voter : voters) {
+    WaitUntilApplied(voter->node(), target);
+  }
+  // Digests compare at one index: no appends are running, and everyone reached the target.
+  const uint64_t digest = Digest(leader->node());
+  for (Voter* voter : voters) {
+    EXPECT_EQ(voter->node()->state_machine().applied_index(), target);
+    EXPECT_EQ(Digest(voter->node()), digest) << "voter " << voter->node()->status().id.value();
+  }
+}
+
+TEST(QueueNodeTest, FollowerFarBehindACompactedLeaderCatchesUpBySnapshot) {
+  Cluster cluster(3, "snapcatch", /*snapshot_entries=*/200, /*snapshot_keep_entries=*/20);
+  AppendManyThroughLeader(cluster, 0, 10);
+  Voter* lagging = AFollower(cluster);
+  ASSERT_NE(lagging, nullptr);
+  lagging->Stop();
+  AppendManyThroughLeader(cluster, 10, 1000);
+  lagging->Start(cluster.peers());
+  AppendManyThroughLeader(cluster, 1010, 1);
+  ExpectSameState(cluster);
+  EXPECT_GE(lagging->transport().stats().snapshots_received, 1u);
+  absl::StatusOr<std::vector<DomainSummary>> summaries =
+      lagging->node()->state_machine().Summaries();
+  ASSERT_TRUE(summaries.ok()) << summaries.status();
+  ASSERT_EQ(summaries->size(), 1u);
+  EXPECT_EQ((*summaries)[0].queued_messages(), 1011u);
+  // It took the leader's checkpoint as its own snapshot, ready to send on.
+  EXPECT_TRUE(std::filesystem::exists(lagging->data_dir() + "/snapshots"));
+  EXPECT_FALSE(std::filesystem::exists(lagging->data_dir() + "/snapshots/incoming"));
+}
+
+TEST(QueueNodeTest, CrashAfterTheSnapshotSwapIsCompletedOnRestart) {
+  Cluster cluster(3, "snapcrash", /*snapshot_entries=*/100, /*snapshot_keep_entries=*/10);
+  AppendManyThroughLeader(cluster, 0, 5);
+  Voter* lagging = AFollower(cluster);
+  ASSERT_NE(lagging, nullptr);
+  lagging->Stop();
+  AppendManyThroughLeader(cluster, 5, 300);
+  lagging->options().test_crash = TestCrash::kAfterSnapshotSwap;
+  lagging->Start(cluster.peers());
+  for (int i = 0; i < 2000 && !lagging->crashed(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_TRUE(lagging->crashed());
+  lagging->Stop();
+  lagging->options().test_crash = TestCrash::kNone;
+  lagging->Start(cluster.peers());
+  AppendManyThroughLeader(cluster, 305, 1);
+  ExpectSameState(cluster);
+}
+
+TEST(QueueNodeTest, JoiningVoterIsCaughtUpBySnapshotAndEveryMemberLearnsItsAddress) {
+  Cluster cluster(3, "snapjoin", /*snapshot_entries=*/100, /*snapshot_keep_entries=*/10);
+  AppendManyThroughLeader(cluster, 0, 300);
+  Voter joining(4, testing::FreshTempDir("snapjoin4"));
+  joining.options().snapshot_entries = 100;
+  joining.options().snapshot_keep_entries = 10;
+  joining.Start(cluster.peers(), StartMode::kJoinExisting);
+  Voter* leader = cluster.WaitForLeader();
+  ASSERT_NE(leader, nullptr);
+  ASSERT_TRUE(
+      WaitFor([&](QueueNode::StatusDone done) {
+        leader->node()->AddVoter(VoterAddress{raft::NodeId(4), joining.address()}, std::move(done));
+      }).ok());
+  AppendManyThroughLeader(cluster, 300, 1);
+  ExpectSameState(cluster, {&joining});
+  EXPECT_GE(joining.transport().stats().snapshots_received, 1u);
+  for (auto& voter : cluster.voters()) {
+    EXPECT_EQ(voter->node()->PeerAddress(raft::NodeId(4)), joining.address());
+    const raft::ConfState members = voter->node()->status().members;
+    EXPECT_EQ(members.voters.size(), 4u);
+  }
+  // The address is part of the replicated state: a founder restarted with only the founding
+  // list still knows it.
+  Voter* restarted = AFollower(cluster);
+  ASSERT_NE(restarted, nullptr);
+  restarted->Stop();
+  restarted->Start(cluster.peers());
+  EXPECT_EQ(restarted->node()->PeerAddress(raft::NodeId(4)), joining.address());
+
+  // Removing an original voter: the rest (the new one included) keep committing.
+  Voter* removed = AFollower(cluster);
+  ASSERT_NE(removed, nullptr);
+  raft::NodeId removed_id;
+  for (size_t i = 0; i < cluster.voters().size(); ++i) {
+    if (cluster.voters()[i].get() == removed) {
+      removed_id = cluster.peers()[i].id;
+    }
+  }
+  // Retried like an operator would while a leader change (after the restart) settles.
+  absl::Status removal = absl::UnavailableError("not tried");
+  for (int attempt = 0; attempt < 50 && !removal.ok(); ++attempt) {
+    if (attempt > 0) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    leader = cluster.WaitForLeader();
+    ASSERT_NE(leader, nullptr);
+    removal = WaitFor([&](QueueNode::StatusDone done) {
+      leader->node()->ProposeConfChange(raft::ConfChange(raft::ConfChangeType::kRemove, removed_id),
+                                        "", std::move(done));
+    });
+  }
+  ASSERT_TRUE(removal.ok()) << removal;
+  removed->Stop();
+  AppendManyThroughLeader(cluster, 301, 50);
+  ExpectSameState(cluster, {&joining});
+  EXPECT_EQ(joining.node()->PeerAddress(removed_id), "");
 }
 
 }  // namespace

@@ -2,12 +2,19 @@
 
 #include <chrono>
 #include <condition_variable>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
 
 #include <gtest/gtest.h>
+
+#include "queue/raft/codec.h"
+#include "tests/unit/queue/test_cluster.h"
 
 namespace backstop::queue {
 namespace {
@@ -225,6 +232,192 @@ TEST(RaftTransportTest, DestructionDoesNotHangOnAPeerThatNeverAnswers) {
   a.reset();
   // A sender parked in its 30 s back-off must be woken, not waited out.
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(10));
+}
+
+// Stages incoming snapshots in its own store and records what InstallSnapshot was handed; can
+// hold installs back to keep a transfer running.
+class FakeReceiver final : public SnapshotReceiver {
+ public:
+  explicit FakeReceiver(const std::string& data_dir) : store_(*SnapshotStore::Open(data_dir)) {}
+
+  absl::StatusOr<std::unique_ptr<SnapshotStaging>> BeginSnapshot(
+      const Message& message, const std::vector<SnapshotFile>& files) override {
+    return store_->BeginStaging(message.snapshot->meta, files);
+  }
+
+  absl::Status InstallSnapshot(Message message, std::unique_ptr<SnapshotStaging> staged) override {
+    std::unique_lock lock(mutex_);
+    std::map<std::string, std::string> files;
+    for (const auto& entry : std::filesystem::directory_iterator(staged->dir())) {
+      std::ifstream in(entry.path(), std::ios::binary);
+      files[entry.path().filename().string()] =
+          std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    }
+    installed_.push_back({std::move(message), std::move(files)});
+    changed_.notify_all();
+    changed_.wait_for(lock, std::chrono::seconds(20), [this] { return !hold_; });
+    return absl::OkStatus();
+  }
+
+  void Hold(bool hold) {
+    std::lock_guard lock(mutex_);
+    hold_ = hold;
+    changed_.notify_all();
+  }
+
+  // Waits until `count` snapshots were handed over; returns the files of each.
+  std::vector<std::pair<Message, std::map<std::string, std::string>>> WaitFor(size_t count) {
+    std::unique_lock lock(mutex_);
+    changed_.wait_for(lock, std::chrono::seconds(20), [&] { return installed_.size() >= count; });
+    return installed_;
+  }
+
+ private:
+  std::shared_ptr<SnapshotStore> store_;
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  bool hold_ = false;
+  std::vector<std::pair<Message, std::map<std::string, std::string>>> installed_;
+};
+
+Message SnapshotMessage(uint64_t index) {
+  Message message;
+  message.type = MessageType::kSnapshot;
+  message.from = NodeId(1);
+  message.to = NodeId(2);
+  message.term = Term(4);
+  message.snapshot = raft::Snapshot{};
+  message.snapshot->meta.index = LogIndex(index);
+  message.snapshot->meta.term = Term(3);
+  message.snapshot->meta.conf_state.voters = {NodeId(1), NodeId(2)};
+  return message;
+}
+
+// A published checkpoint at `index` in its own store, as the sending node holds it.
+std::shared_ptr<SnapshotStore> SourceStore(const std::string& name, uint64_t index,
+                                           const std::map<std::string, std::string>& files) {
+  std::shared_ptr<SnapshotStore> store = *SnapshotStore::Open(testing::FreshTempDir(name));
+  const std::string dir = *store->PrepareDir(LogIndex(index));
+  std::filesystem::create_directories(dir);
+  for (const auto& [file, content] : files) {
+    std::ofstream(dir + "/" + file, std::ios::binary) << content;
+  }
+  EXPECT_TRUE(store->Publish(LogIndex(index)).ok());
+  return store;
+}
+
+template <typename Predicate>
+bool Eventually(Predicate predicate) {
+  for (int i = 0; i < 4000 && !predicate(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return predicate();
+}
+
+TEST(RaftTransportTest, StreamsASnapshotsFilesInChunksAndHandsThemOver) {
+  RaftTransportOptions options;
+  options.snapshot_chunk_bytes = 4096;
+  Node a(1, 0, options);
+  Node b(2, 0);
+  FakeReceiver receiver(testing::FreshTempDir("transport_rx"));
+  b.transport().SetSnapshotReceiver(&receiver);
+  std::string big;
+  for (int i = 0; big.size() < 100'000; ++i) {
+    big += std::to_string(i * 7919) + ",";
+  }
+  const std::map<std::string, std::string> files = {
+      {"000012.sst", big}, {"CURRENT", "MANIFEST-000005\n"}, {"LOCK", ""}};
+  std::shared_ptr<SnapshotStore> source = SourceStore("transport_tx", 42, files);
+  a.transport().SetPeer(NodeId(2), b.address());
+  a.transport().SendSnapshot(SnapshotMessage(42),
+                             [source] { return source->OpenForSending(LogIndex(42)); });
+
+  const auto installed = receiver.WaitFor(1);
+  ASSERT_EQ(installed.size(), 1u);
+  EXPECT_EQ(installed[0].first, SnapshotMessage(42));
+  std::map<std::string, std::string> expected = files;
+  expected[kSnapshotMetaFile] = installed[0].second.at(kSnapshotMetaFile);
+  EXPECT_EQ(installed[0].second, expected);
+  EXPECT_TRUE(Eventually([&] { return a.transport().stats().snapshots_sent == 1; }));
+  EXPECT_EQ(b.transport().stats().snapshots_received, 1u);
+  b.transport().SetSnapshotReceiver(nullptr);
+}
+
+TEST(RaftTransportTest, RunsOneSnapshotTransferPerPeerAtATime) {
+  Node a(1, 0);
+  Node b(2, 0);
+  FakeReceiver receiver(testing::FreshTempDir("transport_busy_rx"));
+  receiver.Hold(true);
+  b.transport().SetSnapshotReceiver(&receiver);
+  std::shared_ptr<SnapshotStore> source = SourceStore("transport_busy_tx", 9, {{"f", "data"}});
+  a.transport().SetPeer(NodeId(2), b.address());
+  const SnapshotOpener open = [source] { return source->OpenForSending(LogIndex(9)); };
+  a.transport().SendSnapshot(SnapshotMessage(9), open);
+  ASSERT_EQ(receiver.WaitFor(1).size(), 1u);  // the first transfer is running
+  a.transport().SendSnapshot(SnapshotMessage(9), open);
+  EXPECT_EQ(a.transport().stats().snapshots_dropped_busy, 1u);
+  receiver.Hold(false);
+  EXPECT_TRUE(Eventually([&] { return a.transport().stats().snapshots_sent == 1; }));
+  // Once it finished, the next one runs.
+  a.transport().SendSnapshot(SnapshotMessage(9), open);
+  EXPECT_EQ(receiver.WaitFor(2).size(), 2u);
+  EXPECT_TRUE(Eventually([&] { return a.transport().stats().snapshots_sent == 2; }));
+  b.transport().SetSnapshotReceiver(nullptr);
+}
+
+TEST(RaftTransportTest, RefusesACorruptedOrTruncatedSnapshotStream) {
+  Node b(2, 0);
+  const std::string rx_dir = testing::FreshTempDir("transport_bad_rx");
+  FakeReceiver receiver(rx_dir);
+  b.transport().SetSnapshotReceiver(&receiver);
+  auto stub = raft::wire::RaftPeer::NewStub(
+      grpc::CreateChannel(b.address(), grpc::InsecureChannelCredentials()));
+  // Streams a header announcing one 8-byte file, then `chunks`.
+  auto stream = [&](const std::vector<raft::wire::SnapshotChunk>& chunks) {
+    grpc::ClientContext context;
+    raft::wire::InstallSnapshotResponse response;
+    auto writer = stub->InstallSnapshot(&context, &response);
+    raft::wire::SnapshotChunk header;
+    *header.mutable_message() = raft::ToWire(SnapshotMessage(5));
+    raft::wire::SnapshotFile* file = header.add_files();
+    file->set_name("000007.sst");
+    file->set_size(8);
+    writer->Write(header);
+    for (const raft::wire::SnapshotChunk& chunk : chunks) {
+      writer->Write(chunk);
+    }
+    writer->WritesDone();
+    return writer->Finish().error_code();
+  };
+  auto data = [](uint64_t offset, std::string bytes) {
+    raft::wire::SnapshotChunk chunk;
+    chunk.set_offset(offset);
+    chunk.set_data(std::move(bytes));
+    return chunk;
+  };
+  auto last = [](std::string_view sent) {
+    StreamDigest digest;
+    digest.Add(sent);
+    raft::wire::SnapshotChunk chunk;
+    chunk.set_last(true);
+    chunk.set_digest(digest.value());
+    return chunk;
+  };
+  raft::wire::SnapshotChunk corrupted = last("abcdefgh");
+  corrupted.set_digest(corrupted.digest() ^ 1);
+
+  EXPECT_EQ(stream({data(0, "abcd"), data(4, "efgh"), corrupted}), grpc::StatusCode::DATA_LOSS);
+  EXPECT_EQ(stream({data(0, "abcd")}), grpc::StatusCode::DATA_LOSS);                // ends early
+  EXPECT_EQ(stream({data(0, "abcd"), last("abcd")}), grpc::StatusCode::DATA_LOSS);  // short
+  EXPECT_EQ(stream({data(0, "abcd"), data(2, "cdefgh"), last("abcdcdefgh")}),
+            grpc::StatusCode::DATA_LOSS);  // overlapping chunk
+  EXPECT_EQ(receiver.WaitFor(0).size(), 0u);
+  EXPECT_EQ(b.transport().stats().snapshots_refused, 4u);
+  EXPECT_FALSE(std::filesystem::exists(rx_dir + "/snapshots/incoming"));
+  // A whole stream still goes through afterwards.
+  EXPECT_EQ(stream({data(0, "abcd"), data(4, "efgh"), last("abcdefgh")}), grpc::StatusCode::OK);
+  EXPECT_EQ(receiver.WaitFor(1).at(0).second.at("000007.sst"), "abcdefgh");
+  b.transport().SetSnapshotReceiver(nullptr);
 }
 
 }  // namespace

@@ -1168,5 +1168,48 @@ TEST_F(StateMachineTest, InstallCheckpointReplacesTheDatabase) {
   EXPECT_FALSE(std::filesystem::exists(Dir("checkpoint")));
 }
 
+TEST_F(StateMachineTest, ReplaceWithSwapsTheOpenDatabaseForACheckpoint) {
+  AppendAll({Entry(1)});
+  ASSERT_TRUE(machine_->CreateCheckpoint(Dir("checkpoint")).ok());
+  const uint64_t applied = machine_->applied_index();
+  const uint64_t digest = Digest(*machine_);
+  absl::StatusOr<uint64_t> checkpoint_index = QueueStateMachine::AppliedIndexOf(Dir("checkpoint"));
+  ASSERT_TRUE(checkpoint_index.ok()) << checkpoint_index.status();
+  EXPECT_EQ(*checkpoint_index, applied);
+  AppendAll({Entry(2)});
+  ASSERT_NE(Digest(*machine_), digest);
+
+  ASSERT_TRUE(machine_->ReplaceWith(Dir("checkpoint")).ok());
+  EXPECT_EQ(machine_->applied_index(), applied);
+  EXPECT_EQ(Digest(*machine_), digest);
+  EXPECT_TRUE(absl::IsNotFound(machine_->GetEntry(ToId(Id(2))).status()));
+  // The replaced machine keeps applying, and what it holds survives a reopen.
+  AppendAll({Entry(3)});
+  const uint64_t after = Digest(*machine_);
+  machine_.reset();
+  machine_ = OpenAt(Dir());
+  ASSERT_NE(machine_, nullptr);
+  EXPECT_EQ(Digest(*machine_), after);
+}
+
+TEST_F(StateMachineTest, SetMemberRecordsAndForgetsAddressesThatSurviveAReopen) {
+  auto set_member = [](uint64_t id, const std::string& address, bool removed) {
+    Command command;
+    command.mutable_member()->set_id(id);
+    command.mutable_member()->set_address(address);
+    command.mutable_member()->set_removed(removed);
+    return command;
+  };
+  EXPECT_EQ(Apply(set_member(4, "10.0.0.4:7025", false)).code(), OK);
+  EXPECT_EQ(Apply(set_member(5, "10.0.0.5:7025", false)).code(), OK);
+  EXPECT_EQ(Apply(set_member(4, "", true)).code(), OK);
+  machine_.reset();
+  machine_ = OpenAt(Dir());
+  ASSERT_NE(machine_, nullptr);
+  absl::StatusOr<std::map<uint64_t, std::string>> members = machine_->Members();
+  ASSERT_TRUE(members.ok()) << members.status();
+  EXPECT_EQ(*members, (std::map<uint64_t, std::string>{{5, "10.0.0.5:7025"}}));
+}
+
 }  // namespace
 }  // namespace backstop::queue

@@ -7,6 +7,7 @@
 
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <memory>
@@ -61,14 +62,18 @@ class Voter {
   // `voters`: the founding configuration, or for kJoinExisting the members it must answer.
   void Start(const std::vector<VoterAddress>& voters,
              StartMode start_mode = StartMode::kFoundingMember) {
-    QueueNodeOptions options;
+    QueueNodeOptions options = options_;
     options.id = raft::NodeId(id_);
     options.voters = voters;
     options.start_mode = start_mode;
     options.data_dir = data_dir_;
     options.tick_interval = absl::Milliseconds(20);
-    options.on_fatal_error = [](const absl::Status& status) {
-      ADD_FAILURE() << "fatal queue error: " << status;
+    options.on_fatal_error = [this, expected = options_.test_crash !=
+                                               TestCrash::kNone](const absl::Status& status) {
+      if (!expected) {
+        ADD_FAILURE() << "fatal queue error: " << status;
+      }
+      crashed_ = true;
     };
     absl::StatusOr<std::unique_ptr<QueueNode>> node = QueueNode::Start(options, transport_.get());
     ASSERT_TRUE(node.ok()) << node.status();
@@ -109,8 +114,17 @@ class Voter {
     return node_.get();
   }
 
+  // Options for the next Start() (id, voters, directory and tick are set by Start itself).
+  QueueNodeOptions& options() { return options_; }
+  RaftTransport& transport() { return *transport_; }
+  const std::string& data_dir() const { return data_dir_; }
+  // The node stopped serving after a fatal error (or a TestCrash).
+  bool crashed() const { return crashed_; }
+
  private:
   uint64_t id_;
+  QueueNodeOptions options_;
+  std::atomic<bool> crashed_ = false;
   std::string data_dir_;
   std::unique_ptr<RaftTransport> transport_;
   int port_ = 0;
@@ -124,9 +138,13 @@ class Voter {
 // A cluster of `size` voters with ids 1..size, all started.
 class Cluster {
  public:
-  Cluster(int size, const std::string& name) {
+  // `snapshot_entries` and `snapshot_keep_entries` as in QueueNodeOptions.
+  Cluster(int size, const std::string& name, uint64_t snapshot_entries = 10'000,
+          uint64_t snapshot_keep_entries = 1'000) {
     for (int i = 1; i <= size; ++i) {
       voters_.push_back(std::make_unique<Voter>(i, FreshTempDir(name + std::to_string(i))));
+      voters_.back()->options().snapshot_entries = snapshot_entries;
+      voters_.back()->options().snapshot_keep_entries = snapshot_keep_entries;
       peers_.push_back(VoterAddress{raft::NodeId(i), voters_.back()->address()});
     }
     for (auto& voter : voters_) {
