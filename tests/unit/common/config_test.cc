@@ -470,6 +470,27 @@ TEST(ConfigTest, RejectsDuplicatePeerIdsAndAddresses) {
             "t.toml:2:31: queue.peers[1]: duplicate voter address a.internal:7025");
 }
 
+TEST(ConfigTest, JoiningNodeNeedNotBeAmongThePeers) {
+  const Config c = Parse(
+      "[node]\nid = 4\n[queue]\njoin = true\nsnapshot_entries = 300\n"
+      "peers = [\"1@a.internal:7025\", \"2@b.internal:7025\", \"3@c.internal:7025\", "
+      "\"5@e.internal:7025\"]\n");
+  EXPECT_TRUE(c.queue.join);
+  EXPECT_EQ(c.queue.snapshot_entries, 300u);
+  // Four listed voters: the count is not the joiner's, so no "use an odd number" warning.
+  for (const std::string& warning : c.warnings) {
+    EXPECT_EQ(warning.find("queue.peers"), std::string::npos) << warning;
+  }
+}
+
+TEST(ConfigTest, QueueDefaultsFoundAClusterWithSnapshotsEvery10000Entries) {
+  const Config c = Parse("");
+  EXPECT_FALSE(c.queue.join);
+  EXPECT_EQ(c.queue.snapshot_entries, 10000u);
+  EXPECT_EQ(Errors("[queue]\nsnapshot_entries = 0\n"),
+            "t.toml:2:20: queue.snapshot_entries: must be at least 1, got 0");
+}
+
 TEST(ConfigTest, RejectsPeersWithoutThisQueueNode) {
   EXPECT_EQ(Errors("[node]\nid = 4\n[queue]\npeers = [\"1@a.internal:7025\"]\n"),
             "t.toml:4:9: queue.peers: does not contain this node's id 4 (node.id), but this node "
