@@ -506,3 +506,33 @@ def test_sigterm_drains_sessions_with_421(backstop):
     assert client.reply().startswith("421 4.3.2")
     assert client.closed()
     assert node.wait_exit() == 0
+
+
+def test_sighup_reloads_the_tls_certificate(backstop, tmp_path):
+    ca, cert, config = tls_config(tmp_path)
+    node = backstop(config)
+    host, port = smtp_address(node)
+
+    def served_subject():
+        result = subprocess.run(
+            ["openssl", "s_client", "-starttls", "smtp", "-connect", f"{host}:{port}",
+             "-servername", "mx2.test"], input=b"QUIT\r\n", capture_output=True, timeout=60)
+        match = re.search(rb"subject=.*CN ?= ?([\w.-]+)", result.stdout)
+        assert match, result.stdout.decode(errors="replace")
+        return match.group(1).decode()
+
+    assert served_subject() == "mx2.test"
+    # Renew: a new key and certificate with another name, written over the same files.
+    key = tmp_path / "mx.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                    str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=renewed.mx2.test"],
+                   check=True, capture_output=True, timeout=60)
+    node.signal(signal.SIGHUP)
+    node.wait_for_log(lambda e: e.get("msg") == "configuration reloaded", what="the reload")
+    assert served_subject() == "renewed.mx2.test"
+    # A broken file on the next reload keeps the renewed certificate in service.
+    cert.write_text("not a certificate\n")
+    node.signal(signal.SIGHUP)
+    node.wait_for_log(lambda e: e.get("msg", "").startswith("TLS certificate reload failed"),
+                      what="the failed reload")
+    assert served_subject() == "renewed.mx2.test"
