@@ -59,6 +59,18 @@ endef
 
 deps:
 	$(call apt_install,$(APT_PACKAGES))
+	@$(MAKE) --no-print-directory build/tools/promtool
+
+# promtool (metrics checks in the system tests) from Debian's prometheus package, unpacked
+# without installing the Prometheus service.
+build/tools/promtool:
+	@mkdir -p build/tools/prometheus-deb
+	cd build/tools/prometheus-deb && rm -f prometheus_*.deb \
+	  && { apt-get download prometheus >/dev/null 2>&1 \
+	       || { $(SUDO) apt-get update -qq && apt-get download prometheus >/dev/null 2>&1; } \
+	       || { echo "cannot download Debian's prometheus package (for promtool)"; exit 1; }; } \
+	  && dpkg -x prometheus_*.deb root
+	ln -sf prometheus-deb/root/usr/bin/promtool build/tools/promtool
 
 deps-lint:
 	$(call apt_install,$(LINT_PACKAGES))
@@ -80,6 +92,7 @@ test: build
 	ctest --test-dir $(BUILD_DIR) -j$(JOBS) --output-on-failure
 	BACKSTOP_BIN=$(abspath $(BACKSTOP)) BACKSTOPCTL_BIN=$(abspath $(BACKSTOPCTL)) \
 	  BACKSTOP_LOADGEN=$(abspath $(BUILD_DIR)/bench/backstop-queue-loadgen) \
+	  PROMTOOL=$(abspath build/tools/promtool) \
 	  $(PYTHON) -m pytest tests/system -n $(JOBS) -p no:cacheprovider
 
 bench: build

@@ -41,6 +41,8 @@ class IngestRole : public SessionHandler {
 
   const std::vector<std::string>& listen_addresses() const { return server_->listen_addresses(); }
   uint64_t active_connections() const { return server_->active_connections(); }
+  uint64_t accepted_connections() const { return server_->accepted_connections(); }
+  uint64_t refused_connections() const { return server_->refused_connections(); }
   const QueueHandoff& handoff() const { return *handoff_; }
 
   void Decide(const ConnectionInfo& connection, const SmtpSession& session,
