@@ -5,7 +5,6 @@
 #include <mutex>
 
 #include <fmt/format.h>
-
 #include <gtest/gtest.h>
 
 namespace backstop::ingest {
@@ -63,6 +62,50 @@ absl::Time Later() {
   return absl::Now() + absl::Minutes(1);
 }
 
+// An Append whose first call blocks until Release(): what is submitted meanwhile waits behind
+// an RPC in flight. Answers every entry with `code` or its per-id override; records batch sizes.
+class GatedAppend {
+ public:
+  explicit GatedAppend(std::map<std::string, queue::Code> overrides = {})
+      : overrides_(std::move(overrides)), released_(release_.get_future().share()) {}
+
+  AppendFunction Function() {
+    return [this](const queue::AppendMessages& request) {
+      bool first;
+      {
+        std::lock_guard lock(mutex_);
+        first = sizes_.empty();
+        sizes_.push_back(request.entries_size());
+      }
+      if (first) {
+        started_.set_value();
+        released_.wait();
+      }
+      return absl::StatusOr<queue::AppendResult>(Answer(request, queue::OK, overrides_));
+    };
+  }
+  void WaitFirstCall() { started_.get_future().wait(); }
+  void Release() { release_.set_value(); }
+  std::vector<size_t> sizes() {
+    std::lock_guard lock(mutex_);
+    return sizes_;
+  }
+
+ private:
+  const std::map<std::string, queue::Code> overrides_;
+  std::promise<void> started_;
+  std::promise<void> release_;
+  std::shared_future<void> released_;
+  std::mutex mutex_;
+  std::vector<size_t> sizes_;
+};
+
+QueueHandoffOptions OneSender() {
+  QueueHandoffOptions options;
+  options.senders = 1;
+  return options;
+}
+
 TEST(QueueHandoffTest, CommitsATransactionOfSeveralEntries) {
   std::vector<size_t> sizes;
   std::mutex mutex;
@@ -79,72 +122,36 @@ TEST(QueueHandoffTest, CommitsATransactionOfSeveralEntries) {
 }
 
 TEST(QueueHandoffTest, CoalescesTransactionsWaitingBehindAnRpc) {
-  std::promise<void> first_call_started;
-  std::promise<void> release_first_call;
-  std::shared_future<void> released = release_first_call.get_future().share();
-  std::mutex mutex;
-  std::vector<size_t> sizes;
-  QueueHandoffOptions options;
-  options.senders = 1;
-  QueueHandoff handoff(
-      [&](const queue::AppendMessages& request) {
-        bool first;
-        {
-          std::lock_guard lock(mutex);
-          first = sizes.empty();
-          sizes.push_back(request.entries_size());
-        }
-        if (first) {
-          first_call_started.set_value();
-          released.wait();
-        }
-        return absl::StatusOr<queue::AppendResult>(Answer(request, queue::OK));
-      },
-      options);
+  GatedAppend append;
+  QueueHandoff handoff(append.Function(), OneSender());
   Outcomes outcomes;
   handoff.Submit({Entry("t0")}, Later(), outcomes.For("t0"));
-  first_call_started.get_future().wait();
+  append.WaitFirstCall();
   for (int i = 1; i <= 5; ++i) {
-    handoff.Submit({Entry(fmt::format("t{}", i))}, Later(),
-                   outcomes.For(fmt::format("t{}", i)));
+    handoff.Submit({Entry(fmt::format("t{}", i))}, Later(), outcomes.For(fmt::format("t{}", i)));
   }
-  release_first_call.set_value();
+  append.Release();
   for (int i = 0; i <= 5; ++i) {
     EXPECT_EQ(outcomes.Wait(fmt::format("t{}", i)).kind, Kind::kCommitted);
   }
-  std::lock_guard lock(mutex);
-  EXPECT_EQ(sizes, (std::vector<size_t>{1, 5}));
+  EXPECT_EQ(append.sizes(), (std::vector<size_t>{1, 5}));
   EXPECT_EQ(handoff.rpcs(), 2u);
   EXPECT_EQ(handoff.entries_sent(), 6u);
 }
 
 TEST(QueueHandoffTest, JudgesEachTransactionOfABatchByItsOwnEntries) {
-  std::promise<void> first_call_started;
-  std::promise<void> release_first_call;
-  std::shared_future<void> released = release_first_call.get_future().share();
-  std::atomic<int> calls{0};
-  QueueHandoffOptions options;
-  options.senders = 1;
-  QueueHandoff handoff(
-      [&](const queue::AppendMessages& request) {
-        if (calls.fetch_add(1) == 0) {
-          first_call_started.set_value();
-          released.wait();
-        }
-        return absl::StatusOr<queue::AppendResult>(Answer(request, queue::OK,
-                                                          {{"over", queue::OVER_LIMIT},
-                                                           {"dup", queue::ALREADY_EXISTS},
-                                                           {"bad", queue::INVALID_ARGUMENT}}));
-      },
-      options);
+  GatedAppend append({{"over", queue::OVER_LIMIT},
+                      {"dup", queue::ALREADY_EXISTS},
+                      {"bad", queue::INVALID_ARGUMENT}});
+  QueueHandoff handoff(append.Function(), OneSender());
   Outcomes outcomes;
   handoff.Submit({Entry("first")}, Later(), outcomes.For("first"));
-  first_call_started.get_future().wait();
+  append.WaitFirstCall();
   handoff.Submit({Entry("ok1"), Entry("over", "full.example")}, Later(), outcomes.For("mixed"));
   handoff.Submit({Entry("dup")}, Later(), outcomes.For("dup"));
   handoff.Submit({Entry("bad")}, Later(), outcomes.For("bad"));
   handoff.Submit({Entry("ok2")}, Later(), outcomes.For("ok"));
-  release_first_call.set_value();
+  append.Release();
   const HandoffOutcome mixed = outcomes.Wait("mixed");
   EXPECT_EQ(mixed.kind, Kind::kOverLimit);
   EXPECT_NE(mixed.detail.find("full.example"), std::string::npos);
@@ -152,7 +159,7 @@ TEST(QueueHandoffTest, JudgesEachTransactionOfABatchByItsOwnEntries) {
   EXPECT_EQ(outcomes.Wait("dup").kind, Kind::kCommitted);
   EXPECT_EQ(outcomes.Wait("bad").kind, Kind::kRejected);
   EXPECT_EQ(outcomes.Wait("ok").kind, Kind::kCommitted);
-  EXPECT_EQ(calls.load(), 2);
+  EXPECT_EQ(append.sizes().size(), 2u);
 }
 
 TEST(QueueHandoffTest, RpcFailureIsATemporaryFailure) {
@@ -188,65 +195,32 @@ TEST(QueueHandoffTest, DoesNotSendATransactionPastItsDeadline) {
 }
 
 TEST(QueueHandoffTest, SplitsBatchesAtTheEntryLimit) {
-  std::promise<void> first_call_started;
-  std::promise<void> release_first_call;
-  std::shared_future<void> released = release_first_call.get_future().share();
-  std::mutex mutex;
-  std::vector<size_t> sizes;
-  QueueHandoffOptions options;
-  options.senders = 1;
+  GatedAppend append;
+  QueueHandoffOptions options = OneSender();
   options.max_batch_entries = 3;
-  QueueHandoff handoff(
-      [&](const queue::AppendMessages& request) {
-        bool first;
-        {
-          std::lock_guard lock(mutex);
-          first = sizes.empty();
-          sizes.push_back(request.entries_size());
-        }
-        if (first) {
-          first_call_started.set_value();
-          released.wait();
-        }
-        return absl::StatusOr<queue::AppendResult>(Answer(request, queue::OK));
-      },
-      options);
+  QueueHandoff handoff(append.Function(), options);
   Outcomes outcomes;
   handoff.Submit({Entry("x")}, Later(), outcomes.For("x"));
-  first_call_started.get_future().wait();
+  append.WaitFirstCall();
   handoff.Submit({Entry("a1"), Entry("a2")}, Later(), outcomes.For("a"));
   handoff.Submit({Entry("b1"), Entry("b2")}, Later(), outcomes.For("b"));
   handoff.Submit({Entry("c1")}, Later(), outcomes.For("c"));
-  release_first_call.set_value();
+  append.Release();
   for (const char* name : {"x", "a", "b", "c"}) {
     EXPECT_EQ(outcomes.Wait(name).kind, Kind::kCommitted);
   }
-  std::lock_guard lock(mutex);
   // a (2) + b (2) would exceed 3: b starts the next batch, c joins it.
-  EXPECT_EQ(sizes, (std::vector<size_t>{1, 2, 3}));
+  EXPECT_EQ(append.sizes(), (std::vector<size_t>{1, 2, 3}));
 }
 
 TEST(QueueHandoffTest, ShutdownFailsWhatIsStillWaiting) {
-  std::promise<void> first_call_started;
-  std::promise<void> release_first_call;
-  std::shared_future<void> released = release_first_call.get_future().share();
+  GatedAppend append;
   Outcomes outcomes;
   std::thread releaser;
   {
-    QueueHandoffOptions options;
-    options.senders = 1;
-    std::atomic<int> calls{0};
-    QueueHandoff handoff(
-        [&](const queue::AppendMessages& request) {
-          if (calls.fetch_add(1) == 0) {
-            first_call_started.set_value();
-            released.wait();
-          }
-          return absl::StatusOr<queue::AppendResult>(Answer(request, queue::OK));
-        },
-        options);
+    QueueHandoff handoff(append.Function(), OneSender());
     handoff.Submit({Entry("inflight")}, Later(), outcomes.For("inflight"));
-    first_call_started.get_future().wait();
+    append.WaitFirstCall();
     handoff.Submit({Entry("waiting")}, Later(), outcomes.For("waiting"));
     // Releases the in-flight call once the destructor has begun: a Submit is then refused on
     // the caller's own thread.
@@ -264,7 +238,7 @@ TEST(QueueHandoffTest, ShutdownFailsWhatIsStillWaiting) {
         }
         std::this_thread::yield();
       }
-      release_first_call.set_value();
+      append.Release();
     });
   }
   releaser.join();
