@@ -73,8 +73,13 @@ class DeliveryRole::Job {
   void OpenConnections(const Route& route);
   const queue::LeasedEntry* Find(const std::string& id) const;
   // Completions, each queued in `items_` and sent when the job ends.
-  void Retry(const queue::LeasedEntry& leased, const std::string& error,
+  // `cause`: what a delayed-delivery DSN would report (status, diagnostic or reason).
+  void Retry(const queue::LeasedEntry& leased, const std::string& error, const DsnRecipient& cause,
              std::vector<std::string> remaining = {});
+  // Adds the delayed-delivery DSN to a retry, once per entry (DESIGN §3.2, [delivery]
+  // delay_warning).
+  void WarnOfDelay(const queue::LeasedEntry& leased, const DsnRecipient& cause,
+                   const std::vector<std::string>& remaining, queue::CompletionItem& item);
   void Bounce(const queue::LeasedEntry& leased, const std::string& status,
               const std::string& reason);
   void Complete(const queue::LeasedEntry& leased, const MessageResult& result,
@@ -547,9 +552,14 @@ void DeliveryRole::Job::Routed(const Route& route) {
       case Route::Kind::kDeliver:
         break;
       case Route::Kind::kWeAreBestMx:
-      case Route::Kind::kTemporaryFailure:
-        Retry(leased, route.reason);
+      case Route::Kind::kTemporaryFailure: {
+        DsnRecipient cause;
+        // RFC 3463: unable to route; a DNS failure is a directory server failure.
+        cause.status = route.kind == Route::Kind::kWeAreBestMx ? "4.4.4" : "4.4.3";
+        cause.reason = route.reason;
+        Retry(leased, route.reason, cause);
         break;
+      }
       case Route::Kind::kPermanentFailure:
         Bounce(leased, route.enhanced_status, route.reason);
         break;
@@ -605,15 +615,16 @@ const queue::LeasedEntry* DeliveryRole::Job::Find(const std::string& id) const {
 }
 
 void DeliveryRole::Job::Retry(const queue::LeasedEntry& leased, const std::string& error,
-                              std::vector<std::string> remaining) {
+                              const DsnRecipient& cause, std::vector<std::string> remaining) {
   queue::CompletionItem& item = items_.emplace_back();
   item.set_id(leased.entry().id());
   item.set_lease_token(leased.lease().token());
   queue::RetryLater& retry = *item.mutable_retry();
   retry.set_error(error);
-  for (std::string& address : remaining) {
-    retry.add_remaining_recipients(std::move(address));
+  for (const std::string& address : remaining) {
+    retry.add_remaining_recipients(address);
   }
+  WarnOfDelay(leased, cause, remaining, item);
   role_->counters_.deferred.fetch_add(1, std::memory_order_relaxed);
   Log().Info("deferred",
              {{"id", IdText(leased.entry().id())},
@@ -621,6 +632,45 @@ void DeliveryRole::Job::Retry(const queue::LeasedEntry& leased, const std::strin
               {"attempts", leased.attempts() + 1},
               {"delay", SecondsSince(leased.entry().envelope().arrival_ms(), absl::Now())},
               {"error", error}});
+}
+
+void DeliveryRole::Job::WarnOfDelay(const queue::LeasedEntry& leased, const DsnRecipient& cause,
+                                    const std::vector<std::string>& remaining,
+                                    queue::CompletionItem& item) {
+  const DeliveryConfig& config = role_->config_.delivery;
+  const absl::Time now = absl::Now();
+  const absl::Time arrival = absl::FromUnixMillis(leased.enqueue_ms());
+  if (config.delay_warning <= absl::ZeroDuration() || leased.delay_warned() ||
+      now - arrival < config.delay_warning) {
+    return;
+  }
+  DsnReport report;
+  report.id = role_->NewId();
+  report.now = now;
+  for (const queue::Recipient& recipient : leased.entry().envelope().recipients()) {
+    if (!remaining.empty() &&
+        std::find(remaining.begin(), remaining.end(), recipient.address()) == remaining.end()) {
+      continue;
+    }
+    DsnRecipient& dsn = report.recipients.emplace_back(cause);
+    dsn.address = recipient.address();
+    dsn.action = DsnAction::kDelayed;
+    dsn.last_attempt = now;
+    dsn.will_retry_until = arrival + config.max_queue_lifetime;
+  }
+  // Marked even when no DSN is due (NOTIFY without DELAY, a <> sender): decided once.
+  item.mutable_retry()->set_mark_delay_warned(true);
+  DsnOptions options;
+  options.reporting_mta = role_->config_.node.hostname;
+  std::optional<queue::QueueEntry> dsn = BuildDsn(leased.entry(), report, options);
+  if (dsn.has_value()) {
+    *item.add_dsn() = std::move(*dsn);
+    role_->counters_.dsns.fetch_add(1, std::memory_order_relaxed);
+  }
+  Log().Info("delay warning", {{"id", IdText(leased.entry().id())},
+                               {"domain", domain_},
+                               {"status", cause.status},
+                               {"dsn", dsn.has_value()}});
 }
 
 void DeliveryRole::Job::Bounce(const queue::LeasedEntry& leased, const std::string& status,
@@ -660,6 +710,7 @@ void DeliveryRole::Job::Complete(const queue::LeasedEntry& leased, const Message
   const absl::Time now = absl::Now();
   std::vector<std::string> temporary;
   std::string temporary_error;
+  DsnRecipient temporary_cause;
   DsnReport report;
   report.now = now;
   size_t delivered = 0;
@@ -673,6 +724,9 @@ void DeliveryRole::Job::Complete(const queue::LeasedEntry& leased, const Message
         temporary.push_back(recipient.address);
         if (temporary_error.empty()) {
           temporary_error = recipient.reply.OneLine();
+          temporary_cause =
+              DsnRecipientFor(recipient, DsnAction::kDelayed,
+                              recipient.source == ReplySource::kServer ? remote_host : "", now);
         }
         break;
       case RecipientOutcome::kPermanentFailure:
@@ -687,7 +741,7 @@ void DeliveryRole::Job::Complete(const queue::LeasedEntry& leased, const Message
   }
   if (!temporary.empty()) {
     // Only the failed recipients stay, when some were done with.
-    Retry(leased, temporary_error,
+    Retry(leased, temporary_error, temporary_cause,
           temporary.size() == result.recipients.size() ? std::vector<std::string>{}
                                                        : std::move(temporary));
   } else {

@@ -1,5 +1,6 @@
 #include "ingest/ingest_role.h"
 
+#include <algorithm>
 #include <map>
 #include <utility>
 
@@ -46,7 +47,23 @@ IngestRole::IngestRole(const Config& config)
       hostname_(config.node.hostname),
       max_received_headers_(config.smtp.max_received_headers),
       commit_timeout_(config.smtp.commit_timeout),
-      relay_(std::make_shared<RelayPolicy>(config.domains)) {}
+      relay_(std::make_shared<RelayPolicy>(config.domains)),
+      etrn_clients_(MakeEtrnClients(config)) {}
+
+std::shared_ptr<const IngestRole::EtrnClients> IngestRole::MakeEtrnClients(const Config& config) {
+  auto clients = std::make_shared<EtrnClients>();
+  for (const DomainConfig& domain : config.domains) {
+    std::vector<std::string>& hosts = (*clients)[absl::AsciiStrToLower(domain.name)];
+    for (const HostPort& primary : domain.primary) {
+      std::string host = primary.host;
+      if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
+        host = host.substr(1, host.size() - 2);
+      }
+      hosts.push_back(absl::AsciiStrToLower(host));
+    }
+  }
+  return clients;
+}
 
 absl::StatusOr<std::unique_ptr<IngestRole>> IngestRole::Start(
     const Config& config, std::shared_ptr<grpc::Channel> queue_channel) {
@@ -94,6 +111,8 @@ absl::StatusOr<std::unique_ptr<IngestRole>> IngestRole::Start(
     tls::ReloadableContext* tls = role->tls_.get();
     options.tls_context = [tls] { return tls->Current(); };
   }
+  IngestRole* raw = role.get();
+  role->flush_thread_ = std::thread([raw] { raw->FlushLoop(); });
   ASSIGN_OR_RETURN(role->server_, SmtpServer::Start(std::move(options), role.get()));
   return role;
 }
@@ -103,12 +122,21 @@ IngestRole::~IngestRole() {
   // is still waiting (those clients never got a 250).
   server_.reset();
   handoff_.reset();
+  {
+    std::lock_guard lock(flush_mutex_);
+    flush_stopping_ = true;
+  }
+  flush_wake_.notify_all();
+  if (flush_thread_.joinable()) {
+    flush_thread_.join();
+  }
 }
 
 absl::Status IngestRole::Reload(const Config& config) {
   {
     std::lock_guard lock(relay_mutex_);
     relay_ = std::make_shared<RelayPolicy>(config.domains);
+    etrn_clients_ = MakeEtrnClients(config);
   }
   if (tls_) {
     return tls_->Reload();
@@ -130,9 +158,70 @@ void IngestRole::Decide(const ConnectionInfo& connection, const SmtpSession& ses
     case RequestKind::kEndOfData:
       Commit(connection, session.transaction(), std::move(respond));
       return;
+    case RequestKind::kEtrn:
+      Etrn(connection, session.pending_etrn(), std::move(respond));
+      return;
     default:
       respond(Verdict::Accept());
       return;
+  }
+}
+
+void IngestRole::Etrn(const ConnectionInfo& connection, const std::string& domain,
+                      std::function<void(const Verdict&)> respond) {
+  std::shared_ptr<const EtrnClients> clients;
+  {
+    std::lock_guard lock(relay_mutex_);
+    clients = etrn_clients_;
+  }
+  const auto it = clients->find(domain);
+  if (it == clients->end()) {
+    respond(Refuse(459, "5.1.2", fmt::format("Node {} not allowed: not a relay domain", domain)));
+    return;
+  }
+  const std::string client = absl::AsciiStrToLower(connection.client.ip);
+  if (std::find(it->second.begin(), it->second.end(), client) == it->second.end()) {
+    Log().Info("etrn refused", {{"domain", domain}, {"client", connection.client.ip}});
+    respond(Refuse(458, "4.7.0",
+                   fmt::format("Unable to queue messages for node {}: not allowed from {}", domain,
+                               connection.client.ip)));
+    return;
+  }
+  {
+    std::lock_guard lock(flush_mutex_);
+    flushes_.emplace_back(domain, std::move(respond));
+  }
+  flush_wake_.notify_one();
+}
+
+void IngestRole::FlushLoop() {
+  std::unique_lock lock(flush_mutex_);
+  while (true) {
+    flush_wake_.wait(lock, [this] { return flush_stopping_ || !flushes_.empty(); });
+    if (flushes_.empty()) {
+      return;
+    }
+    auto [domain, respond] = std::move(flushes_.front());
+    flushes_.pop_front();
+    if (flush_stopping_) {
+      lock.unlock();
+      respond(Refuse(458, "4.3.2", "Unable to queue messages for node " + domain));
+      lock.lock();
+      continue;
+    }
+    lock.unlock();
+    queue::FlushDomain request;
+    request.set_domain(domain);
+    const absl::StatusOr<queue::SelectionResult> result = client_->Flush(request);
+    if (result.ok()) {
+      Log().Info("etrn", {{"domain", domain}, {"entries", result->affected()}});
+      respond(Verdict::Accept());
+    } else {
+      Log().Warn("etrn failed",
+                 {{"domain", domain}, {"error", std::string(result.status().message())}});
+      respond(Refuse(458, "4.3.0", "Unable to queue messages for node " + domain));
+    }
+    lock.lock();
   }
 }
 

@@ -5,9 +5,16 @@
 // of every accepted message to the queue (DESIGN §3.1: 250 only after the quorum commit).
 
 #include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
+#include <unordered_map>
+#include <utility>
+#include <vector>
 
 #include <grpcpp/grpcpp.h>
 
@@ -23,7 +30,8 @@ namespace backstop::ingest {
 
 // Owns the queue client, the handoff, the relay policy, the TLS context and the SMTP server.
 // Start/Reload/Drain/destruction on the control thread (main); Decide() on the SMTP loop
-// threads; the handoff's callbacks on its sender threads.
+// threads; the handoff's callbacks on its sender threads; ETRN flushes (blocking queue calls) on
+// the flush thread.
 class IngestRole : public SessionHandler {
  public:
   // `queue_channel`: the in-process channel to this process's own voter, or null to reach the
@@ -53,6 +61,14 @@ class IngestRole : public SessionHandler {
   std::shared_ptr<const RelayPolicy> relay() const;
   void Commit(const ConnectionInfo& connection, const Transaction& transaction,
               std::function<void(const Verdict&)> respond);
+  // ETRN (RFC 1985) from one of the domain's primaries: the domain is due now.
+  void Etrn(const ConnectionInfo& connection, const std::string& domain,
+            std::function<void(const Verdict&)> respond);
+  void FlushLoop();
+
+  // Each configured domain's primary hosts that are IP literals: the clients allowed to ETRN.
+  using EtrnClients = std::unordered_map<std::string, std::vector<std::string>>;
+  static std::shared_ptr<const EtrnClients> MakeEtrnClients(const Config& config);
 
   const uint64_t node_id_;
   const std::string hostname_;
@@ -61,11 +77,19 @@ class IngestRole : public SessionHandler {
   std::atomic<uint64_t> next_sequence_{0};
 
   mutable std::mutex relay_mutex_;
-  std::shared_ptr<const RelayPolicy> relay_;     // guarded by relay_mutex_
-  std::unique_ptr<tls::ReloadableContext> tls_;  // null = no STARTTLS
+  std::shared_ptr<const RelayPolicy> relay_;         // guarded by relay_mutex_
+  std::shared_ptr<const EtrnClients> etrn_clients_;  // guarded by relay_mutex_
+  std::unique_ptr<tls::ReloadableContext> tls_;      // null = no STARTTLS
 
   std::unique_ptr<queue::QueueClient> client_;
   std::unique_ptr<QueueHandoff> handoff_;
+
+  std::mutex flush_mutex_;
+  std::condition_variable flush_wake_;
+  bool flush_stopping_ = false;  // guarded by flush_mutex_
+  // Domains to flush and the sessions waiting for the answer; guarded by flush_mutex_.
+  std::deque<std::pair<std::string, std::function<void(const Verdict&)>>> flushes_;
+  std::thread flush_thread_;
   // Last: destroyed first, so that no session decides after the parts above are gone.
   std::unique_ptr<SmtpServer> server_;
 };

@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "absl/strings/ascii.h"
 #include "ingest/address.h"
 
 // Decisions this file makes where the RFCs or DESIGN leave a choice (tests rely on them):
@@ -236,6 +237,9 @@ const MailRequest& SmtpSession::pending_mail() const {
 const RcptRequest& SmtpSession::pending_rcpt() const {
   return pending_rcpt_;
 }
+const std::string& SmtpSession::pending_etrn() const {
+  return pending_etrn_;
+}
 const Transaction& SmtpSession::transaction() const {
   return transaction_;
 }
@@ -356,6 +360,12 @@ void SmtpSession::Resolve(const Verdict& verdict, absl::Time now) {
       Answer(verdict, MakeReply(250, "2.0.0", "Ok: queued"),
              MakeReply(554, "5.7.1", "Error: message rejected"), ErrorCount::kNotCounted);
       ResetTransaction();
+      break;
+    case RequestKind::kEtrn:
+      // RFC 1985 §5: 250 queuing started; 458 unable to queue; 459 node not allowed.
+      Answer(verdict, MakeReply(250, "2.0.0", "Queuing for node " + pending_etrn_ + " started"),
+             MakeReply(458, "4.7.0", "Unable to queue messages for node " + pending_etrn_),
+             ErrorCount::kNotCounted);
       break;
     case RequestKind::kNone:
     case RequestKind::kStartTls:
@@ -577,7 +587,7 @@ void SmtpSession::HandleLine(std::string_view line) {
     return;
   }
   if (is("EHLO") || is("HELO") || is("DATA") || is("BDAT") || is("RSET") || is("NOOP") ||
-      is("QUIT") || is("VRFY") || is("EXPN") || is("HELP") || is("STARTTLS")) {
+      is("QUIT") || is("VRFY") || is("EXPN") || is("HELP") || is("STARTTLS") || is("ETRN")) {
     if (Has8Bit(line)) {
       Error(500, "5.5.2", "Error: 8-bit characters in command");
       return;
@@ -594,6 +604,8 @@ void SmtpSession::HandleLine(std::string_view line) {
     HandleBdat(arg);
   } else if (is("STARTTLS")) {
     HandleStartTls(arg);
+  } else if (is("ETRN")) {
+    HandleEtrn(arg);
   } else if (is("RSET")) {
     if (!arg.empty()) {
       Error(501, "5.5.4", "Syntax: RSET");
@@ -617,7 +629,7 @@ void SmtpSession::HandleLine(std::string_view line) {
   } else {
     Emit(Reply{214,
                "2.0.0",
-               {"Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS",
+               {"Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS ETRN",
                 "See RFC 5321"}});
   }
 }
@@ -629,7 +641,8 @@ Reply SmtpSession::EhloReply(bool esmtp) const {
   }
   reply.lines.push_back("PIPELINING");
   reply.lines.push_back("SIZE " + std::to_string(options_.max_message_size));
-  for (const char* keyword : {"8BITMIME", "SMTPUTF8", "CHUNKING", "DSN", "ENHANCEDSTATUSCODES"}) {
+  for (const char* keyword :
+       {"8BITMIME", "SMTPUTF8", "CHUNKING", "DSN", "ENHANCEDSTATUSCODES", "ETRN"}) {
     reply.lines.emplace_back(keyword);
   }
   if (options_.starttls_available && !tls_) {
@@ -651,6 +664,35 @@ void SmtpSession::HandleHelo(std::string_view arg, bool esmtp) {
   pending_helo_ = std::string(arg);
   pending_esmtp_ = esmtp;
   pending_ = RequestKind::kHelo;
+}
+
+void SmtpSession::HandleEtrn(std::string_view arg) {
+  if (!have_helo_) {
+    Error(503, "5.5.1", "Error: send HELO/EHLO first");
+    return;
+  }
+  if (in_transaction_) {
+    Error(503, "5.5.1", "Error: ETRN within a mail transaction");
+    return;
+  }
+  // "@domain" asks for the domain and its subdomains: ours are whole domains, the same thing.
+  std::string_view node = arg;
+  if (!node.empty() && node.front() == '@') {
+    node.remove_prefix(1);
+  }
+  const bool hostname_chars = std::all_of(node.begin(), node.end(), [](char c) {
+    return absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '.';
+  });
+  if (!node.empty() && node.back() == '.') {
+    node.remove_suffix(1);
+  }
+  if (node.empty() || !hostname_chars) {
+    // Includes "#queue" names (RFC 1985 §5): we have no named queues.
+    Error(501, "5.5.4", "Syntax: ETRN domain");
+    return;
+  }
+  pending_etrn_ = absl::AsciiStrToLower(std::string(node));
+  pending_ = RequestKind::kEtrn;
 }
 
 void SmtpSession::HandleMail(std::string_view arg) {

@@ -108,6 +108,7 @@ enum class RequestKind : uint8_t {
   kRcpt,       // RCPT TO parsed; relay policy + filters decide (pending_rcpt())
   kEndOfData,  // transaction() complete; the connection commits it to the queue
   kStartTls,   // 220 sent; the connection runs the TLS handshake then calls TlsEstablished()
+  kEtrn,       // ETRN (RFC 1985) for pending_etrn(); the ingest role may flush the domain
 };
 
 // The answer to a request. kAccept uses the session's own positive reply unless `reply` is
@@ -147,7 +148,9 @@ class SmtpSession {
   RequestKind pending() const { return pending_; }
   const MailRequest& pending_mail() const;  // valid while pending() == kMail
   const RcptRequest& pending_rcpt() const;  // valid while pending() == kRcpt
-  const Transaction& transaction() const;   // valid while pending() == kEndOfData
+  // Lower-cased, without the "@" option character; valid while pending() == kEtrn.
+  const std::string& pending_etrn() const;
+  const Transaction& transaction() const;  // valid while pending() == kEndOfData
   const std::string& helo() const;
 
   // Reply bytes to send, in order; the connection takes them after each call.
@@ -188,6 +191,7 @@ class SmtpSession {
   void HandleData(std::string_view arg);
   void HandleBdat(std::string_view arg);
   void HandleStartTls(std::string_view arg);
+  void HandleEtrn(std::string_view arg);
   // Refusal of DATA/BDAT when the transaction cannot take content; nullopt if it can.
   std::optional<Reply> ContentRefusal() const;
   // Message content (DATA and BDAT).
@@ -249,6 +253,7 @@ class SmtpSession {
   BodyMode body_mode_ = BodyMode::kNone;
   MailRequest pending_mail_;
   RcptRequest pending_rcpt_;
+  std::string pending_etrn_;
   Transaction transaction_;
 
   // Content scanning state, across Feed() calls and BDAT chunks.

@@ -118,6 +118,10 @@ absl::StatusOr<LeaseResult> QueueClient::Lease(const LeaseEntries& request) {
 absl::StatusOr<CompleteResult> QueueClient::Complete(const CompleteEntries& request) {
   return Call(&QueueService::Stub::Complete, request);
 }
+absl::StatusOr<SelectionResult> QueueClient::Flush(const FlushDomain& request) {
+  return Call(&QueueService::Stub::Flush, request);
+}
+
 absl::StatusOr<GreylistResult> QueueClient::CheckGreylist(const GreylistCheck& request) {
   return Call(&QueueService::Stub::CheckGreylist, request);
 }

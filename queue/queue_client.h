@@ -6,9 +6,9 @@
 // the call's deadline.
 //
 // Retries are safe for Append (idempotent by message id), Complete (a repeated completion is
-// refused as stale), CheckGreylist and CountConnections (a repeat at worst counts a session
-// twice) and ReadMessage. A retried Lease whose first attempt did commit leaves those entries
-// leased to nobody until the lease expires — late, never lost.
+// refused as stale), Flush (idempotent), CheckGreylist and CountConnections (a repeat at worst
+// counts a session twice) and ReadMessage. A retried Lease whose first attempt did commit leaves
+// those entries leased to nobody until the lease expires — late, never lost.
 
 #include <atomic>
 #include <chrono>
@@ -56,6 +56,7 @@ class QueueClient {
   absl::StatusOr<GreylistResult> CheckGreylist(const GreylistCheck& request);
   absl::StatusOr<ConnectionCountResult> CountConnections(const CountConnection& request);
   absl::StatusOr<ReadMessageResponse> ReadMessage(const ReadMessageRequest& request);
+  absl::StatusOr<SelectionResult> Flush(const FlushDomain& request);
 
  private:
   struct Endpoint {

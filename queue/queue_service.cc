@@ -102,6 +102,16 @@ grpc::ServerUnaryReactor* QueueServiceImpl::CountConnections(grpc::CallbackServe
   });
 }
 
+grpc::ServerUnaryReactor* QueueServiceImpl::Flush(grpc::CallbackServerContext* context,
+                                                  const FlushDomain* request,
+                                                  SelectionResult* response) {
+  Command command;
+  *command.mutable_flush() = *request;
+  return ProposeAndReply(context, std::move(command), [response](CommandResult& result) {
+    response->Swap(result.mutable_selection());
+  });
+}
+
 grpc::ServerUnaryReactor* QueueServiceImpl::ReadMessage(grpc::CallbackServerContext* context,
                                                         const ReadMessageRequest* request,
                                                         ReadMessageResponse* response) {

@@ -42,6 +42,8 @@ class QueueServiceImpl final : public QueueService::CallbackService {
   grpc::ServerUnaryReactor* ReadMessage(grpc::CallbackServerContext* context,
                                         const ReadMessageRequest* request,
                                         ReadMessageResponse* response) override;
+  grpc::ServerUnaryReactor* Flush(grpc::CallbackServerContext* context, const FlushDomain* request,
+                                  SelectionResult* response) override;
 
  private:
   // Proposes `command`; when it is applied, `fill` moves the command's result into the response.

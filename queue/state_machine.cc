@@ -667,6 +667,7 @@ absl::StatusOr<LeaseResult> QueueStateMachine::Txn::Lease(const LeaseEntries& re
     out.set_enqueue_ms(leased.enqueue_ms());
     out.set_attempts(leased.attempts());
     out.set_bounce_reason(leased.bounce_reason());
+    out.set_delay_warned(leased.delay_warned());
   }
   return result;
 }
@@ -681,6 +682,9 @@ absl::Status QueueStateMachine::Txn::Retry(const StoredEntry& entry, const Retry
   after.set_attempts(entry.attempts() + 1);
   after.set_last_error(retry.error());
   after.set_not_before_ms(retry.retry_at_ms() > now_ms_ ? retry.retry_at_ms() : 0);
+  if (retry.mark_delay_warned()) {
+    after.set_delay_warned(true);
+  }
   if (!retry.remaining_recipients().empty()) {
     const std::set<std::string> keep(retry.remaining_recipients().begin(),
                                      retry.remaining_recipients().end());

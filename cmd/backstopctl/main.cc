@@ -113,8 +113,12 @@ bool ListDomain(const Options& options, admin::AdminService::Stub& stub, const s
         })) {
       return false;
     }
-    for (const queue::StoredEntry& entry : response.entries()) entries->push_back(entry);
-    if (response.next_page_token().empty()) return true;
+    for (const queue::StoredEntry& entry : response.entries()) {
+      entries->push_back(entry);
+    }
+    if (response.next_page_token().empty()) {
+      return true;
+    }
     request.set_page_token(response.next_page_token());
   }
 }
@@ -132,12 +136,16 @@ int QueueList(const Options& options, const std::string& domain) {
       return kExitFailure;
     }
     for (const queue::DomainSummary& each : summary.domains()) {
-      if (each.queued_messages() > 0) domains.push_back(each.domain());
+      if (each.queued_messages() > 0) {
+        domains.push_back(each.domain());
+      }
     }
   }
   std::vector<queue::StoredEntry> entries;
   for (const std::string& each : domains) {
-    if (!ListDomain(options, *stub, each, &entries)) return kExitFailure;
+    if (!ListDomain(options, *stub, each, &entries)) {
+      return kExitFailure;
+    }
   }
   if (options.output == "json") {
     std::string json = "[";
@@ -222,6 +230,27 @@ int QueueSummary(const Options& options) {
   return 0;
 }
 
+// Makes every entry of `domain` due now (the domain's backoff is cleared too).
+int QueueFlush(const Options& options, const std::string& domain) {
+  auto stub = Connect(options);
+  queue::FlushDomain request;
+  request.set_domain(domain);
+  queue::SelectionResult response;
+  if (!Invoke(options, [&](grpc::ClientContext* context) {
+        return stub->Flush(context, request, &response);
+      })) {
+    return kExitFailure;
+  }
+  if (options.output == "json") {
+    std::cout << ProtoJson(response) << "\n";
+  } else {
+    // `affected` counts only entries that had a retry time of their own, not those that waited
+    // for the domain's backoff: both are due now.
+    std::cout << fmt::format("{}: due now\n", domain);
+  }
+  return 0;
+}
+
 int ClusterStatus(const Options& options) {
   auto stub = Connect(options);
   admin::ClusterStatus response;
@@ -256,6 +285,9 @@ int Main(int argc, char** argv) {
   show->add_option("id", id, "Message id (32 hex digits)")->required();
   show->add_flag("--message", with_message, "Include the message bytes");
   CLI::App* summary = queue_cmd->add_subcommand("summary", "Queue depth per domain");
+  std::string flush_domain;
+  CLI::App* flush = queue_cmd->add_subcommand("flush", "Make a domain's entries due now");
+  flush->add_option("domain", flush_domain, "Destination domain")->required();
 
   CLI::App* cluster_cmd = app.add_subcommand("cluster", "The queue's Raft cluster");
   cluster_cmd->require_subcommand(1);
@@ -270,6 +302,9 @@ int Main(int argc, char** argv) {
   }
   if (summary->parsed()) {
     return QueueSummary(options);
+  }
+  if (flush->parsed()) {
+    return QueueFlush(options, flush_domain);
   }
   if (status->parsed()) {
     return ClusterStatus(options);

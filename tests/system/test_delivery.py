@@ -6,6 +6,8 @@ import email
 import email.policy
 import hashlib
 import smtplib
+import socket
+import subprocess
 import threading
 import time
 
@@ -20,15 +22,22 @@ from test_ingest import ctl, queued_ids, smtp_address
 class Primary:
     """The customer's primary MX: records every message; answers per recipient."""
 
-    def __init__(self, port, refuse=()):
+    def __init__(self, port, refuse=(), host="127.0.0.1", tempfail_rcpts=0):
         self.port = port
+        self.host = host
         self.refuse = set(refuse)
+        self.tempfail_rcpts = tempfail_rcpts  # the first this many RCPTs get 451
+        self.rcpt_times = []
         self.messages = []
         self.connections = 0
         self.lock = threading.Lock()
         self.controller = None
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        with self.lock:
+            self.rcpt_times.append(time.monotonic())
+            if len(self.rcpt_times) <= self.tempfail_rcpts:
+                return "451 4.3.0 try again later"
         if address in self.refuse:
             return "550 5.1.1 <%s>: no such user here" % address
         envelope.rcpt_tos.append(address)
@@ -49,8 +58,10 @@ class Primary:
                     primary.connections += 1
                 return AioSMTP(self.handler, decode_data=False, enable_SMTPUTF8=True)
 
-        self.controller = CountingController(self, hostname="127.0.0.1", port=self.port)
+        self.controller = CountingController(self, hostname=self.host, port=self.port)
         self.controller.start()
+        with self.lock:
+            self.connections = 0  # Controller.start() connects once to check the server is up
         return self
 
     def stop(self):
@@ -74,7 +85,48 @@ def primary_port():
     return reserve_port()
 
 
-def delivery_config(primary_port, lifetime="5d", extra=""):
+class Dnsmasq:
+    """dnsmasq on a loopback UDP port, authoritative for *.test with the given records."""
+
+    def __init__(self, *records):
+        self.proc = None
+        for _ in range(20):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.bind(("127.0.0.1", 0))
+                self.port = s.getsockname()[1]
+            self.proc = subprocess.Popen(
+                ["/usr/sbin/dnsmasq", "--keep-in-foreground", f"--port={self.port}",
+                 "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv", "--no-hosts",
+                 "--conf-file=/dev/null", "--pid-file=", "--user=nobody", "--local=/test/",
+                 *records],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.2)
+            if self.proc.poll() is None:
+                return
+        raise AssertionError("dnsmasq did not start")
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def dnsmasq():
+    servers = []
+
+    def start(*records):
+        server = Dnsmasq(*records)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def node_config(delivery, domains):
+    """One node with every role; `delivery` adds to the [delivery] table, then [dns] and the
+    rest may follow it; `domains` is the [[domain]] tables."""
     queue_port = reserve_port()
     return f"""
 [node]
@@ -90,14 +142,24 @@ listen = ["127.0.0.1:0"]
 listen = "127.0.0.1:{queue_port}"
 peers = ["1@127.0.0.1:{queue_port}"]
 
-[delivery]
-retry_initial = "1s"
-retry_max = "2s"
-max_queue_lifetime = "{lifetime}"
-
 [http]
 listen = "127.0.0.1:0"
 
+[delivery]
+retry_initial = "1s"
+retry_max = "2s"
+{delivery}
+{domains}"""
+
+
+def mx_config(dns_port, smtp_port, domains):
+    """No primaries: every domain is routed by its MX records, served by dnsmasq."""
+    return node_config(f'smtp_port = {smtp_port}\n\n[dns]\nservers = ["127.0.0.1:{dns_port}"]',
+                       "".join(f'\n[[domain]]\nname = "{d}"\n' for d in domains))
+
+
+def delivery_config(primary_port, lifetime="5d", extra=""):
+    return node_config(f'max_queue_lifetime = "{lifetime}"', f"""
 [[domain]]
 name = "example.test"
 primary = ["127.0.0.1:{primary_port}"]
@@ -105,8 +167,13 @@ primary = ["127.0.0.1:{primary_port}"]
 [[domain]]
 name = "sender.test"
 primary = ["127.0.0.1:{primary_port}"]
-{extra}
-"""
+{extra}""")
+
+
+def with_sender_primary(config, primary_port, sender_port):
+    """sender.test (where the DSNs go) gets a primary of its own."""
+    return config.replace(f'name = "sender.test"\nprimary = ["127.0.0.1:{primary_port}"]',
+                          f'name = "sender.test"\nprimary = ["127.0.0.1:{sender_port}"]')
 
 
 def wait_queue_empty(node, timeout=30):
@@ -212,10 +279,8 @@ def test_expired_message_bounces_with_5_4_7_and_null_sender_gets_none(backstop, 
     # The primary of example.test is down for good; sender.test's DSNs go to a live one.
     sender_primary = Primary(reserve_port()).start()
     try:
-        config = delivery_config(primary_port, lifetime="2s").replace(
-            f'name = "sender.test"\nprimary = ["127.0.0.1:{primary_port}"]',
-            f'name = "sender.test"\nprimary = ["127.0.0.1:{sender_primary.port}"]')
-        node = backstop(config)
+        node = backstop(with_sender_primary(delivery_config(primary_port, lifetime="2s"),
+                                            primary_port, sender_primary.port))
         with smtplib.SMTP(*smtp_address(node)) as client:
             assert client.sendmail("s@sender.test", ["alice@example.test"],
                                    b"Subject: doomed\r\n\r\nx\r\n") == {}
@@ -247,5 +312,199 @@ def test_required_tls_to_a_primary_without_starttls_stays_queued(backstop, prima
         node.wait_for_log(lambda e: e.get("msg") == "deferred", what="a deferral")
         assert primary.messages == []
         assert len(ctl(node, "queue", "list")) == 1
+    finally:
+        primary.stop()
+
+
+def test_domain_without_primary_is_routed_by_its_mx_records(backstop, primary_port, dnsmasq):
+    primary = Primary(primary_port).start()
+    try:
+        # The better MX has no address: delivery falls through to the next one.
+        dns = dnsmasq("--mx-host=example.test,mx1.example.test,20",
+                      "--mx-host=example.test,gone.example.test,10",
+                      "--host-record=mx1.example.test,127.0.0.1")
+        node = backstop(mx_config(dns.port, primary_port, ["example.test"]))
+        with smtplib.SMTP(*smtp_address(node)) as client:
+            assert client.sendmail("s@sender.test", ["alice@example.test"],
+                                   b"Subject: by mx\r\n\r\nx\r\n") == {}
+        (mail_from, rcpts, _), = primary.wait_for(1)
+        assert (mail_from, rcpts) == ("s@sender.test", ["alice@example.test"])
+        wait_queue_empty(node)
+        delivered = node.wait_for_log(lambda e: e.get("msg") == "delivered", what="a delivery")
+        assert delivered["relay"] == "mx1.example.test"
+    finally:
+        primary.stop()
+
+
+def test_our_own_hostname_as_best_mx_stays_queued_without_a_connection(
+        backstop, primary_port, dnsmasq):
+    primary = Primary(primary_port).start()
+    try:
+        # We (mx2.test) are the most preferred MX: every other one is a worse backup.
+        dns = dnsmasq("--mx-host=example.test,mx2.test,5",
+                      "--mx-host=example.test,mx1.example.test,10",
+                      "--host-record=mx1.example.test,127.0.0.1",
+                      "--host-record=mx2.test,127.0.0.1")
+        node = backstop(mx_config(dns.port, primary_port, ["example.test"]))
+        with smtplib.SMTP(*smtp_address(node)) as client:
+            assert client.sendmail("s@sender.test", ["alice@example.test"],
+                                   b"Subject: loop?\r\n\r\nx\r\n") == {}
+        node.wait_for_log(lambda e: e.get("msg") == "deferred" and e.get("attempts", 0) >= 2,
+                          what="two deferrals")
+        assert primary.connections == 0
+        assert primary.messages == []
+        assert len(ctl(node, "queue", "list")) == 1
+        assert not any(e.get("msg") == "connection failed" for e in node.logs())
+    finally:
+        primary.stop()
+
+
+def test_dsn_is_routed_by_the_mx_of_the_senders_domain(backstop, primary_port, dnsmasq):
+    # example.test's MX refuses the recipient. The sender's domain is not one of ours; its MX
+    # listens on 127.0.0.2 (smtp_port is one port for every MX host).
+    primary = Primary(primary_port, refuse={"bob@example.test"}).start()
+    senders_mx = Primary(primary_port, host="127.0.0.2").start()
+    try:
+        dns = dnsmasq("--mx-host=example.test,mx1.example.test,10",
+                      "--host-record=mx1.example.test,127.0.0.1",
+                      "--mx-host=far.test,mx.far.test,10", "--host-record=mx.far.test,127.0.0.2")
+        node = backstop(mx_config(dns.port, primary_port, ["example.test"]))
+        with smtplib.SMTP(*smtp_address(node)) as client:
+            assert client.sendmail("s@far.test", ["bob@example.test"],
+                                   b"Subject: refused\r\n\r\nx\r\n") == {}
+        (mail_from, rcpts, content), = senders_mx.wait_for(1)
+        assert mail_from in ("", "<>")
+        assert rcpts == ["s@far.test"]
+        report = email.message_from_bytes(content, policy=email.policy.compat32)
+        recipient = report.get_payload()[1].get_payload()[1]
+        assert recipient["Final-Recipient"] == "rfc822; bob@example.test"
+        assert recipient["Status"] == "5.1.1"
+        wait_queue_empty(node)
+        assert primary.messages == []  # the DSN did not go to example.test's MX
+    finally:
+        primary.stop()
+        senders_mx.stop()
+
+
+def test_primary_answering_4xx_for_a_while_gets_the_message_once(backstop, primary_port):
+    primary = Primary(primary_port, tempfail_rcpts=3).start()
+    try:
+        node = backstop(delivery_config(primary_port))
+        with smtplib.SMTP(*smtp_address(node)) as client:
+            assert client.sendmail("s@sender.test", ["alice@example.test"],
+                                   b"Subject: patience\r\n\r\nx\r\n") == {}
+        (mail_from, rcpts, _), = primary.wait_for(1)
+        wait_queue_empty(node)
+        time.sleep(2.5)  # longer than retry_max: a second delivery would have come
+        assert len(primary.messages) == 1
+        assert len(primary.rcpt_times) == 4  # three refusals, then the delivery
+        # Each 451 deferred the domain by the retry schedule (1s, then 2s), not a busy loop.
+        gaps = [b - a for a, b in zip(primary.rcpt_times, primary.rcpt_times[1:])]
+        assert all(gap >= 0.8 for gap in gaps), gaps
+        deferrals = [e for e in node.logs() if e.get("msg") == "deferred"]
+        assert len(deferrals) == 3
+        assert all("451 4.3.0" in e["error"] for e in deferrals)
+    finally:
+        primary.stop()
+
+
+def test_backstopctl_queue_flush_makes_a_waiting_domain_due_now(backstop, primary_port):
+    primary = Primary(primary_port)
+    node = backstop(delivery_config(primary_port).replace('retry_initial = "1s"\nretry_max = "2s"',
+                                                          'retry_initial = "1h"\nretry_max = "2h"'))
+    with smtplib.SMTP(*smtp_address(node)) as client:
+        assert client.sendmail("s@sender.test", ["alice@example.test"],
+                               b"Subject: flush me\r\n\r\nx\r\n") == {}
+    node.wait_for_log(lambda e: e.get("msg") == "deferred", what="a deferral")
+    primary.start()
+    try:
+        time.sleep(1.5)
+        assert primary.messages == []  # waiting for its hour
+        ctl(node, "queue", "flush", "example.test")
+        primary.wait_for(1, timeout=10)
+        wait_queue_empty(node)
+    finally:
+        primary.stop()
+
+
+def test_delay_warning_is_sent_once_and_honours_notify(backstop, primary_port):
+    # example.test's primary stays down; sender.test's DSNs go to a live one.
+    sender_primary = Primary(reserve_port()).start()
+    try:
+        # One domain per message: a domain that is down leases one probe per interval, and
+        # each entry here must be tried.
+        down_domains = "".join(
+            f'\n[[domain]]\nname = "{name}"\nprimary = ["127.0.0.1:{primary_port}"]\n'
+            for name in ("quiet.test", "null.test"))
+        config = with_sender_primary(
+            delivery_config(primary_port, lifetime="1h", extra=down_domains), primary_port,
+            sender_primary.port)
+        node = backstop(config.replace('max_queue_lifetime = "1h"',
+                                       'max_queue_lifetime = "1h"\ndelay_warning = "2s"'))
+        with smtplib.SMTP(*smtp_address(node)) as client:
+            assert client.sendmail("s@sender.test", ["alice@example.test"],
+                                   b"Subject: slow\r\n\r\nx\r\n") == {}
+            assert client.sendmail("t@sender.test", ["bob@quiet.test"],
+                                   b"Subject: quiet\r\n\r\nx\r\n",
+                                   rcpt_options=["NOTIFY=FAILURE"]) == {}
+            assert client.sendmail("<>", ["carol@null.test"],
+                                   b"Subject: a bounce\r\n\r\nx\r\n") == {}
+        (mail_from, rcpts, content), = sender_primary.wait_for(1)
+        assert mail_from in ("", "<>")
+        assert rcpts == ["s@sender.test"]
+        report = email.message_from_bytes(content, policy=email.policy.compat32)
+        assert report.get_content_type() == "multipart/report"
+        parts = report.get_payload()
+        assert parts[1].get_content_type() == "message/delivery-status"
+        recipient = parts[1].get_payload()[1]
+        assert recipient["Final-Recipient"] == "rfc822; alice@example.test"
+        assert recipient["Action"] == "delayed"
+        assert recipient["Status"].startswith("4.")
+        assert "Will-Retry-Until" in recipient
+        assert parts[2].get_content_type() == "text/rfc822-headers"
+        # Several more retries of each later: still that one warning, and the entries wait on.
+        for domain in ("example.test", "quiet.test", "null.test"):
+            node.wait_for_log(lambda e, d=domain: e.get("msg") == "deferred" and
+                              e.get("domain") == d and e.get("attempts", 0) >= 4,
+                              timeout=30, what=f"more retries of {domain}")
+        time.sleep(0.5)
+        assert len(sender_primary.messages) == 1
+        warnings = {e["domain"]: e["dsn"] for e in node.logs() if e.get("msg") == "delay warning"}
+        assert warnings == {"example.test": True, "quiet.test": False, "null.test": False}
+        assert len([e for e in node.logs() if e.get("msg") == "delay warning"]) == 3
+        assert len(ctl(node, "queue", "list")) == 3
+    finally:
+        sender_primary.stop()
+
+
+def test_etrn_from_the_primary_flushes_its_domain(backstop, primary_port):
+    primary = Primary(primary_port)
+    config = delivery_config(primary_port).replace(
+        'retry_initial = "1s"\nretry_max = "2s"', 'retry_initial = "1h"\nretry_max = "2h"').replace(
+        f'name = "sender.test"\nprimary = ["127.0.0.1:{primary_port}"]',
+        f'name = "sender.test"\nprimary = ["127.0.0.2:{primary_port}"]')
+    node = backstop(config)
+    with smtplib.SMTP(*smtp_address(node)) as client:
+        assert client.sendmail("s@sender.test", ["alice@example.test"],
+                               b"Subject: etrn me\r\n\r\nx\r\n") == {}
+    node.wait_for_log(lambda e: e.get("msg") == "deferred", what="a deferral")
+    primary.start()
+    try:
+        time.sleep(1.5)
+        assert primary.messages == []  # waiting for its hour
+        with smtplib.SMTP(*smtp_address(node)) as client:
+            client.ehlo("primary.example.test")
+            assert "etrn" in client.esmtp_features
+            # We (127.0.0.1) are not sender.test's primary, and other.test is not ours.
+            code, text = client.docmd("ETRN", "sender.test")
+            assert code == 458, text
+            code, text = client.docmd("ETRN", "other.test")
+            assert code == 459, text
+            assert primary.messages == []
+            code, text = client.docmd("ETRN", "@example.test")
+            assert code == 250, text
+            assert b"example.test" in text
+        primary.wait_for(1, timeout=10)
+        wait_queue_empty(node)
     finally:
         primary.stop()

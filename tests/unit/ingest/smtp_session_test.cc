@@ -152,7 +152,7 @@ TEST_F(SmtpSessionTest, EhloListsExtensionsWithoutStartTlsWhenUnavailable) {
   EXPECT_EQ(session_->pending(), RequestKind::kHelo);
   EXPECT_EQ(Accept(),
             "250-mx.test\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n"
-            "250-CHUNKING\r\n250-DSN\r\n250 ENHANCEDSTATUSCODES\r\n");
+            "250-CHUNKING\r\n250-DSN\r\n250-ENHANCEDSTATUSCODES\r\n250 ETRN\r\n");
   EXPECT_EQ(session_->helo(), "client.test");
 }
 
@@ -163,7 +163,7 @@ TEST_F(SmtpSessionTest, EhloOffersStartTlsWhenAvailable) {
   session_->Start(now_);
   Accept();
   EXPECT_THAT(Run("EHLO client.test\r\n"),
-              ::testing::EndsWith("250-ENHANCEDSTATUSCODES\r\n250 STARTTLS\r\n"));
+              ::testing::EndsWith("250-ENHANCEDSTATUSCODES\r\n250-ETRN\r\n250 STARTTLS\r\n"));
 }
 
 TEST_F(SmtpSessionTest, HeloHasNoExtensions) {
@@ -626,6 +626,48 @@ TEST_F(SmtpSessionTest, SimpleCommands) {
   const std::string help = Feed("HELP\r\n");
   EXPECT_THAT(help, ::testing::StartsWith("214-2.0.0 "));
   EXPECT_THAT(Codes(help), ElementsAre("214 2.0.0"));
+}
+
+// --- ETRN (RFC 1985) -------------------------------------------------------------------------
+
+TEST_F(SmtpSessionTest, EtrnAskedForADomainAnswers250WhenAccepted) {
+  Greet();
+  EXPECT_EQ(Feed("ETRN Example.TEST\r\n"), "");
+  ASSERT_EQ(session_->pending(), RequestKind::kEtrn);
+  EXPECT_EQ(session_->pending_etrn(), "example.test");
+  EXPECT_EQ(Accept(), "250 2.0.0 Queuing for node example.test started\r\n");
+  EXPECT_EQ(session_->pending(), RequestKind::kNone);
+}
+
+TEST_F(SmtpSessionTest, EtrnWithTheAtOptionNamesTheDomain) {
+  Greet();
+  Feed("ETRN @example.test.\r\n");
+  ASSERT_EQ(session_->pending(), RequestKind::kEtrn);
+  EXPECT_EQ(session_->pending_etrn(), "example.test");
+}
+
+TEST_F(SmtpSessionTest, RefusedEtrnGets458AndDoesNotCountAsAnError) {
+  Greet();
+  Feed("ETRN example.test\r\n");
+  EXPECT_EQ(Resolve(Verdict::Reject(Reply{458, "4.7.0", {"not allowed"}})),
+            "458 4.7.0 not allowed\r\n");
+  EXPECT_EQ(session_->errors(), 0u);
+  EXPECT_THAT(Codes(Feed("NOOP\r\n")), ElementsAre("250 2.0.0"));
+}
+
+TEST_F(SmtpSessionTest, EtrnSyntaxAndSequenceErrors) {
+  MakeLenient();
+  session_->Start(now_);
+  Accept();
+  EXPECT_THAT(Codes(Feed("ETRN example.test\r\n")), ElementsAre("503 5.5.1"));  // no EHLO
+  Run("EHLO client.test\r\n");
+  EXPECT_THAT(Codes(Feed("ETRN\r\n")), ElementsAre("501 5.5.4"));
+  EXPECT_THAT(Codes(Feed("ETRN #queue\r\n")), ElementsAre("501 5.5.4"));
+  EXPECT_THAT(Codes(Feed("ETRN exa mple.test\r\n")), ElementsAre("501 5.5.4"));
+  EXPECT_THAT(Codes(Feed("ETRN @\r\n")), ElementsAre("501 5.5.4"));
+  EXPECT_EQ(session_->pending(), RequestKind::kNone);
+  Run("MAIL FROM:<s@sender.test>\r\n");
+  EXPECT_THAT(Codes(Feed("ETRN example.test\r\n")), ElementsAre("503 5.5.1"));
 }
 
 TEST_F(SmtpSessionTest, RsetAbortsTransaction) {

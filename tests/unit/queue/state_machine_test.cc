@@ -524,6 +524,29 @@ TEST_F(StateMachineTest, RetryAtKeepsTheEntryUntilThen) {
   EXPECT_THAT(LeasedIds(Apply(LeaseOf(10))), ElementsAre(Id(1)));
 }
 
+TEST_F(StateMachineTest, DelayWarningMarkIsKeptAndLeasedWithTheEntry) {
+  AppendAll({Entry(1)});
+  const CommandResult first = Apply(LeaseOf(10));
+  ASSERT_THAT(LeasedIds(first), ElementsAre(Id(1)));
+  EXPECT_FALSE(first.lease().domains(0).entries(0).delay_warned());
+  CompletionItem marked = Retry(Id(1), last_index_);
+  marked.mutable_retry()->set_mark_delay_warned(true);
+  ASSERT_EQ(Apply(CompleteOf({marked})).complete().outcomes(0).code(), OK);
+  absl::StatusOr<StoredEntry> stored = machine_->GetEntry(ToId(Id(1)));
+  ASSERT_TRUE(stored.ok());
+  EXPECT_TRUE(stored->delay_warned());
+
+  // A later retry without the mark does not clear it: one warning per entry.
+  now_ += absl::Hours(1);
+  const CommandResult second = Apply(LeaseOf(10));
+  ASSERT_THAT(LeasedIds(second), ElementsAre(Id(1)));
+  EXPECT_TRUE(second.lease().domains(0).entries(0).delay_warned());
+  ASSERT_EQ(Apply(CompleteOf({Retry(Id(1), last_index_)})).complete().outcomes(0).code(), OK);
+  stored = machine_->GetEntry(ToId(Id(1)));
+  ASSERT_TRUE(stored.ok());
+  EXPECT_TRUE(stored->delay_warned());
+}
+
 // --- Per-domain schedule ----------------------------------------------------------------------
 
 TEST_F(StateMachineTest, FailedAttemptsDoubleTheDomainBackoffUpToTheCap) {
