@@ -5,6 +5,7 @@
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <optional>
 #include <utility>
 
 #include <fmt/format.h>
@@ -67,10 +68,13 @@ class DeliveryRole::Job {
                           const std::string& remote_host);
   const std::string& domain() const { return domain_; }
   DeliveryRole& role() { return *role_; }
+  // Opens up to the domain's free connection slots, or parks the job until a slot frees.
+  void OpenConnections(const Route& route);
+  // A parked job: the route it waits to deliver on.
+  std::optional<Route> TakeParkedRoute() { return std::exchange(parked_route_, std::nullopt); }
 
  private:
   void Routed(const Route& route);
-  void OpenConnections(const Route& route);
   const queue::LeasedEntry* Find(const std::string& id) const;
   // Completions, each queued in `items_` and sent when the job ends.
   // `cause`: what a delayed-delivery DSN would report (status, diagnostic or reason).
@@ -92,6 +96,7 @@ class DeliveryRole::Job {
   std::vector<queue::LeasedEntry> entries_;
   std::vector<std::unique_ptr<Connection>> connections_;
   size_t open_connections_ = 0;
+  std::optional<Route> parked_route_;
   bool started_ = false;
   std::vector<queue::CompletionItem> items_;
 };
@@ -566,7 +571,8 @@ void DeliveryRole::Job::Routed(const Route& route) {
     }
   }
   if (route.kind == Route::Kind::kDeliver) {
-    OpenConnections(route);
+    OpenConnections(route);  // may finish (and delete) this job: nothing after it
+    return;
   }
   MaybeDone();
 }
@@ -580,12 +586,24 @@ void DeliveryRole::Job::OpenConnections(const Route& route) {
       deliverable.push_back(&leased);
     }
   }
+  if (deliverable.empty()) {
+    MaybeDone();
+    return;
+  }
   const size_t limit = std::max<size_t>(1, role_->config_.delivery.connections_per_domain);
+  // The cap is per domain across jobs: a second lease of the same backlog waits for a slot.
+  const size_t in_use = role_->domain_connections_[domain_];
+  if (in_use >= limit) {
+    parked_route_ = route;
+    role_->parked_jobs_[domain_].push_back(this);
+    return;
+  }
   const size_t count =
       std::min(limit, std::max<size_t>(1, (deliverable.size() + kMessagesPerConnection - 1) /
                                               kMessagesPerConnection));
   // Spread the entries: the backlog drains over parallel connections.
-  const size_t parallel = std::min(std::max(count, std::min(limit, deliverable.size())), limit);
+  const size_t parallel =
+      std::min(std::max(count, std::min(limit, deliverable.size())), limit - in_use);
   std::vector<std::vector<const queue::LeasedEntry*>> shares(parallel);
   for (size_t i = 0; i < deliverable.size(); ++i) {
     shares[i % parallel].push_back(deliverable[i]);
@@ -599,6 +617,7 @@ void DeliveryRole::Job::OpenConnections(const Route& route) {
     connections_.push_back(std::make_unique<Connection>(this, route.hosts, std::move(share), tls));
   }
   open_connections_ = connections_.size();
+  role_->domain_connections_[domain_] += open_connections_;
   // Start after all exist: a connection may finish (and count down) inside Start().
   for (size_t i = 0, n = connections_.size(); i < n; ++i) {
     connections_[i]->Start();
@@ -786,11 +805,12 @@ void DeliveryRole::Job::ConnectionFinished(Connection* /*connection*/,
     }
   }
   --open_connections_;
+  role_->ReleaseConnection(domain_);
   MaybeDone();
 }
 
 void DeliveryRole::Job::MaybeDone() {
-  if (!started_ || open_connections_ > 0) {
+  if (!started_ || open_connections_ > 0 || parked_route_) {
     return;
   }
   role_->Finished(std::move(items_));
@@ -884,6 +904,26 @@ void DeliveryRole::StartJob(queue::LeasedDomain leased) {
     return;  // stopping: the leases expire
   }
   raw->Start();
+}
+
+void DeliveryRole::ReleaseConnection(const std::string& domain) {
+  if (const auto it = domain_connections_.find(domain); it != domain_connections_.end()) {
+    if (--it->second == 0) {
+      domain_connections_.erase(it);
+    }
+  }
+  const auto parked = parked_jobs_.find(domain);
+  if (parked == parked_jobs_.end()) {
+    return;
+  }
+  Job* job = parked->second.front();
+  parked->second.pop_front();
+  if (parked->second.empty()) {
+    parked_jobs_.erase(parked);
+  }
+  if (std::optional<Route> route = job->TakeParkedRoute()) {
+    job->OpenConnections(*route);  // may finish (and delete) the job
+  }
 }
 
 void DeliveryRole::JobDone(Job* job) {

@@ -69,6 +69,8 @@ class DeliveryRole {
   // Loop thread: delivers one leased domain.
   void StartJob(queue::LeasedDomain leased);
   void JobDone(Job* job);
+  // Loop thread: a connection of `domain` closed; a parked job of the domain may open one.
+  void ReleaseConnection(const std::string& domain);
   // Any thread: hands finished entries to the lease thread.
   void Finished(std::vector<queue::CompletionItem> items);
   // A 16-byte id for a DSN this node creates.
@@ -99,6 +101,10 @@ class DeliveryRole {
   // Loop thread only.
   std::unique_ptr<Resolver> resolver_;
   std::unordered_map<Job*, std::unique_ptr<Job>> jobs_;
+  // Open connections per domain (the connections_per_domain cap spans jobs), and the jobs
+  // waiting for one of them, oldest first.
+  std::unordered_map<std::string, size_t> domain_connections_;
+  std::unordered_map<std::string, std::deque<Job*>> parked_jobs_;
 };
 
 }  // namespace backstop::delivery
