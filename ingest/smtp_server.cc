@@ -435,7 +435,10 @@ class SmtpServer::Connection {
     StartSend();
     if (close_after_send_) {
       MaybeCloseAfterSend();
+      return;
     }
+    // Reading may have paused until the replies moved on (WantsInput).
+    ArmRecv();
   }
 
   void MaybeCloseAfterSend() {
@@ -454,6 +457,12 @@ class SmtpServer::Connection {
       case Phase::kSmtp:
       case Phase::kTls:
         if (session_->closing() || close_after_send_) {
+          return false;
+        }
+        // Replies wait behind a send the client has not taken yet: reading more commands
+        // would make more replies, and a client that pipelines without reading could grow
+        // them without bound. Not reading leaves the back-pressure to its TCP window.
+        if (!queued_.empty()) {
           return false;
         }
         // Before the banner, one read tells an early talker (RFC 5321 §4.3.1: the client

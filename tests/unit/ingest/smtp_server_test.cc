@@ -110,6 +110,28 @@ class Client {
       }
     }
   }
+  // Pipelines NOOPs without reading a reply, until `limit` bytes went out or the server stops
+  // taking them for half a second; returns how many went out.
+  size_t FloodWithoutReading(size_t limit) {
+    const int small = 4096;
+    setsockopt(fd_.get(), SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+    setsockopt(fd_.get(), SOL_SOCKET, SO_SNDBUF, &small, sizeof(small));
+    timeval timeout{0, 500'000};
+    setsockopt(fd_.get(), SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof(timeout));
+    std::string chunk;
+    for (int i = 0; i < 1000; ++i) {
+      chunk += "NOOP\r\n";
+    }
+    size_t sent = 0;
+    while (sent < limit) {
+      const ssize_t n = ::send(fd_.get(), chunk.data(), chunk.size(), MSG_NOSIGNAL);
+      if (n <= 0) {
+        break;
+      }
+      sent += static_cast<size_t>(n);
+    }
+    return sent;
+  }
   // True when the server closed the connection (EOF) with nothing more to read.
   bool Closed() {
     char byte;
@@ -245,6 +267,18 @@ TEST_F(SmtpServerTest, DribblingClientTimesOutWhileOthersAreServed) {
   EXPECT_TRUE(slow.Closed());
 }
 
+TEST_F(SmtpServerTest, StopsReadingFromAClientThatDoesNotReadItsReplies) {
+  SmtpServerOptions options;
+  options.session.command_timeout = absl::Seconds(30);
+  StartServer(options);
+  Client flooder(address_);
+  EXPECT_THAT(flooder.Reply(), StartsWith("220"));
+  // Every NOOP makes a reply; if the server kept reading, the replies it cannot send would
+  // pile up in its memory without bound.
+  constexpr size_t kLimit = size_t{8} << 20;
+  EXPECT_LT(flooder.FloodWithoutReading(kLimit), kLimit / 2);
+}
+
 TEST_F(SmtpServerTest, TakesTheClientAddressFromATrustedProxyHeader) {
   SmtpServerOptions options;
   options.proxy_protocol = true;
@@ -296,7 +330,9 @@ TEST_F(SmtpServerTest, DrainEndsIdleSessionsWith421AndStopsAccepting) {
   bool refused = false;
   for (int attempt = 0; attempt < 200 && !refused; ++attempt) {
     refused = !Connect(*SocketAddress::Parse(address_), Blocking::kYes).ok();
-    if (!refused) absl::SleepFor(absl::Milliseconds(10));
+    if (!refused) {
+      absl::SleepFor(absl::Milliseconds(10));
+    }
   }
   EXPECT_TRUE(refused);
 }
