@@ -2,6 +2,7 @@
 
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <thread>
 #include <utility>
 
@@ -419,7 +420,11 @@ class SmtpServer::Connection {
     }
     sending_.swap(queued_);
     queued_.clear();
+    // A client that stops reading blocks the send forever; the session's own deadlines do not
+    // run then (a closing session has none), so the send gets one of its own.
+    send_deadline_ = absl::Now() + server_.options_.session.command_timeout;
     loop_.Send(send_op_, fd_.get(), sending_);
+    ArmTimer();
   }
 
   void OnSent(const Completion& c) {
@@ -485,6 +490,11 @@ class SmtpServer::Connection {
   }
 
   absl::Time Deadline() const {
+    const absl::Time phase_deadline = PhaseDeadline();
+    return send_op_.in_flight() ? std::min(phase_deadline, send_deadline_) : phase_deadline;
+  }
+
+  absl::Time PhaseDeadline() const {
     switch (phase_) {
       case Phase::kProxy:
       case Phase::kRefused:
@@ -531,9 +541,9 @@ class SmtpServer::Connection {
       return;
     }
     if (!session_ || phase_ == Phase::kTlsHandshake || phase_ == Phase::kRefused ||
-        session_->closing()) {
+        session_->closing() || (send_op_.in_flight() && now >= send_deadline_)) {
       // No session to answer, a handshake that never finished, or a client that does not
-      // read the 421 we already queued.
+      // read what we already sent (a 421 could not reach it either).
       CloseNow();
       return;
     }
@@ -578,8 +588,9 @@ class SmtpServer::Connection {
   bool heard_before_banner_ = false;
   bool deciding_ = false;  // inside SessionHandler::Decide
   std::optional<Verdict> immediate_verdict_;
-  std::string sending_;  // bytes of the send in flight
-  std::string queued_;   // bytes waiting for it
+  std::string sending_;                                // bytes of the send in flight
+  std::string queued_;                                 // bytes waiting for it
+  absl::Time send_deadline_ = absl::InfiniteFuture();  // for the send in flight
   bool close_after_send_ = false;
   bool closed_ = false;
   absl::Time timer_at_ = absl::InfiniteFuture();

@@ -279,6 +279,18 @@ TEST_F(SmtpServerTest, StopsReadingFromAClientThatDoesNotReadItsReplies) {
   EXPECT_LT(flooder.FloodWithoutReading(kLimit), kLimit / 2);
 }
 
+TEST_F(SmtpServerTest, ClosesAClientThatNeverReadsItsReplies) {
+  SmtpServerOptions options;
+  options.session.command_timeout = absl::Milliseconds(300);
+  StartServer(options);
+  Client flooder(address_);
+  EXPECT_THAT(flooder.Reply(), StartsWith("220"));
+  flooder.FloodWithoutReading(size_t{8} << 20);
+  // The replies (and the 421 after the timeout) can never be sent: the connection and its
+  // limiter slot must not be held forever.
+  EXPECT_TRUE(server_->WaitIdle(absl::Seconds(5)));
+}
+
 TEST_F(SmtpServerTest, TakesTheClientAddressFromATrustedProxyHeader) {
   SmtpServerOptions options;
   options.proxy_protocol = true;
