@@ -83,8 +83,40 @@ uint64_t SmtpServer::Limiter::total() const {
 
 class SmtpServer::Worker {
  public:
+  // Where a handler's answers go. Shared with every answer callback, which may be called on
+  // any thread after the worker is gone (an answer must then be dropped, not delivered).
+  class Mailbox {
+   public:
+    explicit Mailbox(Worker* worker) : worker_(worker) {}
+    void Deliver(uint64_t id, const Verdict& verdict) {
+      std::unique_lock lock(mutex_);
+      if (worker_ == nullptr) {
+        return;
+      }
+      if (worker_->loop_->IsLoopThread()) {
+        // The loop thread runs only while the worker lives; unlocked because resolving may
+        // ask (and be answered) again right away.
+        Worker* worker = worker_;
+        lock.unlock();
+        worker->DeliverOnLoop(id, verdict);
+        return;
+      }
+      // A posted task runs on the loop thread or never, so the worker is alive when it does.
+      worker_->loop_->Post([worker = worker_, id, verdict] { worker->DeliverOnLoop(id, verdict); });
+    }
+    // The loop has stopped: later answers are dropped.
+    void Close() {
+      std::lock_guard lock(mutex_);
+      worker_ = nullptr;
+    }
+
+   private:
+    std::mutex mutex_;
+    Worker* worker_;  // guarded by mutex_; null once the loop has stopped
+  };
+
   Worker(SmtpServer* server, std::unique_ptr<EventLoop> loop)
-      : server_(server), loop_(std::move(loop)) {}
+      : server_(server), loop_(std::move(loop)), mailbox_(std::make_shared<Mailbox>(this)) {}
 
   void AddListener(UniqueFd fd) {
     auto listener = std::make_unique<Listener>();
@@ -107,16 +139,18 @@ class SmtpServer::Worker {
     if (thread_.joinable()) {
       thread_.join();
     }
+    mailbox_->Close();
   }
 
-  // Any thread: hands a decision to the connection `id`, if it still exists.
-  void Deliver(uint64_t id, const Verdict& verdict);
+  // Loop thread: hands a decision to the connection `id`, if it still exists.
+  void DeliverOnLoop(uint64_t id, const Verdict& verdict);
   // Any thread.
   void Drain() {
     loop_->Post([this] { DrainOnLoop(); });
   }
 
   EventLoop& loop() { return *loop_; }
+  const std::shared_ptr<Mailbox>& mailbox() const { return mailbox_; }
   SmtpServer& server() { return *server_; }
   void Remove(uint64_t id) { connections_.erase(id); }
 
@@ -131,6 +165,7 @@ class SmtpServer::Worker {
 
   SmtpServer* const server_;
   std::unique_ptr<EventLoop> loop_;
+  const std::shared_ptr<Mailbox> mailbox_;
   std::vector<std::unique_ptr<Listener>> listeners_;
   // Declared after loop_: destroyed first, when nothing is in flight any more.
   std::unordered_map<uint64_t, std::unique_ptr<Connection>> connections_;
@@ -335,10 +370,11 @@ class SmtpServer::Connection {
     while (IsDecision(session_->pending()) && !decision_in_flight_) {
       decision_in_flight_ = true;
       deciding_ = true;
-      Worker* worker = worker_;
       const uint64_t id = info_.id;
-      server_.handler_->Decide(
-          info_, *session_, [worker, id](const Verdict& verdict) { worker->Deliver(id, verdict); });
+      server_.handler_->Decide(info_, *session_,
+                               [mailbox = worker_->mailbox(), id](const Verdict& verdict) {
+                                 mailbox->Deliver(id, verdict);
+                               });
       deciding_ = false;
       if (!immediate_verdict_) {
         break;
@@ -599,14 +635,10 @@ class SmtpServer::Connection {
   Operation timer_op_;
 };
 
-void SmtpServer::Worker::Deliver(uint64_t id, const Verdict& verdict) {
-  if (loop_->IsLoopThread()) {
-    if (const auto it = connections_.find(id); it != connections_.end()) {
-      it->second->Resolved(verdict);
-    }
-    return;
+void SmtpServer::Worker::DeliverOnLoop(uint64_t id, const Verdict& verdict) {
+  if (const auto it = connections_.find(id); it != connections_.end()) {
+    it->second->Resolved(verdict);
   }
-  loop_->Post([this, id, verdict] { Deliver(id, verdict); });
 }
 
 void SmtpServer::Worker::OnAccept(Listener& listener, const Completion& c) {

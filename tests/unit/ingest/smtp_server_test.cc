@@ -19,10 +19,12 @@ using ::testing::HasSubstr;
 using ::testing::StartsWith;
 
 // Records what the server asks and answers: accept everything, and the end of data with a
-// queue id; RCPT to "refuse@..." is refused. Answers from another thread when `async`.
+// queue id; RCPT to "refuse@..." is refused. Answers from another thread when `async`, and
+// keeps the answers for the test to give when `hold`.
 class RecordingHandler : public SessionHandler {
  public:
   bool async = false;
+  bool hold = false;
 
   void Decide(const ConnectionInfo& connection, const SmtpSession& session,
               std::function<void(const Verdict&)> respond) override {
@@ -38,6 +40,12 @@ class RecordingHandler : public SessionHandler {
         transactions_.push_back(session.transaction());
         verdict = Verdict::AcceptWith(Reply{250, "2.0.0", {"Ok: queued as T1"}});
       }
+    }
+    if (hold) {
+      std::lock_guard lock(mutex_);
+      held_.push_back([respond = std::move(respond), verdict] { respond(verdict); });
+      changed_.notify_all();
+      return;
     }
     changed_.notify_all();
     if (async) {
@@ -61,6 +69,14 @@ class RecordingHandler : public SessionHandler {
     std::lock_guard lock(mutex_);
     return clients_;
   }
+  // Waits for a held answer and takes it.
+  std::function<void()> TakeHeld() {
+    std::unique_lock lock(mutex_);
+    changed_.wait(lock, [&] { return !held_.empty(); });
+    std::function<void()> answer = std::move(held_.front());
+    held_.erase(held_.begin());
+    return answer;
+  }
   void WaitClosed(int count) {
     std::unique_lock lock(mutex_);
     changed_.wait(lock, [&] { return closed_ >= count; });
@@ -71,6 +87,7 @@ class RecordingHandler : public SessionHandler {
   std::condition_variable changed_;
   std::vector<Transaction> transactions_;
   std::vector<std::string> clients_;
+  std::vector<std::function<void()>> held_;
   int closed_ = 0;
 };
 
@@ -289,6 +306,19 @@ TEST_F(SmtpServerTest, ClosesAClientThatNeverReadsItsReplies) {
   // The replies (and the 421 after the timeout) can never be sent: the connection and its
   // limiter slot must not be held forever.
   EXPECT_TRUE(server_->WaitIdle(absl::Seconds(5)));
+}
+
+TEST_F(SmtpServerTest, AnswerArrivingAfterTheServerIsGoneIsDropped) {
+  handler_.hold = true;
+  StartServer();
+  Client client(address_);
+  // The banner waits for the connect decision, which the handler keeps.
+  std::function<void()> answer = handler_.TakeHeld();
+  server_.reset();
+  // A handler may answer late, e.g. the queue handoff failing what it still holds when the
+  // ingest role shuts down after its server.
+  answer();
+  EXPECT_EQ(client.Reply(), "");
 }
 
 TEST_F(SmtpServerTest, TakesTheClientAddressFromATrustedProxyHeader) {
