@@ -5,7 +5,6 @@
 #include <mutex>
 
 #include <fmt/format.h>
-
 #include <gtest/gtest.h>
 
 namespace backstop::ingest {
@@ -105,8 +104,7 @@ TEST(QueueHandoffTest, CoalescesTransactionsWaitingBehindAnRpc) {
   handoff.Submit({Entry("t0")}, Later(), outcomes.For("t0"));
   first_call_started.get_future().wait();
   for (int i = 1; i <= 5; ++i) {
-    handoff.Submit({Entry(fmt::format("t{}", i))}, Later(),
-                   outcomes.For(fmt::format("t{}", i)));
+    handoff.Submit({Entry(fmt::format("t{}", i))}, Later(), outcomes.For(fmt::format("t{}", i)));
   }
   release_first_call.set_value();
   for (int i = 0; i <= 5; ++i) {
@@ -185,6 +183,22 @@ TEST(QueueHandoffTest, DoesNotSendATransactionPastItsDeadline) {
   handoff.Submit({Entry("late")}, absl::Now() - absl::Seconds(1), outcomes.For("late"));
   EXPECT_EQ(outcomes.Wait("late").kind, Kind::kTempFail);
   EXPECT_EQ(calls.load(), 0);
+}
+
+TEST(QueueHandoffTest, CommitAfterTheDeadlineIsATemporaryFailure) {
+  const absl::Time deadline = absl::Now() + absl::Milliseconds(100);
+  QueueHandoff handoff([&](const queue::AppendMessages& request) {
+    // The queue answers, but only after the transaction's deadline (a slow quorum).
+    while (absl::Now() <= deadline) {
+      absl::SleepFor(absl::Milliseconds(5));
+    }
+    return absl::StatusOr<queue::AppendResult>(Answer(request, queue::OK));
+  });
+  Outcomes outcomes;
+  handoff.Submit({Entry("slow")}, deadline, outcomes.For("slow"));
+  // DESIGN §3.1: no commit within smtp.commit_timeout is 451; the late commit is a duplicate
+  // once the client retries, never an acknowledgement long after the timeout.
+  EXPECT_EQ(outcomes.Wait("slow").kind, Kind::kTempFail);
 }
 
 TEST(QueueHandoffTest, SplitsBatchesAtTheEntryLimit) {
