@@ -3,6 +3,7 @@
 #include <sys/socket.h>
 #include <sys/time.h>
 
+#include <cerrno>
 #include <condition_variable>
 #include <mutex>
 #include <thread>
@@ -102,8 +103,11 @@ class Client {
     setsockopt(fd_.get(), SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
   }
   void Send(std::string_view bytes) {
-    ASSERT_EQ(::send(fd_.get(), bytes.data(), bytes.size(), MSG_NOSIGNAL),
-              static_cast<ssize_t>(bytes.size()));
+    ssize_t n;
+    do {
+      n = ::send(fd_.get(), bytes.data(), bytes.size(), MSG_NOSIGNAL);
+    } while (n < 0 && errno == EINTR);
+    ASSERT_EQ(n, static_cast<ssize_t>(bytes.size()));
   }
   // One complete reply (all its lines); "" on EOF or timeout.
   std::string Reply() {
@@ -112,7 +116,7 @@ class Client {
       const size_t end = buffer_.find("\r\n");
       if (end == std::string::npos) {
         char chunk[4096];
-        const ssize_t n = ::recv(fd_.get(), chunk, sizeof(chunk), 0);
+        const ssize_t n = Recv(chunk, sizeof(chunk));
         if (n <= 0) {
           return reply;
         }
@@ -152,10 +156,20 @@ class Client {
   // True when the server closed the connection (EOF) with nothing more to read.
   bool Closed() {
     char byte;
-    return buffer_.empty() && ::recv(fd_.get(), &byte, 1, 0) == 0;
+    return buffer_.empty() && Recv(&byte, 1) == 0;
   }
 
  private:
+  // The server's io_uring task work can interrupt this thread's blocking calls (EINTR): retry,
+  // or a test reads an interruption as the server closing.
+  ssize_t Recv(char* data, size_t size) {
+    ssize_t n;
+    do {
+      n = ::recv(fd_.get(), data, size, 0);
+    } while (n < 0 && errno == EINTR);
+    return n;
+  }
+
   UniqueFd fd_;
   std::string buffer_;
 };
