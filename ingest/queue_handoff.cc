@@ -176,11 +176,19 @@ void QueueHandoff::Send(std::vector<Pending> batch) {
     by_id[outcome.id()] = &outcome;
   }
 
+  // A commit that came after a transaction's deadline is not acknowledged (DESIGN §3.1: past
+  // smtp.commit_timeout the reply is 451): the RPC's own deadline starts when it is sent, so
+  // a transaction that waited for a sender could otherwise get its 250 long after the timeout.
+  const absl::Time answered = absl::Now();
   // The request holds every sent transaction's entries, in order.
   int first_entry = 0;
   for (Pending& pending : sent) {
     const int count = static_cast<int>(pending.entries.size());
-    pending.done(Judge(request, first_entry, count, by_id));
+    HandoffOutcome outcome = Judge(request, first_entry, count, by_id);
+    if (outcome.kind == Kind::kCommitted && pending.deadline <= answered) {
+      outcome = {Kind::kTempFail, "committed only after the commit deadline"};
+    }
+    pending.done(outcome);
     first_entry += count;
   }
 }

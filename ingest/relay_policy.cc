@@ -49,8 +49,9 @@ Verdict RelayPolicy::Check(const RcptRequest& rcpt) const {
   if (rcpt.domain.front() == '[') {
     return Refuse(554, "5.7.1", "<" + address + ">: Relay access denied");
   }
-  // user%other@relay.example or other!user@relay.example would make the primary relay on.
-  if (rcpt.local_part.find_first_of("%!") != std::string::npos) {
+  // user%other@relay.example, other!user@relay.example or "user@other"@relay.example (the
+  // local part arrives unquoted) would make the primary relay on.
+  if (rcpt.local_part.find_first_of("%!@") != std::string::npos) {
     return Refuse(554, "5.7.1", "<" + address + ">: source routing is not allowed");
   }
   const auto it = domains_.find(CanonicalDomain(rcpt.domain));

@@ -2,6 +2,7 @@
 
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <thread>
 #include <utility>
 
@@ -82,8 +83,40 @@ uint64_t SmtpServer::Limiter::total() const {
 
 class SmtpServer::Worker {
  public:
+  // Where a handler's answers go. Shared with every answer callback, which may be called on
+  // any thread after the worker is gone (an answer must then be dropped, not delivered).
+  class Mailbox {
+   public:
+    explicit Mailbox(Worker* worker) : worker_(worker) {}
+    void Deliver(uint64_t id, const Verdict& verdict) {
+      std::unique_lock lock(mutex_);
+      if (worker_ == nullptr) {
+        return;
+      }
+      if (worker_->loop_->IsLoopThread()) {
+        // The loop thread runs only while the worker lives; unlocked because resolving may
+        // ask (and be answered) again right away.
+        Worker* worker = worker_;
+        lock.unlock();
+        worker->DeliverOnLoop(id, verdict);
+        return;
+      }
+      // A posted task runs on the loop thread or never, so the worker is alive when it does.
+      worker_->loop_->Post([worker = worker_, id, verdict] { worker->DeliverOnLoop(id, verdict); });
+    }
+    // The loop has stopped: later answers are dropped.
+    void Close() {
+      std::lock_guard lock(mutex_);
+      worker_ = nullptr;
+    }
+
+   private:
+    std::mutex mutex_;
+    Worker* worker_;  // guarded by mutex_; null once the loop has stopped
+  };
+
   Worker(SmtpServer* server, std::unique_ptr<EventLoop> loop)
-      : server_(server), loop_(std::move(loop)) {}
+      : server_(server), loop_(std::move(loop)), mailbox_(std::make_shared<Mailbox>(this)) {}
 
   void AddListener(UniqueFd fd) {
     auto listener = std::make_unique<Listener>();
@@ -106,16 +139,18 @@ class SmtpServer::Worker {
     if (thread_.joinable()) {
       thread_.join();
     }
+    mailbox_->Close();
   }
 
-  // Any thread: hands a decision to the connection `id`, if it still exists.
-  void Deliver(uint64_t id, const Verdict& verdict);
+  // Loop thread: hands a decision to the connection `id`, if it still exists.
+  void DeliverOnLoop(uint64_t id, const Verdict& verdict);
   // Any thread.
   void Drain() {
     loop_->Post([this] { DrainOnLoop(); });
   }
 
   EventLoop& loop() { return *loop_; }
+  const std::shared_ptr<Mailbox>& mailbox() const { return mailbox_; }
   SmtpServer& server() { return *server_; }
   void Remove(uint64_t id) { connections_.erase(id); }
 
@@ -130,6 +165,7 @@ class SmtpServer::Worker {
 
   SmtpServer* const server_;
   std::unique_ptr<EventLoop> loop_;
+  const std::shared_ptr<Mailbox> mailbox_;
   std::vector<std::unique_ptr<Listener>> listeners_;
   // Declared after loop_: destroyed first, when nothing is in flight any more.
   std::unordered_map<uint64_t, std::unique_ptr<Connection>> connections_;
@@ -334,10 +370,11 @@ class SmtpServer::Connection {
     while (IsDecision(session_->pending()) && !decision_in_flight_) {
       decision_in_flight_ = true;
       deciding_ = true;
-      Worker* worker = worker_;
       const uint64_t id = info_.id;
-      server_.handler_->Decide(
-          info_, *session_, [worker, id](const Verdict& verdict) { worker->Deliver(id, verdict); });
+      server_.handler_->Decide(info_, *session_,
+                               [mailbox = worker_->mailbox(), id](const Verdict& verdict) {
+                                 mailbox->Deliver(id, verdict);
+                               });
       deciding_ = false;
       if (!immediate_verdict_) {
         break;
@@ -419,7 +456,11 @@ class SmtpServer::Connection {
     }
     sending_.swap(queued_);
     queued_.clear();
+    // A client that stops reading blocks the send forever; the session's own deadlines do not
+    // run then (a closing session has none), so the send gets one of its own.
+    send_deadline_ = absl::Now() + server_.options_.session.command_timeout;
     loop_.Send(send_op_, fd_.get(), sending_);
+    ArmTimer();
   }
 
   void OnSent(const Completion& c) {
@@ -435,7 +476,10 @@ class SmtpServer::Connection {
     StartSend();
     if (close_after_send_) {
       MaybeCloseAfterSend();
+      return;
     }
+    // Reading may have paused until the replies moved on (WantsInput).
+    ArmRecv();
   }
 
   void MaybeCloseAfterSend() {
@@ -454,6 +498,12 @@ class SmtpServer::Connection {
       case Phase::kSmtp:
       case Phase::kTls:
         if (session_->closing() || close_after_send_) {
+          return false;
+        }
+        // Replies wait behind a send the client has not taken yet: reading more commands
+        // would make more replies, and a client that pipelines without reading could grow
+        // them without bound. Not reading leaves the back-pressure to its TCP window.
+        if (!queued_.empty()) {
           return false;
         }
         // Before the banner, one read tells an early talker (RFC 5321 §4.3.1: the client
@@ -476,6 +526,11 @@ class SmtpServer::Connection {
   }
 
   absl::Time Deadline() const {
+    const absl::Time phase_deadline = PhaseDeadline();
+    return send_op_.in_flight() ? std::min(phase_deadline, send_deadline_) : phase_deadline;
+  }
+
+  absl::Time PhaseDeadline() const {
     switch (phase_) {
       case Phase::kProxy:
       case Phase::kRefused:
@@ -522,9 +577,9 @@ class SmtpServer::Connection {
       return;
     }
     if (!session_ || phase_ == Phase::kTlsHandshake || phase_ == Phase::kRefused ||
-        session_->closing()) {
+        session_->closing() || (send_op_.in_flight() && now >= send_deadline_)) {
       // No session to answer, a handshake that never finished, or a client that does not
-      // read the 421 we already queued.
+      // read what we already sent (a 421 could not reach it either).
       CloseNow();
       return;
     }
@@ -569,8 +624,9 @@ class SmtpServer::Connection {
   bool heard_before_banner_ = false;
   bool deciding_ = false;  // inside SessionHandler::Decide
   std::optional<Verdict> immediate_verdict_;
-  std::string sending_;  // bytes of the send in flight
-  std::string queued_;   // bytes waiting for it
+  std::string sending_;                                // bytes of the send in flight
+  std::string queued_;                                 // bytes waiting for it
+  absl::Time send_deadline_ = absl::InfiniteFuture();  // for the send in flight
   bool close_after_send_ = false;
   bool closed_ = false;
   absl::Time timer_at_ = absl::InfiniteFuture();
@@ -579,14 +635,10 @@ class SmtpServer::Connection {
   Operation timer_op_;
 };
 
-void SmtpServer::Worker::Deliver(uint64_t id, const Verdict& verdict) {
-  if (loop_->IsLoopThread()) {
-    if (const auto it = connections_.find(id); it != connections_.end()) {
-      it->second->Resolved(verdict);
-    }
-    return;
+void SmtpServer::Worker::DeliverOnLoop(uint64_t id, const Verdict& verdict) {
+  if (const auto it = connections_.find(id); it != connections_.end()) {
+    it->second->Resolved(verdict);
   }
-  loop_->Post([this, id, verdict] { Deliver(id, verdict); });
 }
 
 void SmtpServer::Worker::OnAccept(Listener& listener, const Completion& c) {

@@ -194,6 +194,22 @@ TEST(QueueHandoffTest, DoesNotSendATransactionPastItsDeadline) {
   EXPECT_EQ(calls.load(), 0);
 }
 
+TEST(QueueHandoffTest, CommitAfterTheDeadlineIsATemporaryFailure) {
+  const absl::Time deadline = absl::Now() + absl::Milliseconds(100);
+  QueueHandoff handoff([&](const queue::AppendMessages& request) {
+    // The queue answers, but only after the transaction's deadline (a slow quorum).
+    while (absl::Now() <= deadline) {
+      absl::SleepFor(absl::Milliseconds(5));
+    }
+    return absl::StatusOr<queue::AppendResult>(Answer(request, queue::OK));
+  });
+  Outcomes outcomes;
+  handoff.Submit({Entry("slow")}, deadline, outcomes.For("slow"));
+  // DESIGN §3.1: no commit within smtp.commit_timeout is 451; the late commit is a duplicate
+  // once the client retries, never an acknowledgement long after the timeout.
+  EXPECT_EQ(outcomes.Wait("slow").kind, Kind::kTempFail);
+}
+
 TEST(QueueHandoffTest, SplitsBatchesAtTheEntryLimit) {
   GatedAppend append;
   QueueHandoffOptions options = OneSender();

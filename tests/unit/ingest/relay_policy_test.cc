@@ -81,6 +81,13 @@ TEST_F(RelayPolicyTest, RefusesSourceRoutingThroughALocalPart) {
   EXPECT_EQ(Enhanced(Rcpt("victim%elsewhere.org", "open.example")), "5.7.1");
 }
 
+TEST_F(RelayPolicyTest, RefusesSourceRoutingThroughAQuotedAt) {
+  // <"victim@elsewhere.org"@open.example>: the parser unquotes the local part; a primary
+  // that trusts its backup MX (Postfix allow_untrusted_routing, sendmail) would relay on.
+  EXPECT_EQ(Code(Rcpt("victim@elsewhere.org", "open.example")), 554);
+  EXPECT_EQ(Enhanced(Rcpt("victim@elsewhere.org", "open.example")), "5.7.1");
+}
+
 TEST_F(RelayPolicyTest, RefusesAddressLiterals) {
   EXPECT_EQ(Code(Rcpt("alice", "[127.0.0.1]")), 554);
   EXPECT_EQ(Code(Rcpt("alice", "[IPv6:::1]")), 554);

@@ -3,6 +3,7 @@
 #include <sys/socket.h>
 #include <sys/time.h>
 
+#include <cerrno>
 #include <condition_variable>
 #include <mutex>
 #include <thread>
@@ -19,10 +20,12 @@ using ::testing::HasSubstr;
 using ::testing::StartsWith;
 
 // Records what the server asks and answers: accept everything, and the end of data with a
-// queue id; RCPT to "refuse@..." is refused. Answers from another thread when `async`.
+// queue id; RCPT to "refuse@..." is refused. Answers from another thread when `async`, and
+// keeps the answers for the test to give when `hold`.
 class RecordingHandler : public SessionHandler {
  public:
   bool async = false;
+  bool hold = false;
 
   void Decide(const ConnectionInfo& connection, const SmtpSession& session,
               std::function<void(const Verdict&)> respond) override {
@@ -38,6 +41,12 @@ class RecordingHandler : public SessionHandler {
         transactions_.push_back(session.transaction());
         verdict = Verdict::AcceptWith(Reply{250, "2.0.0", {"Ok: queued as T1"}});
       }
+    }
+    if (hold) {
+      std::lock_guard lock(mutex_);
+      held_.push_back([respond = std::move(respond), verdict] { respond(verdict); });
+      changed_.notify_all();
+      return;
     }
     changed_.notify_all();
     if (async) {
@@ -61,6 +70,14 @@ class RecordingHandler : public SessionHandler {
     std::lock_guard lock(mutex_);
     return clients_;
   }
+  // Waits for a held answer and takes it.
+  std::function<void()> TakeHeld() {
+    std::unique_lock lock(mutex_);
+    changed_.wait(lock, [&] { return !held_.empty(); });
+    std::function<void()> answer = std::move(held_.front());
+    held_.erase(held_.begin());
+    return answer;
+  }
   void WaitClosed(int count) {
     std::unique_lock lock(mutex_);
     changed_.wait(lock, [&] { return closed_ >= count; });
@@ -71,6 +88,7 @@ class RecordingHandler : public SessionHandler {
   std::condition_variable changed_;
   std::vector<Transaction> transactions_;
   std::vector<std::string> clients_;
+  std::vector<std::function<void()>> held_;
   int closed_ = 0;
 };
 
@@ -85,8 +103,11 @@ class Client {
     setsockopt(fd_.get(), SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
   }
   void Send(std::string_view bytes) {
-    ASSERT_EQ(::send(fd_.get(), bytes.data(), bytes.size(), MSG_NOSIGNAL),
-              static_cast<ssize_t>(bytes.size()));
+    ssize_t n;
+    do {
+      n = ::send(fd_.get(), bytes.data(), bytes.size(), MSG_NOSIGNAL);
+    } while (n < 0 && errno == EINTR);
+    ASSERT_EQ(n, static_cast<ssize_t>(bytes.size()));
   }
   // One complete reply (all its lines); "" on EOF or timeout.
   std::string Reply() {
@@ -95,7 +116,7 @@ class Client {
       const size_t end = buffer_.find("\r\n");
       if (end == std::string::npos) {
         char chunk[4096];
-        const ssize_t n = ::recv(fd_.get(), chunk, sizeof(chunk), 0);
+        const ssize_t n = Recv(chunk, sizeof(chunk));
         if (n <= 0) {
           return reply;
         }
@@ -110,13 +131,45 @@ class Client {
       }
     }
   }
+  // Pipelines NOOPs without reading a reply, until `limit` bytes went out or the server stops
+  // taking them for half a second; returns how many went out.
+  size_t FloodWithoutReading(size_t limit) {
+    const int small = 4096;
+    setsockopt(fd_.get(), SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+    setsockopt(fd_.get(), SOL_SOCKET, SO_SNDBUF, &small, sizeof(small));
+    timeval timeout{0, 500'000};
+    setsockopt(fd_.get(), SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof(timeout));
+    std::string chunk;
+    for (int i = 0; i < 1000; ++i) {
+      chunk += "NOOP\r\n";
+    }
+    size_t sent = 0;
+    while (sent < limit) {
+      const ssize_t n = ::send(fd_.get(), chunk.data(), chunk.size(), MSG_NOSIGNAL);
+      if (n <= 0) {
+        break;
+      }
+      sent += static_cast<size_t>(n);
+    }
+    return sent;
+  }
   // True when the server closed the connection (EOF) with nothing more to read.
   bool Closed() {
     char byte;
-    return buffer_.empty() && ::recv(fd_.get(), &byte, 1, 0) == 0;
+    return buffer_.empty() && Recv(&byte, 1) == 0;
   }
 
  private:
+  // The server's io_uring task work can interrupt this thread's blocking calls (EINTR): retry,
+  // or a test reads an interruption as the server closing.
+  ssize_t Recv(char* data, size_t size) {
+    ssize_t n;
+    do {
+      n = ::recv(fd_.get(), data, size, 0);
+    } while (n < 0 && errno == EINTR);
+    return n;
+  }
+
   UniqueFd fd_;
   std::string buffer_;
 };
@@ -245,6 +298,43 @@ TEST_F(SmtpServerTest, DribblingClientTimesOutWhileOthersAreServed) {
   EXPECT_TRUE(slow.Closed());
 }
 
+TEST_F(SmtpServerTest, StopsReadingFromAClientThatDoesNotReadItsReplies) {
+  SmtpServerOptions options;
+  options.session.command_timeout = absl::Seconds(30);
+  StartServer(options);
+  Client flooder(address_);
+  EXPECT_THAT(flooder.Reply(), StartsWith("220"));
+  // Every NOOP makes a reply; if the server kept reading, the replies it cannot send would
+  // pile up in its memory without bound.
+  constexpr size_t kLimit = size_t{8} << 20;
+  EXPECT_LT(flooder.FloodWithoutReading(kLimit), kLimit / 2);
+}
+
+TEST_F(SmtpServerTest, ClosesAClientThatNeverReadsItsReplies) {
+  SmtpServerOptions options;
+  options.session.command_timeout = absl::Milliseconds(300);
+  StartServer(options);
+  Client flooder(address_);
+  EXPECT_THAT(flooder.Reply(), StartsWith("220"));
+  flooder.FloodWithoutReading(size_t{8} << 20);
+  // The replies (and the 421 after the timeout) can never be sent: the connection and its
+  // limiter slot must not be held forever.
+  EXPECT_TRUE(server_->WaitIdle(absl::Seconds(5)));
+}
+
+TEST_F(SmtpServerTest, AnswerArrivingAfterTheServerIsGoneIsDropped) {
+  handler_.hold = true;
+  StartServer();
+  Client client(address_);
+  // The banner waits for the connect decision, which the handler keeps.
+  std::function<void()> answer = handler_.TakeHeld();
+  server_.reset();
+  // A handler may answer late, e.g. the queue handoff failing what it still holds when the
+  // ingest role shuts down after its server.
+  answer();
+  EXPECT_EQ(client.Reply(), "");
+}
+
 TEST_F(SmtpServerTest, TakesTheClientAddressFromATrustedProxyHeader) {
   SmtpServerOptions options;
   options.proxy_protocol = true;
@@ -296,7 +386,9 @@ TEST_F(SmtpServerTest, DrainEndsIdleSessionsWith421AndStopsAccepting) {
   bool refused = false;
   for (int attempt = 0; attempt < 200 && !refused; ++attempt) {
     refused = !Connect(*SocketAddress::Parse(address_), Blocking::kYes).ok();
-    if (!refused) absl::SleepFor(absl::Milliseconds(10));
+    if (!refused) {
+      absl::SleepFor(absl::Milliseconds(10));
+    }
   }
   EXPECT_TRUE(refused);
 }
