@@ -126,7 +126,7 @@ lint: deps-lint build
 FUZZ_SECONDS ?= 60
 fuzz: deps-fuzz deps
 	@[ -f build/fuzz/build.ninja ] || cmake --preset fuzz
-	cmake --build build/fuzz
+	cmake --build build/fuzz --target $$(ls tests/fuzz/corpus)
 	@mkdir -p build/fuzz/artifacts
 	@for t in $$(ls tests/fuzz/corpus); do \
 	  mkdir -p build/fuzz/corpus/$$t; \
