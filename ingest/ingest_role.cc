@@ -29,13 +29,9 @@ Verdict Refuse(int code, const char* enhanced, std::string text) {
 std::map<std::string, std::vector<const RcptRequest*>> RecipientsByDomain(
     const Transaction& transaction) {
   std::map<std::string, std::vector<const RcptRequest*>> by_domain;
+  // RcptRequest::domain is already canonical: lower-case, one trailing dot removed.
   for (const RcptRequest& rcpt : transaction.recipients) {
-    std::string domain = rcpt.domain;
-    absl::AsciiStrToLower(&domain);
-    if (!domain.empty() && domain.back() == '.') {
-      domain.pop_back();
-    }
-    by_domain[domain].push_back(&rcpt);
+    by_domain[rcpt.domain].push_back(&rcpt);
   }
   return by_domain;
 }

@@ -24,14 +24,6 @@ void AddMembers(const std::vector<raft::NodeId>& ids, const QueueNode& node,
   }
 }
 
-std::function<void(CommandResult&)> FillSelection(SelectionResult* response) {
-  return [response](CommandResult& result) { response->Swap(result.mutable_selection()); };
-}
-
-std::function<void(CommandResult&)> FillDomain(DomainResult* response) {
-  return [response](CommandResult& result) { response->Swap(result.mutable_domain()); };
-}
-
 }  // namespace
 
 AdminServiceImpl::AdminServiceImpl(QueueNode* node)

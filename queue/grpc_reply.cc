@@ -74,4 +74,12 @@ grpc::ServerUnaryReactor* ProposeEncodedAndReply(grpc::CallbackServerContext* co
   return reactor;
 }
 
+std::function<void(CommandResult&)> FillSelection(SelectionResult* response) {
+  return [response](CommandResult& result) { response->Swap(result.mutable_selection()); };
+}
+
+std::function<void(CommandResult&)> FillDomain(DomainResult* response) {
+  return [response](CommandResult& result) { response->Swap(result.mutable_domain()); };
+}
+
 }  // namespace backstop::queue

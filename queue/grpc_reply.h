@@ -38,4 +38,8 @@ grpc::ServerUnaryReactor* ProposeEncodedAndReply(grpc::CallbackServerContext* co
                                                  std::string encoded_command,
                                                  std::function<void(CommandResult&)> fill);
 
+// Fills for ProposeAndReply: move the command's result of that kind into the response.
+std::function<void(CommandResult&)> FillSelection(SelectionResult* response);
+std::function<void(CommandResult&)> FillDomain(DomainResult* response);
+
 }  // namespace backstop::queue

@@ -107,9 +107,7 @@ grpc::ServerUnaryReactor* QueueServiceImpl::Flush(grpc::CallbackServerContext* c
                                                   SelectionResult* response) {
   Command command;
   *command.mutable_flush() = *request;
-  return ProposeAndReply(context, std::move(command), [response](CommandResult& result) {
-    response->Swap(result.mutable_selection());
-  });
+  return ProposeAndReply(context, std::move(command), FillSelection(response));
 }
 
 grpc::ServerUnaryReactor* QueueServiceImpl::ReadMessage(grpc::CallbackServerContext* context,
