@@ -93,6 +93,30 @@ struct ResolverOptions {
   int tries = 2;
 };
 
+// The lookups DNS-based checks need, so that they can be tested against a fake. Callbacks run
+// exactly once each, never inside the call that started the lookup; which thread runs them is
+// the implementation's to say (Resolver: its loop thread).
+class DnsClient {
+ public:
+  using MxCallback = std::function<void(MxResult)>;
+  using AddressCallback = std::function<void(AddressResult)>;
+  using NamesCallback = std::function<void(NamesResult)>;
+  using TxtCallback = std::function<void(TxtResult)>;
+
+  virtual ~DnsClient() = default;
+  // Names are queried as given (no search list); a trailing dot is allowed.
+  virtual void LookupMx(const std::string& name, MxCallback callback) = 0;
+  // A and AAAA in parallel. OK when either has addresses (a failed AAAA next to a good A
+  // is not an error); NotFound when neither has any and both said so definitely; otherwise
+  // the temporary error. An IP literal (a configured primary) is its own only address.
+  virtual void LookupAddresses(const std::string& name, AddressCallback callback) = 0;
+  // A only: DNSBL queries (see DnsblQueryName).
+  virtual void LookupA(const std::string& name, AddressCallback callback) = 0;
+  // PTR of the reverse name of `ip` (IPv4 or IPv6 literal).
+  virtual void LookupPtr(const std::string& ip, NamesCallback callback) = 0;
+  virtual void LookupTxt(const std::string& name, TxtCallback callback) = 0;
+};
+
 // One c-ares channel driven by one EventLoop: it owns the channel, a poll Operation per
 // c-ares socket and the timer that makes c-ares notice timeouts.
 //
@@ -102,29 +126,18 @@ struct ResolverOptions {
 // pending lookup with Cancelled before the destructor returns; those callbacks must not call
 // back into the Resolver. Lookups still pending when the loop stops complete, also with
 // Cancelled, when the Resolver is destroyed.
-class Resolver {
+class Resolver : public DnsClient {
  public:
-  using MxCallback = std::function<void(MxResult)>;
-  using AddressCallback = std::function<void(AddressResult)>;
-  using NamesCallback = std::function<void(NamesResult)>;
-  using TxtCallback = std::function<void(TxtResult)>;
-
   static absl::StatusOr<std::unique_ptr<Resolver>> Create(EventLoop& loop, ResolverOptions options);
-  ~Resolver();
+  ~Resolver() override;
   Resolver(const Resolver&) = delete;
   Resolver& operator=(const Resolver&) = delete;
 
-  // Names are queried as given (no search list); a trailing dot is allowed.
-  void LookupMx(const std::string& name, MxCallback callback);
-  // A and AAAA in parallel. OK when either has addresses (a failed AAAA next to a good A
-  // is not an error); NotFound when neither has any and both said so definitely; otherwise
-  // the temporary error. An IP literal (a configured primary) is its own only address.
-  void LookupAddresses(const std::string& name, AddressCallback callback);
-  // A only: DNSBL queries (see DnsblQueryName).
-  void LookupA(const std::string& name, AddressCallback callback);
-  // PTR of the reverse name of `ip` (IPv4 or IPv6 literal).
-  void LookupPtr(const std::string& ip, NamesCallback callback);
-  void LookupTxt(const std::string& name, TxtCallback callback);
+  void LookupMx(const std::string& name, MxCallback callback) override;
+  void LookupAddresses(const std::string& name, AddressCallback callback) override;
+  void LookupA(const std::string& name, AddressCallback callback) override;
+  void LookupPtr(const std::string& ip, NamesCallback callback) override;
+  void LookupTxt(const std::string& name, TxtCallback callback) override;
 
  private:
   struct Watch;

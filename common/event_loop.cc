@@ -582,4 +582,61 @@ void EventLoop::PublishBuffers() {
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// LoopExecutor
+
+void LoopExecutor::Run(std::function<void()> task) {
+  std::unique_lock lock(mutex_);
+  if (loop_ == nullptr) {
+    return;
+  }
+  if (loop_->IsLoopThread()) {
+    // The loop thread runs only while the loop lives; unlocked because the task may run
+    // further tasks through this executor.
+    lock.unlock();
+    task();
+    return;
+  }
+  // A posted task runs on the loop thread or never, so the loop is alive when it does.
+  loop_->Post(std::move(task));
+}
+
+void LoopExecutor::RunAfter(absl::Duration delay, std::function<void()> task) {
+  EventLoop* loop;
+  {
+    std::lock_guard lock(mutex_);
+    loop = loop_;
+  }
+  if (loop == nullptr) {
+    return;
+  }
+  Run([loop, delay, task = std::move(task)]() mutable {
+    // The timer owns itself: its final completion deletes it, and a stopping loop delivers
+    // that as -ECANCELED (the task is then dropped).
+    struct Timer {
+      explicit Timer(std::function<void()> t)
+          : task(std::move(t)), op([this](const Completion& completion) {
+              std::unique_ptr<Timer> owned(this);
+              if (completion.result != -ECANCELED) {
+                owned->task();
+              }
+            }) {}
+      std::function<void()> task;
+      Operation op;
+    };
+    auto* timer = new Timer(std::move(task));
+    loop->StartTimer(timer->op, delay);
+  });
+}
+
+bool LoopExecutor::OnLoopThread() const {
+  std::lock_guard lock(mutex_);
+  return loop_ != nullptr && loop_->IsLoopThread();
+}
+
+void LoopExecutor::Close() {
+  std::lock_guard lock(mutex_);
+  loop_ = nullptr;
+}
+
 }  // namespace backstop

@@ -200,4 +200,24 @@ class EventLoop {
   Operation* local_tail_ = nullptr;
 };
 
+// A handle through which any thread runs tasks on a loop that may stop, and be destroyed, while
+// the handle is still shared (by answer callbacks, DNS lookups, timers of filters). Until
+// Close(), a task runs on the loop thread: at once when Run() is called there, else posted.
+// After Close() tasks are dropped. The loop's owner calls Close() once Run() has returned.
+// Thread-safe.
+class LoopExecutor {
+ public:
+  explicit LoopExecutor(EventLoop* loop) : loop_(loop) {}
+
+  void Run(std::function<void()> task);
+  // Runs `task` on the loop thread once `delay` has passed; dropped if the loop stops first.
+  void RunAfter(absl::Duration delay, std::function<void()> task);
+  bool OnLoopThread() const;
+  void Close();
+
+ private:
+  mutable std::mutex mutex_;
+  EventLoop* loop_;  // guarded by mutex_; null once closed
+};
+
 }  // namespace backstop

@@ -27,7 +27,7 @@ Verdict Refuse(int code, const char* enhanced, std::string text) {
 
 // DESIGN §3.2: one entry per destination domain, with only that domain's recipients.
 std::map<std::string, std::vector<const RcptRequest*>> RecipientsByDomain(
-    const Transaction& transaction) {
+    const FilterInput& transaction) {
   std::map<std::string, std::vector<const RcptRequest*>> by_domain;
   // RcptRequest::domain is already canonical: lower-case, one trailing dot removed.
   for (const RcptRequest& rcpt : transaction.recipients) {
@@ -43,7 +43,7 @@ IngestRole::IngestRole(const Config& config)
       hostname_(config.node.hostname),
       max_received_headers_(config.smtp.max_received_headers),
       commit_timeout_(config.smtp.commit_timeout),
-      relay_(std::make_shared<RelayPolicy>(config.domains)),
+      chain_(BuildChain(config)),
       etrn_clients_(MakeEtrnClients(config)) {}
 
 std::shared_ptr<const IngestRole::EtrnClients> IngestRole::MakeEtrnClients(const Config& config) {
@@ -107,6 +107,8 @@ absl::StatusOr<std::unique_ptr<IngestRole>> IngestRole::Start(
     tls::ReloadableContext* tls = role->tls_.get();
     options.tls_context = [tls] { return tls->Current(); };
   }
+  // Every loop thread resolves for the DNS-based filters (rDNS, DNSBL, sender domains).
+  options.resolver = ResolverOptions{.servers = config.dns.servers};
   IngestRole* raw = role.get();
   role->flush_thread_ = std::thread([raw] { raw->FlushLoop(); });
   ASSIGN_OR_RETURN(role->server_, SmtpServer::Start(std::move(options), role.get()));
@@ -130,8 +132,8 @@ IngestRole::~IngestRole() {
 
 absl::Status IngestRole::Reload(const Config& config) {
   {
-    std::lock_guard lock(relay_mutex_);
-    relay_ = std::make_shared<RelayPolicy>(config.domains);
+    std::lock_guard lock(config_mutex_);
+    chain_ = BuildChain(config);
     etrn_clients_ = MakeEtrnClients(config);
   }
   if (tls_) {
@@ -140,34 +142,105 @@ absl::Status IngestRole::Reload(const Config& config) {
   return absl::OkStatus();
 }
 
-std::shared_ptr<const RelayPolicy> IngestRole::relay() const {
-  std::lock_guard lock(relay_mutex_);
-  return relay_;
-}
-
 void IngestRole::Decide(const ConnectionInfo& connection, const SmtpSession& session,
                         std::function<void(const Verdict&)> respond) {
-  switch (session.pending()) {
+  const RequestKind kind = session.pending();
+  if (kind == RequestKind::kEtrn) {
+    Etrn(connection, session.pending_etrn(), std::move(respond));
+    return;
+  }
+  auto input = std::make_shared<FilterInput>();
+  switch (kind) {
+    case RequestKind::kConnect:
+      input->stage = Stage::kConnect;
+      break;
+    case RequestKind::kHelo:
+      input->stage = Stage::kHelo;
+      break;
+    case RequestKind::kMail:
+      input->stage = Stage::kMail;
+      input->mail = session.pending_mail();
+      break;
     case RequestKind::kRcpt:
-      respond(relay()->Check(session.pending_rcpt()));
-      return;
-    case RequestKind::kEndOfData:
-      Commit(connection, session.transaction(), std::move(respond));
-      return;
-    case RequestKind::kEtrn:
-      Etrn(connection, session.pending_etrn(), std::move(respond));
-      return;
+      input->stage = Stage::kRcpt;
+      input->mail = session.mail();
+      input->rcpt = session.pending_rcpt();
+      break;
+    case RequestKind::kEndOfData: {
+      const Transaction& transaction = session.transaction();
+      input->stage = Stage::kEndOfData;
+      input->mail = transaction.mail;
+      input->recipients = transaction.recipients;
+      input->esmtp = transaction.esmtp;
+      input->message = std::make_shared<const std::string>(transaction.data);
+      break;
+    }
     default:
       respond(Verdict::Accept());
       return;
   }
+  input->connection_id = connection.id;
+  input->client = connection.client;
+  input->tls = connection.tls;
+  input->helo = kind == RequestKind::kHelo ? session.pending_helo() : session.helo();
+  input->state = ConnectionStateOf(connection.id);
+  input->dns = connection.dns;
+  input->executor = connection.executor;
+
+  chain()->Run(input, [this, input, respond = std::move(respond)](FilterResult result) mutable {
+    if (result.kind == FilterResult::Kind::kReject) {
+      if (input->stage == Stage::kRcpt) {
+        std::lock_guard lock(input->state->mutex);
+        ++input->state->rejected_recipients;
+      }
+      Log().Info("rejected", {{"connection", input->connection_id},
+                              {"stage", std::string(StageName(input->stage))},
+                              {"reason", result.reason},
+                              {"client", input->client.ip},
+                              {"reply", result.reply->Serialize()}});
+      respond(Verdict::Reject(std::move(*result.reply)));
+      return;
+    }
+    if (input->stage == Stage::kEndOfData) {
+      Commit(*input, std::move(respond));
+      return;
+    }
+    respond(Verdict::Accept());
+  });
+}
+
+void IngestRole::Closed(const ConnectionInfo& connection, const SmtpSession* /*session*/) {
+  std::lock_guard lock(states_mutex_);
+  states_.erase(connection.id);
+}
+
+std::shared_ptr<ConnectionState> IngestRole::ConnectionStateOf(uint64_t connection_id) {
+  std::lock_guard lock(states_mutex_);
+  std::shared_ptr<ConnectionState>& state = states_[connection_id];
+  if (!state) {
+    state = std::make_shared<ConnectionState>();
+  }
+  return state;
+}
+
+std::shared_ptr<const FilterChain> IngestRole::chain() const {
+  std::lock_guard lock(config_mutex_);
+  return chain_;
+}
+
+std::shared_ptr<const FilterChain> IngestRole::BuildChain(const Config& config) {
+  // Order matters: cheap local checks first, the relay check before anything that asks the
+  // network about a recipient, greylisting last (it costs a queue commit).
+  std::vector<std::unique_ptr<Filter>> filters;
+  filters.push_back(std::make_unique<RelayFilter>(config.domains));
+  return std::make_shared<FilterChain>(std::move(filters));
 }
 
 void IngestRole::Etrn(const ConnectionInfo& connection, const std::string& domain,
                       std::function<void(const Verdict&)> respond) {
   std::shared_ptr<const EtrnClients> clients;
   {
-    std::lock_guard lock(relay_mutex_);
+    std::lock_guard lock(config_mutex_);
     clients = etrn_clients_;
   }
   const auto it = clients->find(domain);
@@ -221,16 +294,22 @@ void IngestRole::FlushLoop() {
   }
 }
 
-void IngestRole::Commit(const ConnectionInfo& connection, const Transaction& transaction,
+void IngestRole::Commit(const FilterInput& transaction,
                         std::function<void(const Verdict&)> respond) {
+  const std::string& data = *transaction.message;
   // Loop detection before anything is stored (RFC 5321 §6.3).
-  if (CountReceivedHeaders(transaction.data, max_received_headers_) >= max_received_headers_) {
+  if (CountReceivedHeaders(data, max_received_headers_) >= max_received_headers_) {
     respond(
         Refuse(554, "5.4.6",
                fmt::format("Too many hops: {} or more Received: headers", max_received_headers_)));
     return;
   }
   const absl::Time now = absl::Now();
+  std::string rdns;
+  {
+    std::lock_guard lock(transaction.state->mutex);
+    rdns = transaction.state->rdns_name.value_or("");
+  }
   std::vector<queue::QueueEntry> entries;
   std::vector<std::string> ids;
   for (const auto& [domain, recipients] : RecipientsByDomain(transaction)) {
@@ -249,14 +328,16 @@ void IngestRole::Commit(const ConnectionInfo& connection, const Transaction& tra
     envelope.set_smtputf8(transaction.mail.smtputf8);
     envelope.set_ret(transaction.mail.ret);
     envelope.set_envid(transaction.mail.envid);
-    envelope.set_client_ip(connection.client.ip);
+    envelope.set_client_ip(transaction.client.ip);
+    envelope.set_rdns(rdns);
     envelope.set_helo(transaction.helo);
     envelope.set_arrival_ms(absl::ToUnixMillis(now));
     envelope.set_ingest_node_id(node_id_);
 
     ReceivedFields received;
     received.helo = transaction.helo;
-    received.client_ip = connection.client.ip;
+    received.client_ip = transaction.client.ip;
+    received.client_rdns = rdns;
     received.hostname = hostname_;
     received.esmtp = transaction.esmtp;
     received.smtputf8 = transaction.mail.smtputf8;
@@ -267,15 +348,15 @@ void IngestRole::Commit(const ConnectionInfo& connection, const Transaction& tra
     }
     received.time = now;
     std::string message = BuildReceivedHeader(received);
-    message.reserve(message.size() + transaction.data.size());
-    message += transaction.data;
+    message.reserve(message.size() + data.size());
+    message += data;
     entry.set_message(std::move(message));
     ids.push_back(id.ToString());
   }
 
   const std::string from = transaction.mail.reverse_path;
-  const size_t size = transaction.data.size();
-  const std::string client = connection.client.ip;
+  const size_t size = data.size();
+  const std::string client = transaction.client.ip;
   handoff_->Submit(
       std::move(entries), now + commit_timeout_,
       [respond = std::move(respond), ids = std::move(ids), from, size, client,

@@ -1,8 +1,8 @@
 #pragma once
 
-// The ingest role of a backstop process: the SMTP server, the decisions its sessions need
-// (relay control now; the filter chain of DESIGN §3.3 plugs in here), and the durable handoff
-// of every accepted message to the queue (DESIGN §3.1: 250 only after the quorum commit).
+// The ingest role of a backstop process: the SMTP server, the decisions its sessions need (the
+// filter chain of DESIGN §3.3, relay control first), and the durable handoff of every accepted
+// message to the queue (DESIGN §3.1: 250 only after the quorum commit).
 
 #include <atomic>
 #include <condition_variable>
@@ -21,6 +21,7 @@
 #include "absl/status/statusor.h"
 #include "common/config.h"
 #include "common/tls.h"
+#include "ingest/filter.h"
 #include "ingest/queue_handoff.h"
 #include "ingest/relay_policy.h"
 #include "ingest/smtp_server.h"
@@ -28,10 +29,10 @@
 
 namespace backstop::ingest {
 
-// Owns the queue client, the handoff, the relay policy, the TLS context and the SMTP server.
-// Start/Reload/Drain/destruction on the control thread (main); Decide() on the SMTP loop
-// threads; the handoff's callbacks on its sender threads; ETRN flushes (blocking queue calls) on
-// the flush thread.
+// Owns the queue client, the handoff, the filter chain, each connection's filter state, the TLS
+// context and the SMTP server. Start/Reload/Drain/destruction on the control thread (main);
+// Decide() and Closed() on the SMTP loop threads; filter callbacks and the handoff's callbacks on
+// any thread; ETRN flushes (blocking queue calls) on the flush thread.
 class IngestRole : public SessionHandler {
  public:
   // `queue_channel`: the in-process channel to this process's own voter, or null to reach the
@@ -40,8 +41,8 @@ class IngestRole : public SessionHandler {
       const Config& config, std::shared_ptr<grpc::Channel> queue_channel);
   ~IngestRole() override;
 
-  // SIGHUP: the relay domains and recipient lists, and the TLS certificate. Errors leave the
-  // previous TLS context in force.
+  // SIGHUP: the filter chain (relay domains, recipient lists, filters) and the TLS certificate.
+  // Errors leave the previous TLS context in force.
   absl::Status Reload(const Config& config);
   // SIGTERM: stop accepting; sessions end at their next command. Then WaitIdle().
   void Drain() { server_->Drain(); }
@@ -52,15 +53,20 @@ class IngestRole : public SessionHandler {
   uint64_t accepted_connections() const { return server_->accepted_connections(); }
   uint64_t refused_connections() const { return server_->refused_connections(); }
   const QueueHandoff& handoff() const { return *handoff_; }
+  // The outcomes of the filters (of the chain in force; a reload starts new counts).
+  std::vector<FilterCount> filter_counts() const { return chain()->counts(); }
 
   void Decide(const ConnectionInfo& connection, const SmtpSession& session,
               std::function<void(const Verdict&)> respond) override;
+  void Closed(const ConnectionInfo& connection, const SmtpSession* session) override;
 
  private:
   explicit IngestRole(const Config& config);
-  std::shared_ptr<const RelayPolicy> relay() const;
-  void Commit(const ConnectionInfo& connection, const Transaction& transaction,
-              std::function<void(const Verdict&)> respond);
+  static std::shared_ptr<const FilterChain> BuildChain(const Config& config);
+  std::shared_ptr<const FilterChain> chain() const;
+  std::shared_ptr<ConnectionState> ConnectionStateOf(uint64_t connection_id);
+  // End of data, every filter passed: the queue commit.
+  void Commit(const FilterInput& transaction, std::function<void(const Verdict&)> respond);
   // ETRN (RFC 1985) from one of the domain's primaries: the domain is due now.
   void Etrn(const ConnectionInfo& connection, const std::string& domain,
             std::function<void(const Verdict&)> respond);
@@ -76,10 +82,13 @@ class IngestRole : public SessionHandler {
   const absl::Duration commit_timeout_;
   std::atomic<uint64_t> next_sequence_{0};
 
-  mutable std::mutex relay_mutex_;
-  std::shared_ptr<const RelayPolicy> relay_;         // guarded by relay_mutex_
-  std::shared_ptr<const EtrnClients> etrn_clients_;  // guarded by relay_mutex_
-  std::unique_ptr<tls::ReloadableContext> tls_;      // null = no STARTTLS
+  mutable std::mutex config_mutex_;
+  std::shared_ptr<const FilterChain> chain_;         // guarded by config_mutex_
+  std::shared_ptr<const EtrnClients> etrn_clients_;  // guarded by config_mutex_
+  std::mutex states_mutex_;
+  // Open connections' filter state, by connection id; guarded by states_mutex_.
+  std::unordered_map<uint64_t, std::shared_ptr<ConnectionState>> states_;
+  std::unique_ptr<tls::ReloadableContext> tls_;  // null = no STARTTLS
 
   std::unique_ptr<queue::QueueClient> client_;
   std::unique_ptr<QueueHandoff> handoff_;

@@ -67,4 +67,15 @@ Verdict RelayPolicy::Check(const RcptRequest& rcpt) const {
   return Refuse(550, "5.1.1", "<" + address + ">: Recipient address rejected: User unknown");
 }
 
+void RelayFilter::Check(std::shared_ptr<const FilterInput> input, FilterDone done) {
+  Verdict verdict = policy_.Check(input->rcpt);
+  if (verdict.kind == Verdict::Kind::kAccept) {
+    done(FilterResult::Continue());
+    return;
+  }
+  const bool unknown_user = verdict.reply->enhanced == "5.1.1";
+  done(FilterResult::Reject(std::move(*verdict.reply),
+                            unknown_user ? "unknown_recipient" : "relay_denied"));
+}
+
 }  // namespace backstop::ingest

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "common/config.h"
+#include "ingest/filter.h"
 #include "ingest/smtp_session.h"
 
 namespace backstop::ingest {
@@ -38,6 +39,18 @@ class RelayPolicy {
     std::unordered_set<std::string> local_parts;
   };
   std::unordered_map<std::string, Domain> domains_;  // by lower-case name
+};
+
+// The relay policy as the first filter of the RCPT stage ("relay").
+class RelayFilter : public Filter {
+ public:
+  explicit RelayFilter(const std::vector<DomainConfig>& domains) : policy_(domains) {}
+  std::string_view name() const override { return "relay"; }
+  bool Handles(Stage stage) const override { return stage == Stage::kRcpt; }
+  void Check(std::shared_ptr<const FilterInput> input, FilterDone done) override;
+
+ private:
+  const RelayPolicy policy_;
 };
 
 }  // namespace backstop::ingest

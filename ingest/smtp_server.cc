@@ -83,40 +83,11 @@ uint64_t SmtpServer::Limiter::total() const {
 
 class SmtpServer::Worker {
  public:
-  // Where a handler's answers go. Shared with every answer callback, which may be called on
-  // any thread after the worker is gone (an answer must then be dropped, not delivered).
-  class Mailbox {
-   public:
-    explicit Mailbox(Worker* worker) : worker_(worker) {}
-    void Deliver(uint64_t id, const Verdict& verdict) {
-      std::unique_lock lock(mutex_);
-      if (worker_ == nullptr) {
-        return;
-      }
-      if (worker_->loop_->IsLoopThread()) {
-        // The loop thread runs only while the worker lives; unlocked because resolving may
-        // ask (and be answered) again right away.
-        Worker* worker = worker_;
-        lock.unlock();
-        worker->DeliverOnLoop(id, verdict);
-        return;
-      }
-      // A posted task runs on the loop thread or never, so the worker is alive when it does.
-      worker_->loop_->Post([worker = worker_, id, verdict] { worker->DeliverOnLoop(id, verdict); });
-    }
-    // The loop has stopped: later answers are dropped.
-    void Close() {
-      std::lock_guard lock(mutex_);
-      worker_ = nullptr;
-    }
-
-   private:
-    std::mutex mutex_;
-    Worker* worker_;  // guarded by mutex_; null once the loop has stopped
-  };
-
-  Worker(SmtpServer* server, std::unique_ptr<EventLoop> loop)
-      : server_(server), loop_(std::move(loop)), mailbox_(std::make_shared<Mailbox>(this)) {}
+  Worker(SmtpServer* server, std::unique_ptr<EventLoop> loop, std::unique_ptr<Resolver> resolver)
+      : server_(server),
+        loop_(std::move(loop)),
+        executor_(std::make_shared<LoopExecutor>(loop_.get())),
+        resolver_(std::move(resolver)) {}
 
   void AddListener(UniqueFd fd) {
     auto listener = std::make_unique<Listener>();
@@ -131,7 +102,13 @@ class SmtpServer::Worker {
     for (auto& listener : listeners_) {
       loop_->Accept(*listener->accept, listener->fd.get());
     }
-    thread_ = std::thread([this] { loop_->Run(); });
+    thread_ = std::thread([this] {
+      loop_->Run();
+      // Answers and lookups that come later are dropped; the resolver cancels its lookups on
+      // the loop's thread, as it must.
+      executor_->Close();
+      resolver_.reset();
+    });
   }
 
   void Stop() {
@@ -139,7 +116,6 @@ class SmtpServer::Worker {
     if (thread_.joinable()) {
       thread_.join();
     }
-    mailbox_->Close();
   }
 
   // Loop thread: hands a decision to the connection `id`, if it still exists.
@@ -150,7 +126,8 @@ class SmtpServer::Worker {
   }
 
   EventLoop& loop() { return *loop_; }
-  const std::shared_ptr<Mailbox>& mailbox() const { return mailbox_; }
+  const std::shared_ptr<LoopExecutor>& executor() const { return executor_; }
+  DnsClient* dns() { return resolver_.get(); }
   SmtpServer& server() { return *server_; }
   void Remove(uint64_t id) { connections_.erase(id); }
 
@@ -165,7 +142,10 @@ class SmtpServer::Worker {
 
   SmtpServer* const server_;
   std::unique_ptr<EventLoop> loop_;
-  const std::shared_ptr<Mailbox> mailbox_;
+  // Answers of the handler reach connections through it; shared with every answer callback,
+  // which may be called on any thread after the worker is gone.
+  const std::shared_ptr<LoopExecutor> executor_;
+  std::unique_ptr<Resolver> resolver_;  // null when the options ask for no DNS
   std::vector<std::unique_ptr<Listener>> listeners_;
   // Declared after loop_: destroyed first, when nothing is in flight any more.
   std::unordered_map<uint64_t, std::unique_ptr<Connection>> connections_;
@@ -190,6 +170,8 @@ class SmtpServer::Connection {
     info_.client.ip = HostOf(peer);
     info_.client.port = peer.port();
     info_.connected = absl::Now();
+    info_.dns = worker->dns();
+    info_.executor = worker->executor();
     phase_ = expect_proxy ? Phase::kProxy : Phase::kSmtp;
   }
 
@@ -371,10 +353,12 @@ class SmtpServer::Connection {
       decision_in_flight_ = true;
       deciding_ = true;
       const uint64_t id = info_.id;
-      server_.handler_->Decide(info_, *session_,
-                               [mailbox = worker_->mailbox(), id](const Verdict& verdict) {
-                                 mailbox->Deliver(id, verdict);
-                               });
+      server_.handler_->Decide(
+          info_, *session_,
+          [executor = worker_->executor(), worker = worker_, id](const Verdict& verdict) {
+            // The task runs only while the worker's loop runs, so `worker` is alive then.
+            executor->Run([worker, id, verdict] { worker->DeliverOnLoop(id, verdict); });
+          });
       deciding_ = false;
       if (!immediate_verdict_) {
         break;
@@ -707,7 +691,12 @@ absl::StatusOr<std::unique_ptr<SmtpServer>> SmtpServer::Start(SmtpServerOptions 
   const SmtpServerOptions& opts = server->options_;
   for (uint32_t i = 0; i < opts.threads; ++i) {
     ASSIGN_OR_RETURN(std::unique_ptr<EventLoop> loop, EventLoop::Create());
-    server->workers_.push_back(std::make_unique<Worker>(server.get(), std::move(loop)));
+    std::unique_ptr<Resolver> resolver;
+    if (opts.resolver.has_value()) {
+      ASSIGN_OR_RETURN(resolver, Resolver::Create(*loop, *opts.resolver));
+    }
+    server->workers_.push_back(
+        std::make_unique<Worker>(server.get(), std::move(loop), std::move(resolver)));
   }
   for (const HostPort& listen : opts.listen) {
     ASSIGN_OR_RETURN(SocketAddress address, SocketAddress::Parse(listen.ToString()));

@@ -19,6 +19,8 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "common/config.h"
+#include "common/dns_resolver.h"
+#include "common/event_loop.h"
 #include "common/tls.h"
 #include "ingest/proxy_protocol.h"
 #include "ingest/smtp_session.h"
@@ -31,6 +33,11 @@ struct ConnectionInfo {
   ClientInfo client;
   absl::Time connected;
   std::optional<TlsInfo> tls;
+  // The connection's loop thread's resolver (null without SmtpServerOptions::resolver): use it
+  // on that thread only, e.g. through `executor`.
+  DnsClient* dns = nullptr;
+  // Runs tasks on the connection's loop thread while it runs.
+  std::shared_ptr<LoopExecutor> executor;
 };
 
 // Makes the decisions a session asks for (filters, relay control, the queue commit). Shared by
@@ -64,6 +71,8 @@ struct SmtpServerOptions {
   // The server certificate in force (re-read at every STARTTLS, so a reload takes effect for
   // new handshakes); null or returning null = STARTTLS not offered.
   std::function<std::shared_ptr<const tls::Context>()> tls_context;
+  // Set: each loop thread gets a DNS resolver (ConnectionInfo::dns) for the handler's checks.
+  std::optional<ResolverOptions> resolver;
 };
 
 // Owns the loop threads, their listening sockets and every connection. Start/Drain/Stop/

@@ -349,8 +349,10 @@ void SmtpSession::Resolve(const Verdict& verdict, absl::Time now) {
       if (accept) {
         transaction_.recipients.push_back(pending_rcpt_);
       }
+      // Rejected recipients are not protocol errors: the harvest defence of the filter chain
+      // counts them (slower replies after 10, 421 after 20; DESIGN §3.3).
       Answer(verdict, MakeReply(250, "2.1.5", "Recipient ok"),
-             MakeReply(550, "5.7.1", "Error: recipient rejected"), ErrorCount::kCounted);
+             MakeReply(550, "5.7.1", "Error: recipient rejected"), ErrorCount::kNotCounted);
       break;
     case RequestKind::kEndOfData:
       if (accept) {

@@ -148,10 +148,15 @@ class SmtpSession {
   RequestKind pending() const { return pending_; }
   const MailRequest& pending_mail() const;  // valid while pending() == kMail
   const RcptRequest& pending_rcpt() const;  // valid while pending() == kRcpt
+  // The MAIL of the transaction in progress: valid while pending() is kRcpt or kEndOfData.
+  const MailRequest& mail() const { return transaction_.mail; }
+  // Recipients accepted so far in the transaction in progress.
+  const std::vector<RcptRequest>& recipients() const { return transaction_.recipients; }
   // Lower-cased, without the "@" option character; valid while pending() == kEtrn.
   const std::string& pending_etrn() const;
   const Transaction& transaction() const;  // valid while pending() == kEndOfData
   const std::string& helo() const;
+  const std::string& pending_helo() const { return pending_helo_; }  // while pending() == kHelo
 
   // Reply bytes to send, in order; the connection takes them after each call.
   std::string TakeOutput();

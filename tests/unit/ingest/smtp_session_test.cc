@@ -9,7 +9,9 @@
 namespace backstop::ingest {
 namespace {
 
+using ::testing::Each;
 using ::testing::ElementsAre;
+using ::testing::Eq;
 using ::testing::IsEmpty;
 
 // "250 2.1.0" / "354" / "220" for each complete reply in `output`: the code and, when the text
@@ -417,7 +419,7 @@ TEST_F(SmtpSessionTest, RejectedRecipientIsNotInTransaction) {
   Feed("RCPT TO:<unknown@r.test>\r\n");
   EXPECT_THAT(Codes(Resolve(Verdict::Reject(Reply{550, "5.1.1", {"unknown user"}}))),
               ElementsAre("550 5.1.1"));
-  EXPECT_EQ(session_->errors(), 1u);
+  EXPECT_EQ(session_->errors(), 0u);
   Feed("RCPT TO:<b@r.test>\r\n");
   Accept();
   SendData(".\r\n");
@@ -1114,16 +1116,22 @@ TEST_F(StartTlsTest, StartTlsBeforeEhloIsAllowed) {
   EXPECT_EQ(session_->pending(), RequestKind::kStartTls);
 }
 
-TEST_F(SmtpSessionTest, RejectedRecipientsCountTowardErrorLimit) {
+// The harvest defence of the filter chain counts them instead (its own thresholds).
+TEST_F(SmtpSessionTest, RejectedRecipientsAreNotProtocolErrors) {
   Greet();
   Run("MAIL FROM:<s@sender.test>\r\n");
   std::string out;
-  for (int i = 0; i < 5; ++i) {
+  for (int i = 0; i < 8; ++i) {
     Feed("RCPT TO:<guess" + std::to_string(i) + "@rcpt.test>\r\n");
     out += Resolve(Verdict::Reject(Reply{550, "5.1.1", {"unknown user"}}));
   }
-  EXPECT_THAT(Codes(out), ElementsAre("550 5.1.1", "550 5.1.1", "550 5.1.1", "550 5.1.1",
-                                      "550 5.1.1", "421 4.7.0"));
+  EXPECT_THAT(Codes(out), Each(Eq("550 5.1.1")));
+  EXPECT_EQ(session_->errors(), 0u);
+  EXPECT_FALSE(session_->closing());
+  // A 421 from the handler still ends the session.
+  Feed("RCPT TO:<guess9@rcpt.test>\r\n");
+  EXPECT_THAT(Codes(Resolve(Verdict::Reject(Reply{421, "4.7.0", {"too many"}}))),
+              ElementsAre("421 4.7.0"));
   EXPECT_TRUE(session_->closing());
 }
 
