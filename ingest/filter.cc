@@ -20,8 +20,9 @@ std::string_view StageName(Stage stage) {
   return "unknown";
 }
 
-FilterChain::FilterChain(std::vector<std::unique_ptr<Filter>> filters)
-    : filters_(std::move(filters)) {}
+FilterChain::FilterChain(std::vector<std::unique_ptr<Filter>> filters,
+                         std::shared_ptr<FilterCounters> counters)
+    : filters_(std::move(filters)), counters_(std::move(counters)) {}
 
 void FilterChain::Run(std::shared_ptr<const FilterInput> input, FilterDone done) const {
   RunFrom(0, std::move(input), std::move(done));
@@ -40,7 +41,7 @@ void FilterChain::RunFrom(size_t index, std::shared_ptr<const FilterInput> input
   // The callback keeps the chain alive: a reload may replace it while the check runs.
   filter.Check(input, [self = shared_from_this(), &filter, index, input,
                        done = std::move(done)](FilterResult result) mutable {
-    self->Count(filter, input->stage, result);
+    self->counters_->Add(filter.name(), input->stage, result);
     const absl::Duration delay = result.delay;
     auto proceed = [self, index, input, done = std::move(done),
                     result = std::move(result)]() mutable {
@@ -58,19 +59,19 @@ void FilterChain::RunFrom(size_t index, std::shared_ptr<const FilterInput> input
   });
 }
 
-void FilterChain::Count(const Filter& filter, Stage stage, const FilterResult& result) const {
+void FilterCounters::Add(std::string_view filter, Stage stage, const FilterResult& result) {
   std::string outcome = "pass";
   if (result.kind == FilterResult::Kind::kReject) {
     outcome = result.reply.has_value() && result.reply->code >= 500 ? "reject" : "tempfail";
   } else if (result.reason.empty()) {
     return;
   }
-  std::lock_guard lock(counts_mutex_);
-  ++counts_[{std::string(filter.name()), std::string(StageName(stage)), outcome, result.reason}];
+  std::lock_guard lock(mutex_);
+  ++counts_[{std::string(filter), std::string(StageName(stage)), outcome, result.reason}];
 }
 
-std::vector<FilterCount> FilterChain::counts() const {
-  std::lock_guard lock(counts_mutex_);
+std::vector<FilterCount> FilterCounters::Snapshot() const {
+  std::lock_guard lock(mutex_);
   std::vector<FilterCount> counts;
   counts.reserve(counts_.size());
   for (const auto& [key, count] : counts_) {

@@ -104,8 +104,8 @@ class Filter {
   virtual void Check(std::shared_ptr<const FilterInput> input, FilterDone done) = 0;
 };
 
-// Counts of a filter's outcomes, for /metrics: per filter, stage, result ("reject",
-// "tempfail", "pass") and reason.
+// A count of filter outcomes, for /metrics: per filter, stage, result ("reject", "tempfail",
+// "pass") and reason.
 struct FilterCount {
   std::string filter;
   std::string stage;
@@ -114,30 +114,38 @@ struct FilterCount {
   uint64_t count = 0;
 };
 
-// The ordered filters of one configuration. Immutable once built except for its counters;
-// a reload builds a new chain (sessions keep the one they started with until their next
-// decision); owned by shared pointers, which filters' callbacks hold while they run.
-// Thread-safe.
+// The outcome counts of every chain an ingest role builds: they outlive reloads, so that the
+// counters exported from them never go back. Thread-safe.
+class FilterCounters {
+ public:
+  void Add(std::string_view filter, Stage stage, const FilterResult& result);
+  // Sorted by filter, stage, result, reason.
+  std::vector<FilterCount> Snapshot() const;
+
+ private:
+  mutable std::mutex mutex_;
+  // (filter, stage, result, reason) → count; guarded by mutex_.
+  std::map<std::tuple<std::string, std::string, std::string, std::string>, uint64_t> counts_;
+};
+
+// The ordered filters of one configuration. Immutable once built; a reload builds a new chain
+// (a decision in progress finishes with the old one), owned by shared pointers, which the
+// filters' callbacks hold while they run. Thread-safe.
 class FilterChain : public std::enable_shared_from_this<FilterChain> {
  public:
-  explicit FilterChain(std::vector<std::unique_ptr<Filter>> filters);
+  FilterChain(std::vector<std::unique_ptr<Filter>> filters,
+              std::shared_ptr<FilterCounters> counters);
 
   // Runs the filters that handle input->stage in order until one rejects; `done` gets that
   // rejection, else Continue. `done` is called exactly once, on any thread. A filter's delay
   // is waited out on the connection's loop (input->executor) before the chain goes on.
   void Run(std::shared_ptr<const FilterInput> input, FilterDone done) const;
 
-  std::vector<FilterCount> counts() const;
-
  private:
   void RunFrom(size_t index, std::shared_ptr<const FilterInput> input, FilterDone done) const;
-  void Count(const Filter& filter, Stage stage, const FilterResult& result) const;
 
   std::vector<std::unique_ptr<Filter>> filters_;
-  mutable std::mutex counts_mutex_;
-  // (filter, stage, result, reason) → count; guarded by counts_mutex_.
-  mutable std::map<std::tuple<std::string, std::string, std::string, std::string>, uint64_t>
-      counts_;
+  const std::shared_ptr<FilterCounters> counters_;
 };
 
 }  // namespace backstop::ingest

@@ -43,7 +43,6 @@ IngestRole::IngestRole(const Config& config)
       hostname_(config.node.hostname),
       max_received_headers_(config.smtp.max_received_headers),
       commit_timeout_(config.smtp.commit_timeout),
-      chain_(BuildChain(config)),
       etrn_clients_(MakeEtrnClients(config)) {}
 
 std::shared_ptr<const IngestRole::EtrnClients> IngestRole::MakeEtrnClients(const Config& config) {
@@ -87,6 +86,7 @@ absl::StatusOr<std::unique_ptr<IngestRole>> IngestRole::Start(
     ASSIGN_OR_RETURN(role->client_, queue::QueueClient::Create(options));
   }
   queue::QueueClient* client = role->client_.get();
+  role->chain_ = role->BuildChain(config);
   role->handoff_ = std::make_unique<QueueHandoff>(
       [client](const queue::AppendMessages& request) { return client->Append(request); });
 
@@ -233,7 +233,7 @@ std::shared_ptr<const FilterChain> IngestRole::BuildChain(const Config& config) 
   // network about a recipient, greylisting last (it costs a queue commit).
   std::vector<std::unique_ptr<Filter>> filters;
   filters.push_back(std::make_unique<RelayFilter>(config.domains));
-  return std::make_shared<FilterChain>(std::move(filters));
+  return std::make_shared<FilterChain>(std::move(filters), filter_counters_);
 }
 
 void IngestRole::Etrn(const ConnectionInfo& connection, const std::string& domain,

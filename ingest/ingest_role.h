@@ -53,8 +53,8 @@ class IngestRole : public SessionHandler {
   uint64_t accepted_connections() const { return server_->accepted_connections(); }
   uint64_t refused_connections() const { return server_->refused_connections(); }
   const QueueHandoff& handoff() const { return *handoff_; }
-  // The outcomes of the filters (of the chain in force; a reload starts new counts).
-  std::vector<FilterCount> filter_counts() const { return chain()->counts(); }
+  // The outcomes of the filters since startup.
+  std::vector<FilterCount> filter_counts() const { return filter_counters_->Snapshot(); }
 
   void Decide(const ConnectionInfo& connection, const SmtpSession& session,
               std::function<void(const Verdict&)> respond) override;
@@ -62,7 +62,7 @@ class IngestRole : public SessionHandler {
 
  private:
   explicit IngestRole(const Config& config);
-  static std::shared_ptr<const FilterChain> BuildChain(const Config& config);
+  std::shared_ptr<const FilterChain> BuildChain(const Config& config);
   std::shared_ptr<const FilterChain> chain() const;
   std::shared_ptr<ConnectionState> ConnectionStateOf(uint64_t connection_id);
   // End of data, every filter passed: the queue commit.
@@ -82,6 +82,7 @@ class IngestRole : public SessionHandler {
   const absl::Duration commit_timeout_;
   std::atomic<uint64_t> next_sequence_{0};
 
+  const std::shared_ptr<FilterCounters> filter_counters_ = std::make_shared<FilterCounters>();
   mutable std::mutex config_mutex_;
   std::shared_ptr<const FilterChain> chain_;         // guarded by config_mutex_
   std::shared_ptr<const EtrnClients> etrn_clients_;  // guarded by config_mutex_

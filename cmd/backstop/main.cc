@@ -159,7 +159,20 @@ void RegisterMetrics(metrics::Metrics& metrics, const queue::QueueRole* queue_ro
     auto& rpcs = counter("backstop_ingest_append_rpcs_total", "Append RPCs to the queue");
     auto& entries =
         counter("backstop_ingest_entries_appended_total", "Queue entries carried by those RPCs");
-    metrics.OnScrape([=, &active, &accepted, &refused, &rpcs, &entries] {
+    auto& filters = prometheus::BuildCounter()
+                        .Name("backstop_filter_results_total")
+                        .Help(
+                            "Filter outcomes that stopped or marked a command, by filter, "
+                            "SMTP stage, result (reject, tempfail, pass) and reason")
+                        .Register(registry);
+    metrics.OnScrape([=, &active, &accepted, &refused, &rpcs, &entries, &filters] {
+      for (const ingest::FilterCount& count : ingest_role->filter_counts()) {
+        metrics::AdvanceTo(filters.Add({{"filter", count.filter},
+                                        {"stage", count.stage},
+                                        {"result", count.result},
+                                        {"reason", count.reason}}),
+                           static_cast<double>(count.count));
+      }
       active.Set(static_cast<double>(ingest_role->active_connections()));
       metrics::AdvanceTo(accepted, static_cast<double>(ingest_role->accepted_connections()));
       metrics::AdvanceTo(refused, static_cast<double>(ingest_role->refused_connections()));

@@ -32,6 +32,10 @@ def test_metrics_page_is_valid_and_counts_traffic(backstop):
         for i in range(3):
             assert client.sendmail("s@sender.test", ["alice@example.test"],
                                    b"Subject: %d\r\n\r\nx\r\n" % i) == {}
+        client.mail("s@sender.test")
+        for victim in ("a@elsewhere.test", "b@elsewhere.test"):
+            assert client.rcpt(victim)[0] == 554
+        client.rset()
     content_type, page = scrape(node)
     assert content_type == "text/plain; version=0.0.4; charset=utf-8"
     check = subprocess.run([PROMTOOL, "check", "metrics"], input=page, capture_output=True,
@@ -45,6 +49,8 @@ def test_metrics_page_is_valid_and_counts_traffic(backstop):
     assert values["backstop_ingest_connections_total"] >= 1
     assert values["backstop_ingest_entries_appended_total"] == 3
     assert 'backstop_delivery_results_total{result="delivered"}' in values
+    assert values['backstop_filter_results_total{filter="relay",reason="relay_denied",'
+                  'result="reject",stage="rcpt"}'] == 2
     assert values["process_resident_memory_bytes"] > 1e6
     assert values["process_open_fds"] > 3
     assert values["process_cpu_seconds_total"] > 0
