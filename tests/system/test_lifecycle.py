@@ -5,6 +5,7 @@ import signal
 import pytest
 
 from conftest import REPO, reserve_port, run_backstop, standalone_config
+from test_ingest import RawClient, smtp_address, standalone_with
 
 
 def test_livez_answers_ok(backstop):
@@ -59,6 +60,52 @@ def test_sighup_reloads_a_changed_configuration(backstop):
                                  what="'configuration reloaded'")
     assert reloaded["domains"] == 2
     assert node.http_get("/livez")[0] == 200
+
+
+def test_sighup_changes_the_relay_domains_without_dropping_a_session(backstop):
+    node = backstop(standalone_with())
+    client = RawClient(smtp_address(node))
+    assert client.reply().startswith("220")
+    client.send(b"EHLO c\r\nMAIL FROM:<s@sender.test>\r\n")
+    assert client.reply().startswith("250")
+    assert client.reply().startswith("250")
+    client.send(b"RCPT TO:<x@second.test>\r\n")
+    assert client.reply().startswith("554 5.7.1")
+
+    node.config_path.write_text(
+        node.config_path.read_text() + '\n[[domain]]\nname = "second.test"\nrecipients = ["x"]\n')
+    node.signal(signal.SIGHUP)
+    node.wait_for_log(lambda e: e.get("msg") == "configuration reloaded",
+                      what="'configuration reloaded'")
+    # The same connection, opened before the reload, now sees the new relay domain.
+    client.send(b"RCPT TO:<x@second.test>\r\n")
+    assert client.reply().startswith("250")
+    client.send(b"RCPT TO:<y@second.test>\r\n")
+    assert client.reply().startswith("550 5.1.1")
+    client.send(b"DATA\r\n")
+    assert client.reply().startswith("354")
+    client.send(b"Subject: after reload\r\n\r\nbody\r\n.\r\n")
+    assert client.reply().startswith("250 2.0.0")
+    client.close()
+
+
+def test_sigterm_during_a_transaction_lets_it_finish(backstop):
+    node = backstop(standalone_with())
+    client = RawClient(smtp_address(node))
+    assert client.reply().startswith("220")
+    client.send(b"EHLO c\r\nMAIL FROM:<s@sender.test>\r\nRCPT TO:<a@open.test>\r\nDATA\r\n")
+    for expected in ("250", "250", "250", "354"):
+        assert client.reply().startswith(expected)
+    client.send(b"Subject: in flight\r\n\r\nfirst half\r\n")
+    node.signal(signal.SIGTERM)
+    node.wait_for_log(lambda e: "drain" in e.get("msg", ""), what="the drain to start")
+    client.send(b"second half\r\n.\r\n")
+    accepted = client.reply()
+    assert accepted.startswith("250 2.0.0"), accepted
+    # Then the session ends at its next command, and the process exits cleanly.
+    client.send(b"MAIL FROM:<s@sender.test>\r\n")
+    assert client.reply().startswith("421 4.3.2")
+    assert node.wait_exit() == 0
 
 
 def test_sighup_with_a_broken_file_keeps_running(backstop):
