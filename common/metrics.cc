@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <fstream>
 #include <prometheus/text_serializer.h>
@@ -111,6 +112,56 @@ std::string ProcessMetricsText() {
       "# TYPE process_start_time_seconds gauge\n"
       "process_start_time_seconds {:.2f}\n",
       stat.cpu_seconds, stat.resident_bytes, OpenFds(), stat.start_time_seconds);
+}
+
+Histogram::Histogram(std::vector<double> bounds)
+    : bounds_(std::move(bounds)),
+      buckets_(std::make_unique<std::atomic<uint64_t>[]>(bounds_.size() + 1)) {}
+
+void Histogram::Observe(double value) {
+  const size_t bucket = static_cast<size_t>(
+      std::lower_bound(bounds_.begin(), bounds_.end(), value) - bounds_.begin());
+  buckets_[bucket].fetch_add(1, std::memory_order_relaxed);
+  sum_.fetch_add(value, std::memory_order_relaxed);
+}
+
+Histogram::Counts Histogram::Read() const {
+  Counts counts;
+  counts.buckets.reserve(bounds_.size() + 1);
+  for (size_t i = 0; i <= bounds_.size(); ++i) {
+    counts.buckets.push_back(buckets_[i].load(std::memory_order_relaxed));
+  }
+  counts.sum = sum_.load(std::memory_order_relaxed);
+  return counts;
+}
+
+std::vector<double> LatencyBounds() {
+  return {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
+}
+
+std::vector<double> SizeBounds() {
+  std::vector<double> bounds;
+  for (double bytes = 1024; bytes <= 64.0 * 1024 * 1024; bytes *= 4) {
+    bounds.push_back(bytes);
+  }
+  return bounds;
+}
+
+void HistogramMirror::Sync() {
+  Histogram::Counts now = source_.Read();
+  if (synced_.buckets.empty()) {
+    synced_.buckets.assign(now.buckets.size(), 0);
+  }
+  std::vector<double> increments(now.buckets.size());
+  bool any = false;
+  for (size_t i = 0; i < now.buckets.size(); ++i) {
+    increments[i] = static_cast<double>(now.buckets[i] - synced_.buckets[i]);
+    any = any || now.buckets[i] != synced_.buckets[i];
+  }
+  if (any) {
+    target_.ObserveMultiple(increments, now.sum - synced_.sum);
+  }
+  synced_ = std::move(now);
 }
 
 }  // namespace backstop::metrics

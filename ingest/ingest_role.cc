@@ -356,15 +356,20 @@ void IngestRole::Commit(const FilterInput& transaction,
 
   const std::string from = transaction.mail.reverse_path;
   const size_t size = data.size();
+  const size_t recipient_count = transaction.recipients.size();
   const std::string client = transaction.client.ip;
   handoff_->Submit(
       std::move(entries), now + commit_timeout_,
-      [respond = std::move(respond), ids = std::move(ids), from, size, client,
-       now](const HandoffOutcome& outcome) {
+      [this, respond = std::move(respond), ids = std::move(ids), from, size, recipient_count,
+       client, now](const HandoffOutcome& outcome) {
         const std::string id_list = fmt::format("{}", fmt::join(ids, ","));
         const double delay = absl::ToDoubleSeconds(absl::Now() - now);
         switch (outcome.kind) {
           case HandoffOutcome::Kind::kCommitted:
+            counters_.accepted.fetch_add(1, std::memory_order_relaxed);
+            counters_.recipients.fetch_add(recipient_count, std::memory_order_relaxed);
+            counters_.message_bytes.Observe(static_cast<double>(size));
+            counters_.commit_seconds.Observe(delay);
             Log().Info("received", {{"ids", id_list},
                                     {"from", from},
                                     {"client", client},
@@ -374,6 +379,7 @@ void IngestRole::Commit(const FilterInput& transaction,
                 Reply{250, "2.0.0", {fmt::format("Ok: queued as {}", id_list)}}));
             return;
           case HandoffOutcome::Kind::kOverLimit:
+            counters_.over_limit.fetch_add(1, std::memory_order_relaxed);
             Log().Info("rejected", {{"reason", "over_limit"},
                                     {"from", from},
                                     {"client", client},
@@ -381,12 +387,14 @@ void IngestRole::Commit(const FilterInput& transaction,
             respond(Refuse(452, "4.3.1", "Insufficient system storage: " + outcome.detail));
             return;
           case HandoffOutcome::Kind::kTempFail:
+            counters_.tempfail.fetch_add(1, std::memory_order_relaxed);
             Log().Warn(
                 "commit failed",
                 {{"ids", id_list}, {"from", from}, {"client", client}, {"error", outcome.detail}});
             respond(Refuse(451, "4.3.0", "Queue temporarily unavailable, try again later"));
             return;
           case HandoffOutcome::Kind::kRejected:
+            counters_.refused.fetch_add(1, std::memory_order_relaxed);
             Log().Error("queue refused a message", {{"ids", id_list}, {"error", outcome.detail}});
             respond(Refuse(554, "5.3.0", "Message refused by the queue"));
             return;

@@ -20,6 +20,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/config.h"
+#include "common/metrics.h"
 #include "common/tls.h"
 #include "ingest/filter.h"
 #include "ingest/queue_handoff.h"
@@ -28,6 +29,19 @@
 #include "queue/queue_client.h"
 
 namespace backstop::ingest {
+
+// What the ingest role counts for /metrics beyond the server's connection counters. Written on
+// the handoff's threads, read by the scrape hook.
+struct IngestCounters {
+  // End-of-data outcomes after the filters passed: the queue commit.
+  std::atomic<uint64_t> accepted{0};                        // 250
+  std::atomic<uint64_t> tempfail{0};                        // 451 4.3.0: no commit in time
+  std::atomic<uint64_t> over_limit{0};                      // 452 4.3.1: a domain limit
+  std::atomic<uint64_t> refused{0};                         // 554: the queue refused the entries
+  std::atomic<uint64_t> recipients{0};                      // of accepted messages
+  metrics::Histogram message_bytes{metrics::SizeBounds()};  // accepted messages
+  metrics::Histogram commit_seconds{metrics::LatencyBounds()};  // end of data → 250
+};
 
 // Owns the queue client, the handoff, the filter chain, each connection's filter state, the TLS
 // context and the SMTP server. Start/Reload/Drain/destruction on the control thread (main);
@@ -53,6 +67,9 @@ class IngestRole : public SessionHandler {
   uint64_t accepted_connections() const { return server_->accepted_connections(); }
   uint64_t refused_connections() const { return server_->refused_connections(); }
   const QueueHandoff& handoff() const { return *handoff_; }
+  const IngestCounters& counters() const { return counters_; }
+  uint64_t tls_established() const { return server_->tls_established(); }
+  uint64_t tls_failed() const { return server_->tls_failed(); }
   // The outcomes of the filters since startup.
   std::vector<FilterCount> filter_counts() const { return filter_counters_->Snapshot(); }
 
@@ -81,6 +98,7 @@ class IngestRole : public SessionHandler {
   const uint32_t max_received_headers_;
   const absl::Duration commit_timeout_;
   std::atomic<uint64_t> next_sequence_{0};
+  IngestCounters counters_;
 
   const std::shared_ptr<FilterCounters> filter_counters_ = std::make_shared<FilterCounters>();
   mutable std::mutex config_mutex_;

@@ -311,6 +311,7 @@ class SmtpServer::Connection {
     tls_->FeedCiphertext(data);
     if (phase_ == Phase::kTlsHandshake) {
       if (const absl::Status status = tls_->Handshake(); !status.ok()) {
+        server_.tls_failed_.fetch_add(1, std::memory_order_relaxed);
         Log().Info("TLS handshake failed", {{"connection", info_.id},
                                             {"client", info_.client.ip},
                                             {"error", std::string(status.message())}});
@@ -325,6 +326,7 @@ class SmtpServer::Connection {
         return false;
       }
       phase_ = Phase::kTls;
+      server_.tls_established_.fetch_add(1, std::memory_order_relaxed);
       info_.tls = TlsInfo{tls_->protocol(), tls_->cipher()};
       session_->TlsEstablished(*info_.tls, now);
     }

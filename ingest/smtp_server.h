@@ -100,6 +100,8 @@ class SmtpServer {
   uint64_t active_connections() const { return limiter_.total(); }
   uint64_t accepted_connections() const { return accepted_.load(std::memory_order_relaxed); }
   uint64_t refused_connections() const { return refused_.load(std::memory_order_relaxed); }
+  uint64_t tls_established() const { return tls_established_.load(std::memory_order_relaxed); }
+  uint64_t tls_failed() const { return tls_failed_.load(std::memory_order_relaxed); }
 
   // Per-process connection limits, global and per client address. Thread-safe.
   class Limiter {
@@ -132,6 +134,8 @@ class SmtpServer {
   std::atomic<uint64_t> next_connection_id_{1};
   std::atomic<uint64_t> accepted_{0};
   std::atomic<uint64_t> refused_{0};
+  std::atomic<uint64_t> tls_established_{0};  // STARTTLS handshakes completed
+  std::atomic<uint64_t> tls_failed_{0};
   std::vector<std::string> listen_addresses_;
   std::vector<std::unique_ptr<Worker>> workers_;
   bool stopped_ = false;

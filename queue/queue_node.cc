@@ -178,7 +178,16 @@ void QueueNode::Propose(Command command, Done done) {
 }
 
 void QueueNode::ProposeEncoded(std::string encoded_command, Done done) {
-  Proposal proposal{std::move(encoded_command), std::move(done)};
+  const absl::Time proposed = absl::Now();
+  Proposal proposal{std::move(encoded_command),
+                    [this, proposed, done = std::move(done)](absl::StatusOr<CommandResult> result) {
+                      if (result.ok()) {
+                        commit_seconds_.Observe(absl::ToDoubleSeconds(absl::Now() - proposed));
+                      } else {
+                        proposals_failed_.fetch_add(1, std::memory_order_relaxed);
+                      }
+                      done(std::move(result));
+                    }};
   {
     std::lock_guard lock(mutex_);
     if (!stopping_) {

@@ -22,6 +22,7 @@
 // with the files. Membership changes carry the member's address, recorded in the state machine
 // (SetMember): every member learns it and keeps it across restarts and snapshots.
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -36,6 +37,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "common/clock.h"
+#include "common/metrics.h"
 #include "proto/queue.pb.h"
 #include "queue/raft/node.h"
 #include "queue/raft_storage.h"
@@ -149,6 +151,11 @@ class QueueNode final : public SnapshotReceiver {
 
   // Any thread.
   QueueNodeStatus status() const;
+  // For /metrics; thread-safe.
+  const metrics::Histogram& commit_seconds() const { return commit_seconds_; }
+  const metrics::Histogram& fsync_seconds() const { return storage_->fsync_seconds(); }
+  RocksDbHealth log_health() const { return storage_->health(); }
+  uint64_t proposals_failed() const { return proposals_failed_.load(std::memory_order_relaxed); }
   // The gRPC address of a member, from the options or an AddVoter on this node; "" if unknown.
   std::string PeerAddress(raft::NodeId id) const;
   // Read-only queries; any thread.
@@ -224,6 +231,9 @@ class QueueNode final : public SnapshotReceiver {
   RaftTransport* const transport_;
   std::unique_ptr<Database> database_;
   std::unique_ptr<RocksDbLogStorage> storage_;
+  // Proposal → applied on this leader (successful ones), and proposals that failed.
+  metrics::Histogram commit_seconds_{metrics::LatencyBounds()};
+  std::atomic<uint64_t> proposals_failed_{0};
   std::unique_ptr<QueueStateMachine> state_machine_;
   std::shared_ptr<SnapshotStore> snapshots_;  // shared with the transport's transfers
   std::unique_ptr<raft::Node> node_;          // Raft thread only

@@ -61,6 +61,9 @@ absl::StatusOr<std::unique_ptr<QueueRole>> QueueRole::Start(const Config& config
   builder.RegisterService(role->transport_->service());
   builder.RegisterService(role->service_.get());
   builder.RegisterService(role->admin_service_.get());
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
+  interceptors.push_back(role->grpc_metrics_.MakeInterceptorFactory());
+  builder.experimental().SetInterceptorCreators(std::move(interceptors));
   role->server_ = builder.BuildAndStart();
   if (role->server_ == nullptr || port == 0) {
     return absl::UnavailableError(fmt::format("queue gRPC server cannot listen on {}", listen));
@@ -112,8 +115,12 @@ void QueueRole::SeedDomains(std::vector<DomainSpec> domains) {
       continue;  // the leader seeds; a follower only steps in if it becomes leader
     }
     while (next < domains.size()) {
-      if (node_->state_machine().GetDomain(domains[next].name()).ok()) {
-        ++next;  // already in the table (seeded before, or managed through the admin API)
+      // A record without a spec is only the usage of mail that arrived before the seeding:
+      // the domain still needs its configuration (and so its limits).
+      if (const absl::StatusOr<DomainRecord> existing =
+              node_->state_machine().GetDomain(domains[next].name());
+          existing.ok() && existing->has_spec()) {
+        ++next;  // already configured (seeded before, or managed through the admin API)
         continue;
       }
       Command command;

@@ -16,6 +16,7 @@
 #include "absl/status/statusor.h"
 #include "common/config.h"
 #include "queue/admin_service.h"
+#include "queue/grpc_metrics.h"
 #include "queue/queue_node.h"
 #include "queue/queue_service.h"
 #include "queue/raft_transport.h"
@@ -38,6 +39,8 @@ class QueueRole {
   QueueRole& operator=(const QueueRole&) = delete;
 
   QueueNodeStatus status() const { return node_->status(); }
+  const QueueNode& node() const { return *node_; }
+  const GrpcServerMetrics& grpc_metrics() const { return grpc_metrics_; }
   const std::string& listen_address() const { return listen_address_; }
   // For the other roles of this process.
   std::shared_ptr<grpc::Channel> InProcessChannel();
@@ -47,6 +50,7 @@ class QueueRole {
   // Runs on seeder_: waits until this voter leads, then creates the missing configured domains.
   void SeedDomains(std::vector<DomainSpec> domains);
 
+  GrpcServerMetrics grpc_metrics_;  // before server_: its interceptors point here
   std::unique_ptr<RaftTransport> transport_;
   std::mutex node_mutex_;  // orders the transport's first deliveries after the node exists
   std::unique_ptr<QueueNode> node_;

@@ -96,6 +96,18 @@ std::string EncodeLogStart(LogIndex index, Term term, absl::Time time) {
 // ---------------------------------------------------------------------------------------------
 // Database
 
+RocksDbHealth ReadRocksDbHealth(rocksdb::DB& db) {
+  RocksDbHealth health;
+  db.GetIntProperty(rocksdb::DB::Properties::kEstimatePendingCompactionBytes,
+                    &health.pending_compaction_bytes);
+  uint64_t stopped = 0;
+  db.GetIntProperty(rocksdb::DB::Properties::kIsWriteStopped, &stopped);
+  health.write_stopped = stopped != 0;
+  db.GetIntProperty(rocksdb::DB::Properties::kActualDelayedWriteRate, &health.delayed_write_rate);
+  db.GetIntProperty(rocksdb::DB::Properties::kBackgroundErrors, &health.background_errors);
+  return health;
+}
+
 absl::StatusOr<std::unique_ptr<Database>> Database::Open(const std::string& path,
                                                          const DatabaseOptions& options) {
   std::unique_ptr<Database> database(new Database());
@@ -373,7 +385,9 @@ absl::Status RocksDbLogStorage::Commit(Change& change) {
   } else {
     rocksdb::WriteOptions write_options;
     write_options.sync = true;
+    const absl::Time started = absl::Now();
     status = db->Write(write_options, &change.batch);
+    fsync_seconds_.Observe(absl::ToDoubleSeconds(absl::Now() - started));
   }
   if (!status.ok()) {
     failure_ = absl::InternalError(

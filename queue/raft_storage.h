@@ -38,6 +38,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/metrics.h"
 #include "queue/raft/log_storage.h"
 #include "queue/raft/node.h"
 #include "queue/raft/types.h"
@@ -61,6 +62,16 @@ struct DatabaseOptions {
 // An open RocksDB database with the Raft column families and the caller's extra ones. Owns the
 // DB, its family handles and the Env built over `file_system`; RocksDbLogStorage and the state
 // machine borrow them. Thread-safe as rocksdb::DB is; must outlive its borrowers.
+// What an operator watches of a RocksDB instance (DESIGN §3.5 / issue "RocksDB health").
+struct RocksDbHealth {
+  uint64_t pending_compaction_bytes = 0;
+  bool write_stopped = false;
+  uint64_t delayed_write_rate = 0;  // bytes/s while writes are slowed down, else 0
+  uint64_t background_errors = 0;
+};
+// Thread-safe (RocksDB's properties are).
+RocksDbHealth ReadRocksDbHealth(rocksdb::DB& db);
+
 class Database {
  public:
   // Opens `path`, creating it and any missing family.
@@ -129,6 +140,9 @@ class RocksDbLogStorage final : public raft::LogStorage {
   bool failed() const { return !failure_.ok(); }
   // Number of synced WriteBatches written (one fsync of the write-ahead log each).
   uint64_t synced_writes() const { return synced_writes_; }
+  RocksDbHealth health() const { return ReadRocksDbHealth(*database_->db()); }
+  // Durations of the synced log writes; thread-safe.
+  const metrics::Histogram& fsync_seconds() const { return fsync_seconds_; }
 
  private:
   struct Stamp {
@@ -161,6 +175,7 @@ class RocksDbLogStorage final : public raft::LogStorage {
 
   absl::Status failure_;
   uint64_t synced_writes_ = 0;
+  metrics::Histogram fsync_seconds_{metrics::LatencyBounds()};
 };
 
 }  // namespace backstop::queue

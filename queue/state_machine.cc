@@ -1384,4 +1384,10 @@ absl::Status QueueStateMachine::InstallCheckpoint(const std::string& checkpoint_
   return SwapInDirectory(checkpoint_dir, db_dir);
 }
 
+absl::StatusOr<RocksDbHealth> QueueStateMachine::Health() const {
+  std::shared_lock lock(db_mutex_);
+  RETURN_IF_ERROR(CheckOpen());
+  return ReadRocksDbHealth(*db_);
+}
+
 }  // namespace backstop::queue

@@ -50,6 +50,7 @@
 #include "common/config.h"
 #include "proto/queue.pb.h"
 #include "queue/message_id.h"
+#include "queue/raft_storage.h"
 
 namespace rocksdb {
 class ColumnFamilyHandle;
@@ -96,6 +97,8 @@ class QueueStateMachine {
 
   // Read-only views for the admin API and tests. Message bytes of listed entries are not read.
   absl::StatusOr<std::vector<DomainSummary>> Summaries() const;
+  // Of the state machine's RocksDB; Unavailable while the database is being replaced.
+  absl::StatusOr<RocksDbHealth> Health() const;
   absl::StatusOr<ListEntriesResponse> ListEntries(const ListEntriesRequest& request) const;
   absl::StatusOr<StoredEntry> GetEntry(const MessageId& id) const;      // NotFound when absent
   absl::StatusOr<std::string> ReadMessage(const MessageId& id) const;   // NotFound when absent

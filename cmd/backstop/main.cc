@@ -17,6 +17,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include "cmd/backstop/role_metrics.h"
 #include "common/config.h"
 #include "common/http_server.h"
 #include "common/log.h"
@@ -116,95 +117,6 @@ std::string StatusJson(const Config& config, const queue::QueueRole* queue_role,
   }
   json.append("}\n");
   return json;
-}
-
-// Registers the roles' metrics. Queue, ingest and delivery keep their own atomic counters and
-// state; the scrape hook copies them into the registry just before each /metrics page.
-void RegisterMetrics(metrics::Metrics& metrics, const queue::QueueRole* queue_role,
-                     const ingest::IngestRole* ingest_role,
-                     const delivery::DeliveryRole* delivery_role) {
-  prometheus::Registry& registry = metrics.registry();
-  auto gauge = [&registry](const std::string& name, const std::string& help) -> prometheus::Gauge& {
-    return prometheus::BuildGauge().Name(name).Help(help).Register(registry).Add({});
-  };
-  auto counter = [&registry](const std::string& name, const std::string& help,
-                             const prometheus::Labels& labels = {}) -> prometheus::Counter& {
-    return prometheus::BuildCounter().Name(name).Help(help).Register(registry).Add(labels);
-  };
-  if (queue_role != nullptr) {
-    auto& has_leader = gauge("backstop_queue_has_leader", "1 when this voter knows a leader");
-    auto& is_leader = gauge("backstop_queue_is_leader", "1 when this voter leads");
-    auto& term = gauge("backstop_queue_term", "Raft term");
-    auto& commit = gauge("backstop_queue_commit_index", "Raft commit index");
-    auto& applied = gauge("backstop_queue_applied_index", "Index applied to the state machine");
-    auto& fsyncs = counter("backstop_queue_fsyncs_total", "Synced Raft log writes");
-    auto& persisted =
-        counter("backstop_queue_entries_persisted_total", "Raft entries written by those fsyncs");
-    metrics.OnScrape([=, &has_leader, &is_leader, &term, &commit, &applied, &fsyncs, &persisted] {
-      const queue::QueueNodeStatus status = queue_role->status();
-      has_leader.Set(status.leader.IsNone() ? 0 : 1);
-      is_leader.Set(status.is_leader ? 1 : 0);
-      term.Set(static_cast<double>(status.term.value()));
-      commit.Set(static_cast<double>(status.commit.value()));
-      applied.Set(static_cast<double>(status.applied.value()));
-      metrics::AdvanceTo(fsyncs, static_cast<double>(status.synced_writes));
-      metrics::AdvanceTo(persisted, static_cast<double>(status.entries_persisted));
-    });
-  }
-  if (ingest_role != nullptr) {
-    auto& active = gauge("backstop_ingest_connections_active", "Open SMTP connections");
-    auto& accepted = counter("backstop_ingest_connections_total", "Accepted SMTP connections");
-    auto& refused = counter("backstop_ingest_connections_refused_total",
-                            "Connections refused at the banner", {{"reason", "limit"}});
-    auto& rpcs = counter("backstop_ingest_append_rpcs_total", "Append RPCs to the queue");
-    auto& entries =
-        counter("backstop_ingest_entries_appended_total", "Queue entries carried by those RPCs");
-    auto& filters = prometheus::BuildCounter()
-                        .Name("backstop_filter_results_total")
-                        .Help(
-                            "Filter outcomes that stopped or marked a command, by filter, "
-                            "SMTP stage, result (reject, tempfail, pass) and reason")
-                        .Register(registry);
-    metrics.OnScrape([=, &active, &accepted, &refused, &rpcs, &entries, &filters] {
-      for (const ingest::FilterCount& count : ingest_role->filter_counts()) {
-        metrics::AdvanceTo(filters.Add({{"filter", count.filter},
-                                        {"stage", count.stage},
-                                        {"result", count.result},
-                                        {"reason", count.reason}}),
-                           static_cast<double>(count.count));
-      }
-      active.Set(static_cast<double>(ingest_role->active_connections()));
-      metrics::AdvanceTo(accepted, static_cast<double>(ingest_role->accepted_connections()));
-      metrics::AdvanceTo(refused, static_cast<double>(ingest_role->refused_connections()));
-      metrics::AdvanceTo(rpcs, static_cast<double>(ingest_role->handoff().rpcs()));
-      metrics::AdvanceTo(entries, static_cast<double>(ingest_role->handoff().entries_sent()));
-    });
-  }
-  if (delivery_role != nullptr) {
-    const delivery::DeliveryCounters& c = delivery_role->counters();
-    auto& family = prometheus::BuildCounter()
-                       .Name("backstop_delivery_results_total")
-                       .Help("Queue entries completed, by result")
-                       .Register(registry);
-    auto& delivered = family.Add({{"result", "delivered"}});
-    auto& deferred = family.Add({{"result", "deferred"}});
-    auto& bounced = family.Add({{"result", "bounced"}});
-    auto& leased = counter("backstop_delivery_leased_total", "Queue entries leased");
-    auto& dsns = counter("backstop_delivery_dsns_total", "DSNs queued");
-    auto& connections = counter("backstop_delivery_connections_total",
-                                "SMTP connections established toward primaries");
-    auto& failures =
-        counter("backstop_delivery_connection_failures_total", "Connection attempts that failed");
-    metrics.OnScrape([&] {
-      metrics::AdvanceTo(delivered, static_cast<double>(c.delivered.load()));
-      metrics::AdvanceTo(deferred, static_cast<double>(c.deferred.load()));
-      metrics::AdvanceTo(bounced, static_cast<double>(c.bounced.load()));
-      metrics::AdvanceTo(leased, static_cast<double>(c.leased.load()));
-      metrics::AdvanceTo(dsns, static_cast<double>(c.dsns.load()));
-      metrics::AdvanceTo(connections, static_cast<double>(c.connections.load()));
-      metrics::AdvanceTo(failures, static_cast<double>(c.connection_failures.load()));
-    });
-  }
 }
 
 void LogWarnings(const log::Logger& logger, const Config& config) {

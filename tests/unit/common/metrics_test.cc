@@ -25,6 +25,44 @@ TEST(MetricsTest, RendersRegisteredFamiliesAfterRunningScrapeHooks) {
   EXPECT_THAT(metrics.Render(), HasSubstr("# TYPE backstop_test_depth gauge\n"));
 }
 
+TEST(MetricsTest, HistogramCountsValuesIntoTheBucketOfTheirUpperBound) {
+  Histogram histogram({1, 10});
+  histogram.Observe(0.5);
+  histogram.Observe(1);  // bounds are inclusive (Prometheus "le")
+  histogram.Observe(7);
+  histogram.Observe(11);
+  const Histogram::Counts counts = histogram.Read();
+  EXPECT_THAT(counts.buckets, ::testing::ElementsAre(2u, 1u, 1u));
+  EXPECT_DOUBLE_EQ(counts.sum, 19.5);
+}
+
+TEST(MetricsTest, MirrorCarriesOnlyNewObservationsIntoTheRegistry) {
+  Metrics metrics;
+  auto& target = prometheus::BuildHistogram()
+                     .Name("backstop_test_seconds")
+                     .Help("test histogram")
+                     .Register(metrics.registry())
+                     .Add({}, prometheus::Histogram::BucketBoundaries{1, 10});
+  Histogram source({1, 10});
+  HistogramMirror mirror(source, target);
+  metrics.OnScrape([&] { mirror.Sync(); });
+
+  source.Observe(0.5);
+  source.Observe(5);
+  std::string page = metrics.Render();
+  EXPECT_THAT(page, HasSubstr("backstop_test_seconds_bucket{le=\"1\"} 1\n"));
+  EXPECT_THAT(page, HasSubstr("backstop_test_seconds_bucket{le=\"10\"} 2\n"));
+  EXPECT_THAT(page, HasSubstr("backstop_test_seconds_count 2\n"));
+
+  source.Observe(20);
+  page = metrics.Render();
+  EXPECT_THAT(page, HasSubstr("backstop_test_seconds_bucket{le=\"+Inf\"} 3\n"));
+  EXPECT_THAT(page, HasSubstr("backstop_test_seconds_count 3\n"));
+  EXPECT_THAT(page, HasSubstr("backstop_test_seconds_sum 25.5\n"));
+  // A scrape with nothing new changes nothing.
+  EXPECT_THAT(metrics.Render(), HasSubstr("backstop_test_seconds_count 3\n"));
+}
+
 TEST(MetricsTest, AdvanceToNeverMovesACounterBack) {
   Metrics metrics;
   auto& counter = prometheus::BuildCounter()
