@@ -252,7 +252,15 @@ void QueueNode::AddVoter(VoterAddress voter, StatusDone done) {
 }
 
 void QueueNode::TransferLeadership(raft::NodeId to, StatusDone done) {
-  Post(Task{[this, to](StatusDone answer) {
+  Post(Task{[this, to](StatusDone answer) mutable {
+              if (to.IsNone()) {
+                to = MostCaughtUpFollower();
+                if (to.IsNone()) {
+                  answer(absl::FailedPreconditionError(
+                      "no follower to hand leadership to (not the leader, or the only voter)"));
+                  return;
+                }
+              }
               if (absl::Status started = node_->TransferLeadership(to); !started.ok()) {
                 answer(started);
               } else if (to == options_.id) {
@@ -264,6 +272,22 @@ void QueueNode::TransferLeadership(raft::NodeId to, StatusDone done) {
               }
             },
             std::move(done)});
+}
+
+raft::NodeId QueueNode::MostCaughtUpFollower() const {
+  raft::NodeId best;
+  raft::LogIndex best_match;
+  for (const raft::NodeId voter : node_->conf_state().voters) {
+    if (voter == options_.id) {
+      continue;
+    }
+    const raft::Progress* progress = node_->ProgressOf(voter);
+    if (progress != nullptr && (best.IsNone() || progress->match > best_match)) {
+      best = voter;
+      best_match = progress->match;
+    }
+  }
+  return best;
 }
 
 void QueueNode::StartConfChange(const raft::ConfChange& change, const std::string& address,

@@ -145,8 +145,10 @@ class QueueNode final : public SnapshotReceiver {
   // promotes it (one step at a time, Raft thesis §4.2.1). Fails with DeadlineExceeded when the
   // learner does not catch up within catch_up_ticks (it stays a learner: remove it or retry).
   void AddVoter(VoterAddress voter, StatusDone done);
-  // Hands leadership to the voter `to`; `done` fires once this node sees `to` lead, or with
-  // Unavailable when another node leads or the transfer was abandoned.
+  // Hands leadership to the voter `to` (none: the voter whose log is furthest along); `done`
+  // fires once this node sees `to` lead, or with Unavailable when another node leads or the
+  // transfer was abandoned, or FailedPrecondition when this node does not lead or has no one
+  // to hand over to.
   void TransferLeadership(raft::NodeId to, StatusDone done);
 
   // Any thread.
@@ -198,6 +200,8 @@ class QueueNode final : public SnapshotReceiver {
   void Run();
   void Post(Task task);
   // Raft thread: proposes one membership step and registers `done` for its application.
+  // Raft thread, leader only: the voter (not this one) with the highest match index, or none.
+  raft::NodeId MostCaughtUpFollower() const;
   void StartConfChange(const raft::ConfChange& change, const std::string& address, StatusDone done);
   // Raft thread: advances the waiting AddVoter promotions and leadership transfers.
   void CheckMembershipWork(bool ticked);

@@ -99,6 +99,20 @@ DomainSpec DomainSpecFromConfig(const DomainConfig& domain) {
   return spec;
 }
 
+absl::Status QueueRole::StepDown(absl::Duration timeout) {
+  const QueueNodeStatus status = node_->status();
+  if (!status.is_leader || status.members.voters.size() < 2) {
+    return absl::OkStatus();
+  }
+  auto done = std::make_shared<std::promise<absl::Status>>();
+  std::future<absl::Status> result = done->get_future();
+  node_->TransferLeadership(raft::NodeId(), [done](absl::Status s) { done->set_value(s); });
+  if (result.wait_for(absl::ToChronoNanoseconds(timeout)) != std::future_status::ready) {
+    return absl::DeadlineExceededError("leadership transfer did not finish in time");
+  }
+  return result.get();
+}
+
 void QueueRole::SeedDomains(std::vector<DomainSpec> domains) {
   const log::Logger logger("queue");
   size_t next = 0;

@@ -315,6 +315,15 @@ int Serve(const Flags& flags) {
                   {{"sessions", ingest_role->active_connections()}});
     }
   }
+  if (queue_role != nullptr && queue_role->status().is_leader) {
+    const absl::Status stepped_down = queue_role->StepDown(absl::Seconds(5));
+    if (!stepped_down.ok()) {
+      logger.Warn("leadership transfer before exit failed",
+                  {{"error", std::string(stepped_down.message())}});
+    } else if (!queue_role->status().is_leader) {
+      logger.Info("leadership handed over", {{"leader", queue_role->status().leader.value()}});
+    }
+  }
   // The admin port goes first so that nothing reports on roles being torn down.
   http->reset();
   ingest_role.reset();

@@ -188,3 +188,20 @@ def test_joining_voter_catches_up_by_snapshot_then_a_founder_is_removed(backstop
     target = nodes[leader].status()["queue"]["commit_index"]
     wait_until(lambda: all(n.status()["queue"]["applied_index"] >= target
                            for n in nodes.values()), timeout=30, what="survivors applied")
+
+
+def test_sigterm_of_the_leader_hands_leadership_over_before_exit(cluster):
+    _, nodes = cluster
+    leader = wait_until(lambda: leader_of(nodes), what="a leader")
+    term_before = nodes[leader].status()["queue"]["term"]
+    nodes[leader].signal(signal.SIGTERM)
+    handed = nodes[leader].wait_for_log(lambda e: e.get("msg") == "leadership handed over",
+                                        what="the handover")
+    assert handed["leader"] != leader
+    assert nodes[leader].wait_exit() == 0
+    survivors = {i: node for i, node in nodes.items() if i != leader}
+    # The new leader was chosen by the handover (TimeoutNow), one term later, not by an
+    # election after a timeout that could have taken several terms.
+    new_leader = wait_until(lambda: leader_of(survivors), what="the new leader")
+    assert new_leader == handed["leader"]
+    assert survivors[new_leader].status()["queue"]["term"] == term_before + 1
