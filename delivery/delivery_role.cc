@@ -5,7 +5,9 @@
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <optional>
+#include <string_view>
 #include <utility>
 
 #include <fmt/format.h>
@@ -23,9 +25,14 @@
 namespace backstop::delivery {
 namespace {
 
-// Long enough for a large message over a slow link; an expired lease only makes the entry due
-// again (a duplicate at worst), never lost.
-constexpr absl::Duration kLeaseDuration = absl::Minutes(15);
+// Short, so that the entries of a crashed worker are due again soon; a delivery that takes
+// longer keeps its leases by extending them (LeaseLoop), half a lease before they expire.
+constexpr absl::Duration kLeaseDuration = absl::Minutes(2);
+// Test-only: overrides kLeaseDuration (a duration such as "2s"), so that a system test can
+// outlast a lease without waiting minutes.
+constexpr char kLeaseDurationVariable[] = "BACKSTOP_TEST_LEASE_DURATION";
+// After a failed Extend, the next try waits this long (or until the lease loop wakes anyway).
+constexpr absl::Duration kExtendRetry = absl::Seconds(1);
 constexpr absl::Duration kConnectTimeout = absl::Seconds(30);
 // How often an idle worker asks for due entries.
 constexpr absl::Duration kIdlePoll = absl::Milliseconds(500);
@@ -33,6 +40,8 @@ constexpr absl::Duration kIdlePoll = absl::Milliseconds(500);
 constexpr size_t kMaxInFlight = 2048;
 // Messages one connection carries.
 constexpr size_t kMessagesPerConnection = 100;
+// Entries one Lease asks for, at most.
+constexpr size_t kLeaseBatch = 512;
 
 const log::Logger& Log() {
   static const log::Logger logger("delivery");
@@ -46,6 +55,39 @@ std::string IdText(const std::string& bytes) {
 
 double SecondsSince(int64_t ms, absl::Time now) {
   return ms == 0 ? 0 : absl::ToDoubleSeconds(now - absl::FromUnixMillis(ms));
+}
+
+absl::Duration LeaseDuration() {
+  const char* text = std::getenv(kLeaseDurationVariable);
+  if (text == nullptr || *text == '\0') {
+    return kLeaseDuration;
+  }
+  absl::StatusOr<absl::Duration> duration = backstop::ParseDuration(text);
+  if (!duration.ok() || *duration <= absl::ZeroDuration()) {
+    Log().Warn("ignoring an invalid lease duration", {{"variable", kLeaseDurationVariable}});
+    return kLeaseDuration;
+  }
+  Log().Warn("lease duration set for tests", {{"seconds", absl::ToDoubleSeconds(*duration)}});
+  return *duration;
+}
+
+// What a delayed-delivery DSN reports for an entry that waits on its domain: the status of the
+// domain's last failure ("451 4.3.0 ..." gives 4.3.0) and its text.
+DsnRecipient WaitingCause(const std::string& last_error) {
+  DsnRecipient cause;
+  cause.status = "4.0.0";
+  const size_t space = last_error.find(' ');
+  if (space == 3 && last_error[0] == '4') {
+    const std::string_view rest = std::string_view(last_error).substr(space + 1);
+    const std::string_view code = rest.substr(0, rest.find(' '));
+    if (code.size() >= 5 && code[0] == '4' && code[1] == '.' &&
+        std::all_of(code.begin(), code.end(),
+                    [](char c) { return c == '.' || absl::ascii_isdigit(c); })) {
+      cause.status = std::string(code);
+    }
+  }
+  cause.reason = last_error.empty() ? "the destination is not reachable yet" : last_error;
+  return cause;
 }
 
 }  // namespace
@@ -81,9 +123,14 @@ class DeliveryRole::Job {
   void Retry(const queue::LeasedEntry& leased, const std::string& error, const DsnRecipient& cause,
              std::vector<std::string> remaining = {});
   // Adds the delayed-delivery DSN to a retry, once per entry (DESIGN §3.2, [delivery]
-  // delay_warning).
+  // delay_warning), when the entry is that old.
   void WarnOfDelay(const queue::LeasedEntry& leased, const DsnRecipient& cause,
                    const std::vector<std::string>& remaining, queue::CompletionItem& item);
+  // The same without the age check: the queue leased the entry for its warning.
+  void AddDelayWarning(const queue::LeasedEntry& leased, const DsnRecipient& cause,
+                       const std::vector<std::string>& remaining, queue::CompletionItem& item);
+  // An entry leased only for its warning (DISPOSITION_DELAY_WARNING): no delivery attempt.
+  void WarnOnly(const queue::LeasedEntry& leased);
   void Bounce(const queue::LeasedEntry& leased, const std::string& status,
               const std::string& reason);
   void Complete(const queue::LeasedEntry& leased, const MessageResult& result,
@@ -495,6 +542,9 @@ void DeliveryRole::Job::Start() {
             leased, "5.0.0",
             leased.bounce_reason().empty() ? "returned by the operator" : leased.bounce_reason());
         break;
+      case queue::DISPOSITION_DELAY_WARNING:
+        WarnOnly(leased);
+        break;
       default:
         deliverable.push_back(&leased);
     }
@@ -663,6 +713,23 @@ void DeliveryRole::Job::WarnOfDelay(const queue::LeasedEntry& leased, const DsnR
       now - arrival < config.delay_warning) {
     return;
   }
+  AddDelayWarning(leased, cause, remaining, item);
+}
+
+void DeliveryRole::Job::WarnOnly(const queue::LeasedEntry& leased) {
+  queue::CompletionItem& item = items_.emplace_back();
+  item.set_id(leased.entry().id());
+  item.set_lease_token(leased.lease().token());
+  item.mutable_retry()->set_error(leased.last_error());
+  AddDelayWarning(leased, WaitingCause(leased.last_error()), {}, item);
+}
+
+void DeliveryRole::Job::AddDelayWarning(const queue::LeasedEntry& leased, const DsnRecipient& cause,
+                                        const std::vector<std::string>& remaining,
+                                        queue::CompletionItem& item) {
+  const DeliveryConfig& config = role_->config_.delivery;
+  const absl::Time now = absl::Now();
+  const absl::Time arrival = absl::FromUnixMillis(leased.enqueue_ms());
   DsnReport report;
   report.id = role_->NewId();
   report.now = now;
@@ -821,7 +888,9 @@ void DeliveryRole::Job::MaybeDone() {
 // DeliveryRole
 
 DeliveryRole::DeliveryRole(const Config& config)
-    : config_(config), worker_id_(fmt::format("delivery-{}", config.node.id)) {
+    : config_(config),
+      worker_id_(fmt::format("delivery-{}", config.node.id)),
+      lease_duration_(LeaseDuration()) {
   for (const DomainConfig& domain : config.domains) {
     domains_[domain.name] = std::make_shared<const DomainConfig>(domain);
   }
@@ -960,23 +1029,34 @@ void DeliveryRole::LeaseLoop() {
                                        {"error", std::string(result.status().message())}});
       }
       lock.lock();
-      in_flight_ -= std::min<size_t>(in_flight_, request.items_size());
+      for (const queue::CompletionItem& item : request.items()) {
+        if (const auto it = held_.find(item.id());
+            it != held_.end() && it->second.token == item.lease_token()) {
+          held_.erase(it);
+        }
+      }
       continue;
     }
+    ExtendDueLeases(lock);
     size_t leased_now = 0;
-    if (in_flight_ < kMaxInFlight) {
+    if (held_.size() < kMaxInFlight) {
       queue::LeaseEntries request;
       request.set_worker_id(worker_id_);
       request.set_max_entries(
-          static_cast<uint32_t>(std::min<size_t>(512, kMaxInFlight - in_flight_)));
-      request.set_lease_duration_ms(absl::ToInt64Milliseconds(kLeaseDuration));
+          static_cast<uint32_t>(std::min<size_t>(kLeaseBatch, kMaxInFlight - held_.size())));
+      request.set_lease_duration_ms(absl::ToInt64Milliseconds(lease_duration_));
       lock.unlock();
+      const absl::Time asked = absl::Now();
       absl::StatusOr<queue::LeaseResult> result = client_->Lease(request);
       lock.lock();
       if (result.ok()) {
         for (queue::LeasedDomain& domain : *result->mutable_domains()) {
           leased_now += domain.entries_size();
-          in_flight_ += domain.entries_size();
+          for (const queue::LeasedEntry& leased : domain.entries()) {
+            // From when we asked: the queue's expiry counts from no earlier than that.
+            held_[leased.entry().id()] = {.token = leased.lease().token(),
+                                          .renew_at = asked + lease_duration_ / 2};
+          }
           loop_->Post(
               [this, domain = std::move(domain)]() mutable { StartJob(std::move(domain)); });
         }
@@ -986,9 +1066,55 @@ void DeliveryRole::LeaseLoop() {
       }
     }
     if (leased_now == 0) {
-      wake_.wait_for(lock, absl::ToChronoMilliseconds(kIdlePoll),
+      wake_.wait_for(lock, absl::ToChronoMilliseconds(std::min(kIdlePoll, lease_duration_ / 4)),
                      [this] { return stopping_ || !completions_.empty(); });
     }
+  }
+}
+
+void DeliveryRole::ExtendDueLeases(std::unique_lock<std::mutex>& lock) {
+  const absl::Time now = absl::Now();
+  if (now < extend_retry_at_ || std::none_of(held_.begin(), held_.end(), [now](const auto& held) {
+        return held.second.renew_at <= now;
+      })) {
+    return;
+  }
+  // All of them in one command, not only the due ones: their renewals fall together from then
+  // on, one Raft entry per half lease whatever the number of jobs.
+  queue::ExtendLeases request;
+  request.set_lease_duration_ms(absl::ToInt64Milliseconds(lease_duration_));
+  for (const auto& [id, held] : held_) {
+    queue::ExtendLeases::Held& item = *request.add_leases();
+    item.set_id(id);
+    item.set_lease_token(held.token);
+  }
+  lock.unlock();
+  const absl::StatusOr<queue::ExtendResult> result = client_->Extend(request);
+  lock.lock();
+  if (!result.ok()) {
+    // Retried soon; half a lease is left to succeed in.
+    extend_retry_at_ = now + kExtendRetry;
+    Log().Warn("extending leases failed", {{"entries", request.leases_size()},
+                                           {"error", std::string(result.status().message())}});
+    return;
+  }
+  size_t lost = 0;
+  for (const queue::ExtendOutcome& outcome : result->outcomes()) {
+    const auto it = held_.find(outcome.id());
+    if (it == held_.end()) {
+      continue;  // completed meanwhile
+    }
+    if (outcome.code() == queue::OK) {
+      it->second.renew_at = now + lease_duration_ / 2;
+    } else {
+      // Expired before we asked: the entry may go to another worker, and our completion will be
+      // refused if it does. Nothing to extend any more.
+      held_.erase(it);
+      ++lost;
+    }
+  }
+  if (lost > 0) {
+    Log().Warn("leases expired before they were extended", {{"entries", lost}});
   }
 }
 
