@@ -110,10 +110,17 @@ class DeliveryRole::Job {
                           const std::string& remote_host);
   const std::string& domain() const { return domain_; }
   DeliveryRole& role() { return *role_; }
-  // Opens up to the domain's free connection slots, or parks the job until a slot frees.
-  void OpenConnections(const Route& route);
-  // A parked job: the route it waits to deliver on.
-  std::optional<Route> TakeParkedRoute() { return std::exchange(parked_route_, std::nullopt); }
+  // Opens connections for the entries no connection carries yet, as many as the domain has free
+  // slots; while some are left the job waits in the domain's queue of parked jobs for the next
+  // free slot. May finish (and delete) the job.
+  void OpenConnections();
+  // The next share of the entries no connection carries yet, at most `room` of them.
+  std::vector<const queue::LeasedEntry*> TakeShare(size_t room);
+  // All of them (their connection attempt failed: so would theirs).
+  std::vector<const queue::LeasedEntry*> TakeRest() { return TakeShare(SIZE_MAX); }
+  size_t share() const { return share_; }
+  // The role took the job out of the parked queue (to give it a slot).
+  void Unparked() { parked_ = false; }
 
  private:
   void Routed(const Route& route);
@@ -143,7 +150,12 @@ class DeliveryRole::Job {
   std::vector<queue::LeasedEntry> entries_;
   std::vector<std::unique_ptr<Connection>> connections_;
   size_t open_connections_ = 0;
-  std::optional<Route> parked_route_;
+  std::optional<Route> route_;  // set once routed for delivery
+  // Entries to deliver that no connection has taken yet, oldest first; connections take them
+  // `share_` at a time, so that the backlog spreads over every connection the domain may have.
+  std::deque<const queue::LeasedEntry*> pending_;
+  size_t share_ = 1;
+  bool parked_ = false;  // in the role's parked_jobs_ of the domain
   bool started_ = false;
   std::vector<queue::CompletionItem> items_;
 };
@@ -153,6 +165,7 @@ class DeliveryRole::Job {
 
 class DeliveryRole::Connection {
  public:
+  // `entries`: the first share; more are taken from the job between messages.
   Connection(Job* job, std::vector<RouteHost> hosts, std::vector<const queue::LeasedEntry*> entries,
              TlsPolicy tls)
       : job_(job),
@@ -270,8 +283,25 @@ class DeliveryRole::Connection {
     for (const queue::LeasedEntry* leased : entries_) {
       client_->AddMessage(leased->entry(), now);
     }
-    client_->Finish(now);
     Pump();
+  }
+
+  // Between messages: the job's next share on this connection (reuse), or QUIT when nothing is
+  // left or the connection has carried its kMessagesPerConnection.
+  void TakeMore(absl::Time now) {
+    std::vector<const queue::LeasedEntry*> more;
+    if (entries_.size() < kMessagesPerConnection) {
+      more = job_->TakeShare(std::min(job_->share(), kMessagesPerConnection - entries_.size()));
+    }
+    if (more.empty()) {
+      client_->Finish(now);
+      finish_requested_ = true;
+      return;
+    }
+    for (const queue::LeasedEntry* leased : more) {
+      entries_.push_back(leased);
+      client_->AddMessage(leased->entry(), now);
+    }
   }
 
   void OnRecv(const Completion& c) {
@@ -319,6 +349,9 @@ class DeliveryRole::Connection {
       return;
     }
     const absl::Time now = absl::Now();
+    if (!finish_requested_ && client_->idle()) {
+      TakeMore(now);
+    }
     std::string output = client_->TakeOutput();
     if (!output.empty()) {
       const size_t plain = output.size();
@@ -448,8 +481,12 @@ class DeliveryRole::Connection {
     }
   }
 
-  // Every message without a result fails temporarily with `error`.
+  // Every message fails temporarily with `error` (no SMTP session: none has a result), and so
+  // does the rest of the job's backlog, which would go the same way.
   void FailAll(const std::string& error) {
+    for (const queue::LeasedEntry* leased : job_->TakeRest()) {
+      entries_.push_back(leased);
+    }
     for (const queue::LeasedEntry* leased : entries_) {
       MessageResult result;
       result.id = leased->entry().id();
@@ -500,8 +537,9 @@ class DeliveryRole::Connection {
   DeliveryRole& role_;
   EventLoop& loop_;
   const std::vector<RouteHost> hosts_;
-  const std::vector<const queue::LeasedEntry*> entries_;
+  std::vector<const queue::LeasedEntry*> entries_;  // every entry this connection took
   const TlsPolicy tls_policy_;
+  bool finish_requested_ = false;  // QUIT is due once the client is idle
   Phase phase_ = Phase::kResolving;
   size_t host_index_ = 0;
   std::vector<std::string> addresses_;
@@ -620,58 +658,62 @@ void DeliveryRole::Job::Routed(const Route& route) {
         break;
     }
   }
-  if (route.kind == Route::Kind::kDeliver) {
-    OpenConnections(route);  // may finish (and delete) this job: nothing after it
+  if (route.kind != Route::Kind::kDeliver) {
+    MaybeDone();
     return;
   }
-  MaybeDone();
-}
-
-void DeliveryRole::Job::OpenConnections(const Route& route) {
-  std::vector<const queue::LeasedEntry*> deliverable;
   for (const queue::LeasedEntry& leased : entries_) {
     const auto disposition = leased.lease().disposition();
     if (disposition == queue::DISPOSITION_DELIVER ||
         disposition == queue::DISPOSITION_UNSPECIFIED) {
-      deliverable.push_back(&leased);
+      pending_.push_back(&leased);
     }
   }
-  if (deliverable.empty()) {
+  if (pending_.empty()) {
     MaybeDone();
     return;
   }
-  const size_t limit = std::max<size_t>(1, role_->config_.delivery.connections_per_domain);
-  // The cap is per domain across jobs: a second lease of the same backlog waits for a slot.
-  const size_t in_use = role_->domain_connections_[domain_];
-  if (in_use >= limit) {
-    parked_route_ = route;
-    role_->parked_jobs_[domain_].push_back(this);
-    return;
-  }
-  const size_t count =
-      std::min(limit, std::max<size_t>(1, (deliverable.size() + kMessagesPerConnection - 1) /
-                                              kMessagesPerConnection));
+  route_ = route;
   // Spread the entries: the backlog drains over parallel connections.
-  const size_t parallel =
-      std::min(std::max(count, std::min(limit, deliverable.size())), limit - in_use);
-  std::vector<std::vector<const queue::LeasedEntry*>> shares(parallel);
-  for (size_t i = 0; i < deliverable.size(); ++i) {
-    shares[i % parallel].push_back(deliverable[i]);
-  }
+  const size_t limit = std::max<size_t>(1, role_->config_.delivery.connections_per_domain);
+  share_ = std::clamp<size_t>((pending_.size() + limit - 1) / limit, 1, kMessagesPerConnection);
+  OpenConnections();  // may finish (and delete) this job: nothing after it
+}
+
+void DeliveryRole::Job::OpenConnections() {
+  // The cap is per domain across jobs: another lease of the same backlog waits for a slot.
+  const size_t limit = std::max<size_t>(1, role_->config_.delivery.connections_per_domain);
   const TlsPolicy tls = policy_ && policy_->tls == DomainTls::kRequired ? TlsPolicy::kRequired
                                                                         : TlsPolicy::kOpportunistic;
-  for (auto& share : shares) {
-    if (share.empty()) {
-      continue;
-    }
-    connections_.push_back(std::make_unique<Connection>(this, route.hosts, std::move(share), tls));
+  const size_t first = connections_.size();
+  while (!pending_.empty() && role_->domain_connections_[domain_] < limit) {
+    connections_.push_back(
+        std::make_unique<Connection>(this, route_->hosts, TakeShare(share_), tls));
+    ++open_connections_;
+    ++role_->domain_connections_[domain_];
   }
-  open_connections_ = connections_.size();
-  role_->domain_connections_[domain_] += open_connections_;
-  // Start after all exist: a connection may finish (and count down) inside Start().
-  for (size_t i = 0, n = connections_.size(); i < n; ++i) {
+  if (!pending_.empty() && !parked_) {
+    parked_ = true;
+    role_->parked_jobs_[domain_].push_back(this);
+  }
+  // Start after all exist: a connection may finish (and count down) inside Start(), and the
+  // last one to finish may delete this job.
+  for (size_t i = first, n = connections_.size(); i < n; ++i) {
     connections_[i]->Start();
   }
+}
+
+std::vector<const queue::LeasedEntry*> DeliveryRole::Job::TakeShare(size_t room) {
+  std::vector<const queue::LeasedEntry*> share;
+  while (!pending_.empty() && share.size() < room) {
+    share.push_back(pending_.front());
+    pending_.pop_front();
+  }
+  if (pending_.empty() && parked_) {
+    role_->Unpark(this);
+    parked_ = false;
+  }
+  return share;
 }
 
 const queue::LeasedEntry* DeliveryRole::Job::Find(const std::string& id) const {
@@ -872,12 +914,17 @@ void DeliveryRole::Job::ConnectionFinished(Connection* /*connection*/,
     }
   }
   --open_connections_;
-  role_->ReleaseConnection(domain_);
+  if (parked_) {
+    // The slot may come back to this job (ReleaseConnection may finish and delete it).
+    role_->ReleaseConnection(domain_);
+    return;
+  }
+  role_->ReleaseConnection(domain_);  // to another job: this one has nothing left to send
   MaybeDone();
 }
 
 void DeliveryRole::Job::MaybeDone() {
-  if (!started_ || open_connections_ > 0 || parked_route_) {
+  if (!started_ || open_connections_ > 0 || parked_) {
     return;
   }
   role_->Finished(std::move(items_));
@@ -990,8 +1037,18 @@ void DeliveryRole::ReleaseConnection(const std::string& domain) {
   if (parked->second.empty()) {
     parked_jobs_.erase(parked);
   }
-  if (std::optional<Route> route = job->TakeParkedRoute()) {
-    job->OpenConnections(*route);  // may finish (and delete) the job
+  job->Unparked();
+  job->OpenConnections();  // may finish (and delete) the job
+}
+
+void DeliveryRole::Unpark(Job* job) {
+  const auto parked = parked_jobs_.find(job->domain());
+  if (parked == parked_jobs_.end()) {
+    return;
+  }
+  std::erase(parked->second, job);
+  if (parked->second.empty()) {
+    parked_jobs_.erase(parked);
   }
 }
 

@@ -70,8 +70,11 @@ class DeliveryRole {
   // Loop thread: delivers one leased domain.
   void StartJob(queue::LeasedDomain leased);
   void JobDone(Job* job);
-  // Loop thread: a connection of `domain` closed; a parked job of the domain may open one.
+  // Loop thread: a connection of `domain` closed; the oldest parked job of the domain may open
+  // one (and may finish, deleting itself).
   void ReleaseConnection(const std::string& domain);
+  // Loop thread: takes a job with nothing left to send out of the parked queue.
+  void Unpark(Job* job);
   // Any thread: hands finished entries to the lease thread.
   void Finished(std::vector<queue::CompletionItem> items);
   // Lease thread, `lock` holding mutex_ (released during the call): once a held lease is half

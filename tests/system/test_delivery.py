@@ -3,9 +3,11 @@ loopback), waits while the primary is down, drains when it returns, and bounces 
 DSNs that Python's email package parses."""
 
 import asyncio
+import collections
 import email
 import email.policy
 import hashlib
+import re
 import smtplib
 import socket
 import subprocess
@@ -16,7 +18,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as AioSMTP
 
-from conftest import reserve_port
+from conftest import LOADGEN_BIN, reserve_port
 from test_ingest import ctl, queued_ids, smtp_address
 
 
@@ -31,6 +33,7 @@ class Primary:
         self.data_delay = data_delay  # seconds between the end of DATA and the reply
         self.rcpt_times = []
         self.messages = []
+        self.per_connection = collections.Counter()  # messages by client (address, port)
         self.connections = 0
         self.active = 0  # connections open now
         self.max_active = 0
@@ -51,6 +54,7 @@ class Primary:
         with self.lock:
             self.messages.append((envelope.mail_from, list(envelope.rcpt_tos),
                                   envelope.original_content))
+            self.per_connection[session.peer] += 1
         if self.data_delay:
             await asyncio.sleep(self.data_delay)
         return "250 2.0.0 stored"
@@ -606,3 +610,34 @@ def test_every_entry_of_a_down_domain_gets_one_delay_warning(backstop, primary_p
         assert len(failures) <= 4 + elapsed / 3 + 1, (len(failures), elapsed)
     finally:
         senders_mx.stop()
+
+
+def test_connection_cap_holds_across_lease_batches(backstop, primary_port):
+    # 1,200 entries: three lease batches of at most 512. Every batch's job shares the domain's 3
+    # connections with the others, and each connection carries at most 100 messages, so the
+    # later batches drain in parallel too instead of queueing behind one connection.
+    primary = Primary(primary_port)
+    config = node_config("connections_per_domain = 3", f"""
+[[domain]]
+name = "example.test"
+primary = ["127.0.0.1:{primary_port}"]
+""")
+    node = backstop(config)
+    queue_port = re.search(r'\[queue\]\nlisten = "127.0.0.1:(\d+)"', config).group(1)
+    count = 1200
+    subprocess.run([LOADGEN_BIN, "--endpoints", f"127.0.0.1:{queue_port}", "--messages",
+                    str(count), "--batch", "100", "--concurrency", "4", "--size", "512",
+                    "--domain", "example.test"], check=True, capture_output=True, timeout=120)
+    node.wait_for_log(lambda e: e.get("msg") == "connection failed", what="the primary down")
+    primary.start()
+    try:
+        ctl(node, "queue", "flush", "example.test")
+        messages = primary.wait_for(count, timeout=120)
+        wait_queue_empty(node, timeout=60)
+        subjects = [email.message_from_bytes(m[2]).get("Subject") for m in messages]
+        assert sorted(subjects) == sorted(str(i) for i in range(count))  # each one, once
+        assert primary.max_active == 3, primary.max_active
+        assert max(primary.per_connection.values()) <= 100, primary.per_connection
+        assert len(primary.per_connection) >= count // 100
+    finally:
+        primary.stop()
