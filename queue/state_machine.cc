@@ -77,6 +77,11 @@ bool ValidDomainName(std::string_view name) {
   return !name.empty() && name.find('\0') == std::string_view::npos;
 }
 
+// Why an entry waits: its own last failure, else its domain's (an entry never tried yet).
+std::string WaitReason(const StoredEntry& entry, const DomainSchedule& schedule) {
+  return entry.last_error().empty() ? schedule.last_error() : entry.last_error();
+}
+
 CommandResult Refused(Code code, std::string error) {
   CommandResult result;
   result.set_code(code);
@@ -608,8 +613,7 @@ absl::StatusOr<std::vector<QueueStateMachine::Txn::Pick>> QueueStateMachine::Txn
       break;  // keys are oldest first: nothing further is expired either
     }
     ASSIGN_OR_RETURN(StoredEntry entry, LoadIndexedEntry(key.id));
-    std::string last_error =
-        entry.last_error().empty() ? schedule.last_error() : entry.last_error();
+    std::string last_error = WaitReason(entry, schedule);
     if (expired) {
       picks.push_back({std::move(entry), DISPOSITION_EXPIRED, false, std::move(last_error)});
     } else if (entry.not_before_ms() <= now_ms_) {
@@ -654,8 +658,7 @@ absl::Status QueueStateMachine::Txn::PickDelayWarnings(const DomainRecord& recor
       continue;
     }
     ASSIGN_OR_RETURN(StoredEntry entry, LoadIndexedEntry(key.id));
-    std::string last_error =
-        entry.last_error().empty() ? record.schedule().last_error() : entry.last_error();
+    std::string last_error = WaitReason(entry, record.schedule());
     picks.push_back({std::move(entry), DISPOSITION_DELAY_WARNING, false, std::move(last_error)});
   }
   return FromRocks(it->status(), "delay warning scan");
