@@ -543,10 +543,10 @@ def test_etrn_from_the_primary_flushes_its_domain(backstop, primary_port):
 
 def test_slow_primary_outlasting_the_lease_gets_the_message_once(backstop, primary_port,
                                                                   monkeypatch):
-    # The primary answers the end of DATA after 5 s, past the 2 s lease: the worker extends its
-    # lease meanwhile, so the entry is not leased (and delivered) a second time.
-    monkeypatch.setenv("BACKSTOP_TEST_LEASE_DURATION", "2s")
-    primary = Primary(primary_port, data_delay=5).start()
+    # The primary answers the end of DATA after 9 s, past two 4 s leases: the worker extends its
+    # lease meanwhile (every 2 s), so the entry is not leased (and delivered) a second time.
+    monkeypatch.setenv("BACKSTOP_TEST_LEASE_DURATION", "4s")
+    primary = Primary(primary_port, data_delay=9).start()
     try:
         node = backstop(delivery_config(primary_port))
         node.wait_for_log(lambda e: e.get("msg") == "lease duration set for tests",
@@ -556,7 +556,7 @@ def test_slow_primary_outlasting_the_lease_gets_the_message_once(backstop, prima
                                    b"Subject: slow\r\n\r\nx\r\n") == {}
         primary.wait_for(1)
         wait_queue_empty(node, timeout=30)
-        time.sleep(2.5)  # longer than a lease: a second delivery would have begun
+        time.sleep(4.5)  # longer than a lease: a second delivery would have begun
         assert len(primary.messages) == 1
         assert primary.connections == 1
         assert not any(e.get("msg") == "leases expired before they were extended"
