@@ -31,7 +31,7 @@ LINT_PACKAGES := clang-format-16 clang-tidy-16
 FUZZ_PACKAGES := clang libclang-rt-14-dev
 
 .PHONY: help deps deps-lint deps-fuzz fuzz configure build run test bench bench-queue bench-ingest \
-        sim fmt lint \
+        bench-drain sim fmt lint \
         test-asan test-tsan clean
 
 help:
@@ -39,6 +39,7 @@ help:
 	@echo "make test    install deps, build, run every unit, simulation and system test"
 	@echo "make bench   build and run the micro-benchmarks (make bench-queue: queue appends)"
 	@echo "make bench-ingest  accepted msg/s, primary down: Backstop beside Postfix as a backup MX"
+	@echo "make bench-drain   drain msg/s of a backlog when the primary returns, beside Postfix"
 	@echo "make sim     run the Raft simulator for SEEDS seeds x STEPS steps"
 	@echo "make fuzz    run every libFuzzer target for FUZZ_SECONDS (clang, ASan+UBSan)"
 	@echo "make fmt / make lint / make test-asan / make test-tsan / make clean"
@@ -106,6 +107,11 @@ bench-queue: build
 # smtp-source (JSON lines). Postfix's half needs root (passwordless sudo otherwise).
 bench-ingest: build
 	bench/ingest_compare.sh $(BUILD_DIR)
+
+# Drain of a backlog (BENCH_MESSAGES, default 50000, of 2 KiB) into smtp-sink when the primary
+# returns, Backstop beside Postfix (JSON lines). Postfix's half needs root, as above.
+bench-drain: build
+	bench/drain_compare.sh $(BUILD_DIR)
 
 SEEDS ?= 2000
 FIRST_SEED ?= 1

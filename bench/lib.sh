@@ -27,3 +27,239 @@ os.unlink(path)
 print('{"baseline":"raw fdatasync","fsyncs_per_second":%.1f}' % (n / (time.monotonic() - start)))
 PY
 }
+
+# --- Postfix and Backstop instances, for the scripts that compare them ------------------------
+# The caller defines note and die, and sets $here (bench/), $work (a temporary directory),
+# $cache (where the postfix .deb is kept), $start_timeout (seconds), $backstop and $backstopctl
+# (the binaries), and as_root=() (prepare_postfix fills it in when sudo is needed); these
+# functions keep postfix_pid, postfix_pgid and backstop_pid.
+
+# signal SIGNAL PID|-PGID (as root for Postfix's processes); fails when the target is gone.
+signal() { "${as_root[@]}" kill "-$1" -- "$2" 2>/dev/null; }
+
+# stop PID|-PGID: SIGTERM, then SIGKILL if it is still there after $start_timeout seconds.
+stop() {
+  signal TERM "$1" || return 0
+  for _ in $(seq 1 $((start_timeout * 10))); do
+    signal 0 "$1" || return 0
+    sleep 0.1
+  done
+  signal KILL "$1" || true
+}
+
+stop_postfix() {
+  [[ -n $postfix_pgid ]] || return 0
+  stop "-$postfix_pgid"  # the master and every daemon
+  wait "$postfix_pid" 2>/dev/null || true
+  postfix_pgid=""
+}
+
+stop_backstop() {
+  [[ -n $backstop_pid ]] || return 0
+  stop "$backstop_pid"
+  wait "$backstop_pid" 2>/dev/null || true
+  backstop_pid=""
+}
+
+# wait_smtp HOST:PORT PID LOG: until HOST:PORT greets with 220, while PID lives.
+wait_smtp() {
+  local address=$1 pid=$2 log=$3
+  for _ in $(seq 1 $((start_timeout * 10))); do
+    kill -0 "$pid" 2>/dev/null || die "the server exited before listening on $address; see $log:
+$(tail -n 20 "$log" 2>/dev/null)"
+    python3 - "$address" <<'PY' 2>/dev/null && return 0
+import socket, sys
+host, port = sys.argv[1].rsplit(":", 1)
+with socket.create_connection((host, int(port)), timeout=1) as s:
+    s.settimeout(2)
+    sys.exit(0 if s.recv(512).startswith(b"220") else 1)
+PY
+    sleep 0.1
+  done
+  die "no SMTP greeting on $address within ${start_timeout}s; see $log:
+$(tail -n 20 "$log" 2>/dev/null)"
+}
+
+# --- Postfix -----------------------------------------------------------------------------------
+
+# Extracts the cached (or freshly downloaded) package, for smtp-source and for Postfix itself;
+# sets $postfix_root, $postfix_lib and $smtp_source.
+fetch_postfix() {
+  [[ -z ${smtp_source:-} ]] || return 0
+  mkdir -p "$cache"
+  local debs
+  shopt -s nullglob
+  debs=("$cache"/postfix_*.deb)
+  shopt -u nullglob
+  if ((${#debs[@]} == 0)); then
+    note "downloading Debian's postfix package into $cache"
+    (cd "$cache" && apt-get download postfix) > "$work/apt.log" 2>&1 \
+      || die "apt-get download postfix failed (try 'apt-get update' first):
+$(tail -n 5 "$work/apt.log")"
+    shopt -s nullglob
+    debs=("$cache"/postfix_*.deb)
+    shopt -u nullglob
+    ((${#debs[@]} > 0)) || die "apt-get download postfix left no postfix_*.deb in $cache"
+  fi
+  postfix_root=$work/postfix-root
+  dpkg -x "${debs[-1]}" "$postfix_root" || die "dpkg -x ${debs[-1]} failed"
+  postfix_lib=$postfix_root/usr/lib/postfix
+  smtp_source=$postfix_root/usr/sbin/smtp-source
+}
+
+prepare_postfix() {
+  if [[ $(id -u) != 0 ]]; then
+    if ! { command -v sudo > /dev/null && sudo -n true 2> /dev/null; }; then
+      die "Postfix's master runs only as root: run this as root or with passwordless sudo" \
+          "(or BENCH_SYSTEMS=backstop to measure Backstop alone)"
+    fi
+    as_root=(sudo -n)
+  fi
+  fetch_postfix
+  # Accounts for the daemons: Postfix wants a dedicated owner, and three distinct groups.
+  if getent passwd postfix > /dev/null; then mail_owner=postfix; else mail_owner=daemon; fi
+  if getent group postdrop > /dev/null; then setgid_group=postdrop; else setgid_group=mail; fi
+  mail_owner=${BENCH_POSTFIX_MAIL_OWNER:-$mail_owner}
+  setgid_group=${BENCH_POSTFIX_SETGID_GROUP:-$setgid_group}
+  default_privs=${BENCH_POSTFIX_DEFAULT_PRIVS:-nobody}
+  getent passwd "$mail_owner" > /dev/null || die "no account $mail_owner (BENCH_POSTFIX_MAIL_OWNER)"
+  getent passwd "$default_privs" > /dev/null \
+    || die "no account $default_privs (BENCH_POSTFIX_DEFAULT_PRIVS)"
+  getent group "$setgid_group" > /dev/null \
+    || die "no group $setgid_group (BENCH_POSTFIX_SETGID_GROUP)"
+}
+
+# start_postfix NAME [PRIMARY_PORT]: a fresh instance in $work/NAME that relays example.com to
+# 127.0.0.1:PRIMARY_PORT (default: a free port, where nothing listens); sets $postfix_address,
+# $postfix_conf and $postfix_spool.
+start_postfix() {
+  local instance=$work/$1 dead_port
+  mkdir -p "$instance/conf" "$instance/spool"
+  chmod 755 "$instance"
+  postfix_address=127.0.0.1:$(bench_free_port)
+  dead_port=${2:-$(bench_free_port)}  # the primary: nothing listens here (yet)
+  postfix_conf=$instance/conf
+  postfix_spool=$instance/spool
+  for file in main.cf master.cf; do
+    sed -e "s|@ROOT@|$postfix_root|g" -e "s|@INSTANCE@|$instance|g" \
+        -e "s|@MAIL_OWNER@|$mail_owner|g" -e "s|@SETGID_GROUP@|$setgid_group|g" \
+        -e "s|@DEFAULT_PRIVS@|$default_privs|g" -e "s|@DEAD_PORT@|$dead_port|g" \
+        -e "s|@LISTEN@|$postfix_address|g" "$here/postfix/$file.in" > "$instance/conf/$file"
+  done
+  # `postfix check` validates the configuration and creates the queue directories with their
+  # owners; it logs to the maillog file only.
+  "${as_root[@]}" env LD_LIBRARY_PATH="$postfix_lib" "$postfix_root/usr/sbin/postfix" \
+      -c "$instance/conf" check \
+    || die "postfix check failed; $instance/maillog says:
+$(tail -n 20 "$instance/maillog" 2>/dev/null)"
+  # setsid: the master kills its own process group on exit, so it must lead one (--wait: the
+  # process we watch lives as long as the master, even if setsid had to fork).
+  "${as_root[@]}" env LD_LIBRARY_PATH="$postfix_lib" MAIL_CONFIG="$instance/conf" \
+      setsid --wait "$postfix_root/usr/lib/postfix/sbin/master" -c "$instance/conf" -d \
+      > "$instance/master.out" 2>&1 &
+  postfix_pid=$!
+  for _ in $(seq 1 $((start_timeout * 10))); do
+    postfix_pgid=$("${as_root[@]}" cat "$postfix_spool/pid/master.pid" 2>/dev/null | tr -d ' ' \
+                     || true)
+    [[ -n $postfix_pgid ]] && break
+    kill -0 "$postfix_pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  [[ -n $postfix_pgid ]] || die "the Postfix master did not start; $instance/maillog says:
+$(tail -n 20 "$instance/maillog" 2>/dev/null)"
+  wait_smtp "$postfix_address" "$postfix_pid" "$instance/maillog"
+}
+
+# Messages in the stopped instance's queue (incoming, active, deferred, hold).
+postfix_queued() {
+  "${as_root[@]}" find "$postfix_spool/incoming" "$postfix_spool/active" \
+      "$postfix_spool/deferred" "$postfix_spool/hold" -type f | wc -l
+}
+
+# --- Backstop ----------------------------------------------------------------------------------
+
+prepare_backstop() {
+  [[ -x $backstop ]] || die "no $backstop: build it first (make build)"
+  [[ -x $backstopctl ]] || die "no $backstopctl: build it first (make build)"
+  fetch_postfix  # for smtp-source
+}
+
+# start_backstop NAME [PRIMARY_PORT]: the standalone node (all roles, one voter) in $work/NAME,
+# the primary of example.com on 127.0.0.1:PRIMARY_PORT (default: a free port, where nothing
+# listens); sets $backstop_address (SMTP), $backstop_queue (gRPC, for backstopctl) and
+# $backstop_log.
+start_backstop() {
+  local dir=$work/$1 queue_port dead_port log
+  mkdir -p "$dir"
+  queue_port=$(bench_free_port)
+  dead_port=${2:-$(bench_free_port)}
+  backstop_queue=127.0.0.1:$queue_port
+  cat > "$dir/backstop.toml" <<TOML
+[node]
+id = 1
+hostname = "backstop.bench.test"
+data_dir = "$dir/data"
+roles = ["ingest", "queue", "delivery"]
+
+[smtp]
+listen = ["127.0.0.1:0"]
+max_connections_per_ip = 1000
+
+[queue]
+listen = "$backstop_queue"
+peers = ["1@$backstop_queue"]
+
+[http]
+listen = "127.0.0.1:0"
+
+# Like Postfix's defaults: no DNS lookup of the sender's domain.
+[filters]
+sender = { enabled = false }
+
+[[domain]]
+name = "example.com"
+primary = ["127.0.0.1:$dead_port"]
+TOML
+  "$backstop" --check-config "$dir/backstop.toml" > "$dir/check.log" 2>&1 \
+    || die "backstop --check-config rejected $dir/backstop.toml:
+$(cat "$dir/check.log")"
+  log=$dir/backstop.log
+  backstop_log=$log
+  "$backstop" --config "$dir/backstop.toml" > "$log" 2> "$dir/backstop.stderr" < /dev/null &
+  backstop_pid=$!
+  backstop_address=""
+  for _ in $(seq 1 $((start_timeout * 10))); do
+    backstop_address=$(python3 - "$log" <<'PY'
+import json, sys
+for line in open(sys.argv[1], errors="replace"):
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        continue
+    if entry.get("msg") == "smtp listening":
+        print(entry["address"])
+        break
+PY
+)
+    [[ -n $backstop_address ]] && break
+    kill -0 "$backstop_pid" 2>/dev/null || die "backstop exited before 'smtp listening':
+$(tail -n 20 "$dir/backstop.stderr" "$log")"
+    sleep 0.1
+  done
+  [[ -n $backstop_address ]] || die "no 'smtp listening' in $log within ${start_timeout}s (does this
+binary have the ingest role?):
+$(tail -n 20 "$log")"
+  wait_smtp "$backstop_address" "$backstop_pid" "$log"
+}
+
+# Messages queued for example.com, from the queue's admin API.
+backstop_queued() {
+  local summary
+  summary=$("$backstopctl" --endpoint "$backstop_queue" -o json queue summary) \
+    || die "backstopctl queue summary failed"
+  python3 - "$summary" <<'PY'
+import json, sys
+domains = json.loads(sys.argv[1]).get("domains", [])
+print(sum(int(d.get("queued_messages", 0)) for d in domains if d.get("domain") == "example.com"))
+PY
+}

@@ -5,7 +5,9 @@
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <optional>
+#include <string_view>
 #include <utility>
 
 #include <fmt/format.h>
@@ -23,9 +25,14 @@
 namespace backstop::delivery {
 namespace {
 
-// Long enough for a large message over a slow link; an expired lease only makes the entry due
-// again (a duplicate at worst), never lost.
-constexpr absl::Duration kLeaseDuration = absl::Minutes(15);
+// Short, so that the entries of a crashed worker are due again soon; a delivery that takes
+// longer keeps its leases by extending them (LeaseLoop), half a lease before they expire.
+constexpr absl::Duration kLeaseDuration = absl::Minutes(2);
+// Test-only: overrides kLeaseDuration (a duration such as "2s"), so that a system test can
+// outlast a lease without waiting minutes.
+constexpr char kLeaseDurationVariable[] = "BACKSTOP_TEST_LEASE_DURATION";
+// After a failed Extend, the next try waits this long (or until the lease loop wakes anyway).
+constexpr absl::Duration kExtendRetry = absl::Seconds(1);
 constexpr absl::Duration kConnectTimeout = absl::Seconds(30);
 // How often an idle worker asks for due entries.
 constexpr absl::Duration kIdlePoll = absl::Milliseconds(500);
@@ -33,6 +40,8 @@ constexpr absl::Duration kIdlePoll = absl::Milliseconds(500);
 constexpr size_t kMaxInFlight = 2048;
 // Messages one connection carries.
 constexpr size_t kMessagesPerConnection = 100;
+// Entries one Lease asks for, at most.
+constexpr size_t kLeaseBatch = 512;
 
 const log::Logger& Log() {
   static const log::Logger logger("delivery");
@@ -46,6 +55,39 @@ std::string IdText(const std::string& bytes) {
 
 double SecondsSince(int64_t ms, absl::Time now) {
   return ms == 0 ? 0 : absl::ToDoubleSeconds(now - absl::FromUnixMillis(ms));
+}
+
+absl::Duration LeaseDuration() {
+  const char* text = std::getenv(kLeaseDurationVariable);
+  if (text == nullptr || *text == '\0') {
+    return kLeaseDuration;
+  }
+  absl::StatusOr<absl::Duration> duration = backstop::ParseDuration(text);
+  if (!duration.ok() || *duration <= absl::ZeroDuration()) {
+    Log().Warn("ignoring an invalid lease duration", {{"variable", kLeaseDurationVariable}});
+    return kLeaseDuration;
+  }
+  Log().Warn("lease duration set for tests", {{"seconds", absl::ToDoubleSeconds(*duration)}});
+  return *duration;
+}
+
+// What a delayed-delivery DSN reports for an entry that waits on its domain: the status of the
+// domain's last failure ("451 4.3.0 ..." gives 4.3.0) and its text.
+DsnRecipient WaitingCause(const std::string& last_error) {
+  DsnRecipient cause;
+  cause.status = "4.0.0";
+  const size_t space = last_error.find(' ');
+  if (space == 3 && last_error[0] == '4') {
+    const std::string_view rest = std::string_view(last_error).substr(space + 1);
+    const std::string_view code = rest.substr(0, rest.find(' '));
+    if (code.size() >= 5 && code[0] == '4' && code[1] == '.' &&
+        std::all_of(code.begin(), code.end(),
+                    [](char c) { return c == '.' || absl::ascii_isdigit(c); })) {
+      cause.status = std::string(code);
+    }
+  }
+  cause.reason = last_error.empty() ? "the destination is not reachable yet" : last_error;
+  return cause;
 }
 
 }  // namespace
@@ -68,10 +110,17 @@ class DeliveryRole::Job {
                           const std::string& remote_host);
   const std::string& domain() const { return domain_; }
   DeliveryRole& role() { return *role_; }
-  // Opens up to the domain's free connection slots, or parks the job until a slot frees.
-  void OpenConnections(const Route& route);
-  // A parked job: the route it waits to deliver on.
-  std::optional<Route> TakeParkedRoute() { return std::exchange(parked_route_, std::nullopt); }
+  // Opens connections for the entries no connection carries yet, as many as the domain has free
+  // slots; while some are left the job waits in the domain's queue of parked jobs for the next
+  // free slot. May finish (and delete) the job.
+  void OpenConnections();
+  // The next share of the entries no connection carries yet, at most `room` of them.
+  std::vector<const queue::LeasedEntry*> TakeShare(size_t room);
+  // All of them (their connection attempt failed: so would theirs).
+  std::vector<const queue::LeasedEntry*> TakeRest() { return TakeShare(SIZE_MAX); }
+  size_t share() const { return share_; }
+  // The role took the job out of the parked queue (to give it a slot).
+  void Unparked() { parked_ = false; }
 
  private:
   void Routed(const Route& route);
@@ -81,9 +130,14 @@ class DeliveryRole::Job {
   void Retry(const queue::LeasedEntry& leased, const std::string& error, const DsnRecipient& cause,
              std::vector<std::string> remaining = {});
   // Adds the delayed-delivery DSN to a retry, once per entry (DESIGN §3.2, [delivery]
-  // delay_warning).
+  // delay_warning), when the entry is that old.
   void WarnOfDelay(const queue::LeasedEntry& leased, const DsnRecipient& cause,
                    const std::vector<std::string>& remaining, queue::CompletionItem& item);
+  // The same without the age check: the queue leased the entry for its warning.
+  void AddDelayWarning(const queue::LeasedEntry& leased, const DsnRecipient& cause,
+                       const std::vector<std::string>& remaining, queue::CompletionItem& item);
+  // An entry leased only for its warning (DISPOSITION_DELAY_WARNING): no delivery attempt.
+  void WarnOnly(const queue::LeasedEntry& leased);
   void Bounce(const queue::LeasedEntry& leased, const std::string& status,
               const std::string& reason);
   void Complete(const queue::LeasedEntry& leased, const MessageResult& result,
@@ -96,7 +150,12 @@ class DeliveryRole::Job {
   std::vector<queue::LeasedEntry> entries_;
   std::vector<std::unique_ptr<Connection>> connections_;
   size_t open_connections_ = 0;
-  std::optional<Route> parked_route_;
+  std::optional<Route> route_;  // set once routed for delivery
+  // Entries to deliver that no connection has taken yet, oldest first; connections take them
+  // `share_` at a time, so that the backlog spreads over every connection the domain may have.
+  std::deque<const queue::LeasedEntry*> pending_;
+  size_t share_ = 1;
+  bool parked_ = false;  // in the role's parked_jobs_ of the domain
   bool started_ = false;
   std::vector<queue::CompletionItem> items_;
 };
@@ -106,6 +165,7 @@ class DeliveryRole::Job {
 
 class DeliveryRole::Connection {
  public:
+  // `entries`: the first share; more are taken from the job between messages.
   Connection(Job* job, std::vector<RouteHost> hosts, std::vector<const queue::LeasedEntry*> entries,
              TlsPolicy tls)
       : job_(job),
@@ -223,8 +283,25 @@ class DeliveryRole::Connection {
     for (const queue::LeasedEntry* leased : entries_) {
       client_->AddMessage(leased->entry(), now);
     }
-    client_->Finish(now);
     Pump();
+  }
+
+  // Between messages: the job's next share on this connection (reuse), or QUIT when nothing is
+  // left or the connection has carried its kMessagesPerConnection.
+  void TakeMore(absl::Time now) {
+    std::vector<const queue::LeasedEntry*> more;
+    if (entries_.size() < kMessagesPerConnection) {
+      more = job_->TakeShare(std::min(job_->share(), kMessagesPerConnection - entries_.size()));
+    }
+    if (more.empty()) {
+      client_->Finish(now);
+      finish_requested_ = true;
+      return;
+    }
+    for (const queue::LeasedEntry* leased : more) {
+      entries_.push_back(leased);
+      client_->AddMessage(leased->entry(), now);
+    }
   }
 
   void OnRecv(const Completion& c) {
@@ -272,6 +349,9 @@ class DeliveryRole::Connection {
       return;
     }
     const absl::Time now = absl::Now();
+    if (!finish_requested_ && client_->idle()) {
+      TakeMore(now);
+    }
     std::string output = client_->TakeOutput();
     if (!output.empty()) {
       const size_t plain = output.size();
@@ -401,8 +481,12 @@ class DeliveryRole::Connection {
     }
   }
 
-  // Every message without a result fails temporarily with `error`.
+  // Every message fails temporarily with `error` (no SMTP session: none has a result), and so
+  // does the rest of the job's backlog, which would go the same way.
   void FailAll(const std::string& error) {
+    for (const queue::LeasedEntry* leased : job_->TakeRest()) {
+      entries_.push_back(leased);
+    }
     for (const queue::LeasedEntry* leased : entries_) {
       MessageResult result;
       result.id = leased->entry().id();
@@ -453,8 +537,9 @@ class DeliveryRole::Connection {
   DeliveryRole& role_;
   EventLoop& loop_;
   const std::vector<RouteHost> hosts_;
-  const std::vector<const queue::LeasedEntry*> entries_;
+  std::vector<const queue::LeasedEntry*> entries_;  // every entry this connection took
   const TlsPolicy tls_policy_;
+  bool finish_requested_ = false;  // QUIT is due once the client is idle
   Phase phase_ = Phase::kResolving;
   size_t host_index_ = 0;
   std::vector<std::string> addresses_;
@@ -494,6 +579,9 @@ void DeliveryRole::Job::Start() {
         Bounce(
             leased, "5.0.0",
             leased.bounce_reason().empty() ? "returned by the operator" : leased.bounce_reason());
+        break;
+      case queue::DISPOSITION_DELAY_WARNING:
+        WarnOnly(leased);
         break;
       default:
         deliverable.push_back(&leased);
@@ -570,58 +658,62 @@ void DeliveryRole::Job::Routed(const Route& route) {
         break;
     }
   }
-  if (route.kind == Route::Kind::kDeliver) {
-    OpenConnections(route);  // may finish (and delete) this job: nothing after it
+  if (route.kind != Route::Kind::kDeliver) {
+    MaybeDone();
     return;
   }
-  MaybeDone();
-}
-
-void DeliveryRole::Job::OpenConnections(const Route& route) {
-  std::vector<const queue::LeasedEntry*> deliverable;
   for (const queue::LeasedEntry& leased : entries_) {
     const auto disposition = leased.lease().disposition();
     if (disposition == queue::DISPOSITION_DELIVER ||
         disposition == queue::DISPOSITION_UNSPECIFIED) {
-      deliverable.push_back(&leased);
+      pending_.push_back(&leased);
     }
   }
-  if (deliverable.empty()) {
+  if (pending_.empty()) {
     MaybeDone();
     return;
   }
-  const size_t limit = std::max<size_t>(1, role_->config_.delivery.connections_per_domain);
-  // The cap is per domain across jobs: a second lease of the same backlog waits for a slot.
-  const size_t in_use = role_->domain_connections_[domain_];
-  if (in_use >= limit) {
-    parked_route_ = route;
-    role_->parked_jobs_[domain_].push_back(this);
-    return;
-  }
-  const size_t count =
-      std::min(limit, std::max<size_t>(1, (deliverable.size() + kMessagesPerConnection - 1) /
-                                              kMessagesPerConnection));
+  route_ = route;
   // Spread the entries: the backlog drains over parallel connections.
-  const size_t parallel =
-      std::min(std::max(count, std::min(limit, deliverable.size())), limit - in_use);
-  std::vector<std::vector<const queue::LeasedEntry*>> shares(parallel);
-  for (size_t i = 0; i < deliverable.size(); ++i) {
-    shares[i % parallel].push_back(deliverable[i]);
-  }
+  const size_t limit = std::max<size_t>(1, role_->config_.delivery.connections_per_domain);
+  share_ = std::clamp<size_t>((pending_.size() + limit - 1) / limit, 1, kMessagesPerConnection);
+  OpenConnections();  // may finish (and delete) this job: nothing after it
+}
+
+void DeliveryRole::Job::OpenConnections() {
+  // The cap is per domain across jobs: another lease of the same backlog waits for a slot.
+  const size_t limit = std::max<size_t>(1, role_->config_.delivery.connections_per_domain);
   const TlsPolicy tls = policy_ && policy_->tls == DomainTls::kRequired ? TlsPolicy::kRequired
                                                                         : TlsPolicy::kOpportunistic;
-  for (auto& share : shares) {
-    if (share.empty()) {
-      continue;
-    }
-    connections_.push_back(std::make_unique<Connection>(this, route.hosts, std::move(share), tls));
+  const size_t first = connections_.size();
+  while (!pending_.empty() && role_->domain_connections_[domain_] < limit) {
+    connections_.push_back(
+        std::make_unique<Connection>(this, route_->hosts, TakeShare(share_), tls));
+    ++open_connections_;
+    ++role_->domain_connections_[domain_];
   }
-  open_connections_ = connections_.size();
-  role_->domain_connections_[domain_] += open_connections_;
-  // Start after all exist: a connection may finish (and count down) inside Start().
-  for (size_t i = 0, n = connections_.size(); i < n; ++i) {
+  if (!pending_.empty() && !parked_) {
+    parked_ = true;
+    role_->parked_jobs_[domain_].push_back(this);
+  }
+  // Start after all exist: a connection may finish (and count down) inside Start(), and the
+  // last one to finish may delete this job.
+  for (size_t i = first, n = connections_.size(); i < n; ++i) {
     connections_[i]->Start();
   }
+}
+
+std::vector<const queue::LeasedEntry*> DeliveryRole::Job::TakeShare(size_t room) {
+  std::vector<const queue::LeasedEntry*> share;
+  while (!pending_.empty() && share.size() < room) {
+    share.push_back(pending_.front());
+    pending_.pop_front();
+  }
+  if (pending_.empty() && parked_) {
+    role_->Unpark(this);
+    parked_ = false;
+  }
+  return share;
 }
 
 const queue::LeasedEntry* DeliveryRole::Job::Find(const std::string& id) const {
@@ -663,6 +755,23 @@ void DeliveryRole::Job::WarnOfDelay(const queue::LeasedEntry& leased, const DsnR
       now - arrival < config.delay_warning) {
     return;
   }
+  AddDelayWarning(leased, cause, remaining, item);
+}
+
+void DeliveryRole::Job::WarnOnly(const queue::LeasedEntry& leased) {
+  queue::CompletionItem& item = items_.emplace_back();
+  item.set_id(leased.entry().id());
+  item.set_lease_token(leased.lease().token());
+  item.mutable_retry()->set_error(leased.last_error());
+  AddDelayWarning(leased, WaitingCause(leased.last_error()), {}, item);
+}
+
+void DeliveryRole::Job::AddDelayWarning(const queue::LeasedEntry& leased, const DsnRecipient& cause,
+                                        const std::vector<std::string>& remaining,
+                                        queue::CompletionItem& item) {
+  const DeliveryConfig& config = role_->config_.delivery;
+  const absl::Time now = absl::Now();
+  const absl::Time arrival = absl::FromUnixMillis(leased.enqueue_ms());
   DsnReport report;
   report.id = role_->NewId();
   report.now = now;
@@ -805,12 +914,17 @@ void DeliveryRole::Job::ConnectionFinished(Connection* /*connection*/,
     }
   }
   --open_connections_;
-  role_->ReleaseConnection(domain_);
+  if (parked_) {
+    // The slot may come back to this job (ReleaseConnection may finish and delete it).
+    role_->ReleaseConnection(domain_);
+    return;
+  }
+  role_->ReleaseConnection(domain_);  // to another job: this one has nothing left to send
   MaybeDone();
 }
 
 void DeliveryRole::Job::MaybeDone() {
-  if (!started_ || open_connections_ > 0 || parked_route_) {
+  if (!started_ || open_connections_ > 0 || parked_) {
     return;
   }
   role_->Finished(std::move(items_));
@@ -821,7 +935,9 @@ void DeliveryRole::Job::MaybeDone() {
 // DeliveryRole
 
 DeliveryRole::DeliveryRole(const Config& config)
-    : config_(config), worker_id_(fmt::format("delivery-{}", config.node.id)) {
+    : config_(config),
+      worker_id_(fmt::format("delivery-{}", config.node.id)),
+      lease_duration_(LeaseDuration()) {
   for (const DomainConfig& domain : config.domains) {
     domains_[domain.name] = std::make_shared<const DomainConfig>(domain);
   }
@@ -921,8 +1037,18 @@ void DeliveryRole::ReleaseConnection(const std::string& domain) {
   if (parked->second.empty()) {
     parked_jobs_.erase(parked);
   }
-  if (std::optional<Route> route = job->TakeParkedRoute()) {
-    job->OpenConnections(*route);  // may finish (and delete) the job
+  job->Unparked();
+  job->OpenConnections();  // may finish (and delete) the job
+}
+
+void DeliveryRole::Unpark(Job* job) {
+  const auto parked = parked_jobs_.find(job->domain());
+  if (parked == parked_jobs_.end()) {
+    return;
+  }
+  std::erase(parked->second, job);
+  if (parked->second.empty()) {
+    parked_jobs_.erase(parked);
   }
 }
 
@@ -960,23 +1086,34 @@ void DeliveryRole::LeaseLoop() {
                                        {"error", std::string(result.status().message())}});
       }
       lock.lock();
-      in_flight_ -= std::min<size_t>(in_flight_, request.items_size());
+      for (const queue::CompletionItem& item : request.items()) {
+        if (const auto it = held_.find(item.id());
+            it != held_.end() && it->second.token == item.lease_token()) {
+          held_.erase(it);
+        }
+      }
       continue;
     }
+    ExtendDueLeases(lock);
     size_t leased_now = 0;
-    if (in_flight_ < kMaxInFlight) {
+    if (held_.size() < kMaxInFlight) {
       queue::LeaseEntries request;
       request.set_worker_id(worker_id_);
       request.set_max_entries(
-          static_cast<uint32_t>(std::min<size_t>(512, kMaxInFlight - in_flight_)));
-      request.set_lease_duration_ms(absl::ToInt64Milliseconds(kLeaseDuration));
+          static_cast<uint32_t>(std::min<size_t>(kLeaseBatch, kMaxInFlight - held_.size())));
+      request.set_lease_duration_ms(absl::ToInt64Milliseconds(lease_duration_));
       lock.unlock();
+      const absl::Time asked = absl::Now();
       absl::StatusOr<queue::LeaseResult> result = client_->Lease(request);
       lock.lock();
       if (result.ok()) {
         for (queue::LeasedDomain& domain : *result->mutable_domains()) {
           leased_now += domain.entries_size();
-          in_flight_ += domain.entries_size();
+          for (const queue::LeasedEntry& leased : domain.entries()) {
+            // From when we asked: the queue's expiry counts from no earlier than that.
+            held_[leased.entry().id()] = {.token = leased.lease().token(),
+                                          .renew_at = asked + lease_duration_ / 2};
+          }
           loop_->Post(
               [this, domain = std::move(domain)]() mutable { StartJob(std::move(domain)); });
         }
@@ -986,9 +1123,55 @@ void DeliveryRole::LeaseLoop() {
       }
     }
     if (leased_now == 0) {
-      wake_.wait_for(lock, absl::ToChronoMilliseconds(kIdlePoll),
+      wake_.wait_for(lock, absl::ToChronoMilliseconds(std::min(kIdlePoll, lease_duration_ / 4)),
                      [this] { return stopping_ || !completions_.empty(); });
     }
+  }
+}
+
+void DeliveryRole::ExtendDueLeases(std::unique_lock<std::mutex>& lock) {
+  const absl::Time now = absl::Now();
+  if (now < extend_retry_at_ || std::none_of(held_.begin(), held_.end(), [now](const auto& held) {
+        return held.second.renew_at <= now;
+      })) {
+    return;
+  }
+  // All of them in one command, not only the due ones: their renewals fall together from then
+  // on, one Raft entry per half lease whatever the number of jobs.
+  queue::ExtendLeases request;
+  request.set_lease_duration_ms(absl::ToInt64Milliseconds(lease_duration_));
+  for (const auto& [id, held] : held_) {
+    queue::ExtendLeases::Held& item = *request.add_leases();
+    item.set_id(id);
+    item.set_lease_token(held.token);
+  }
+  lock.unlock();
+  const absl::StatusOr<queue::ExtendResult> result = client_->Extend(request);
+  lock.lock();
+  if (!result.ok()) {
+    // Retried soon; half a lease is left to succeed in.
+    extend_retry_at_ = now + kExtendRetry;
+    Log().Warn("extending leases failed", {{"entries", request.leases_size()},
+                                           {"error", std::string(result.status().message())}});
+    return;
+  }
+  size_t lost = 0;
+  for (const queue::ExtendOutcome& outcome : result->outcomes()) {
+    const auto it = held_.find(outcome.id());
+    if (it == held_.end()) {
+      continue;  // completed meanwhile
+    }
+    if (outcome.code() == queue::OK) {
+      it->second.renew_at = now + lease_duration_ / 2;
+    } else {
+      // Expired before we asked: the entry may go to another worker, and our completion will be
+      // refused if it does. Nothing to extend any more.
+      held_.erase(it);
+      ++lost;
+    }
+  }
+  if (lost > 0) {
+    Log().Warn("leases expired before they were extended", {{"entries", lost}});
   }
 }
 

@@ -40,8 +40,9 @@ struct DeliveryCounters {
   std::atomic<uint64_t> connection_failures{0};
 };
 
-// Owns the queue client, the lease thread (blocking gRPC calls: Lease, Complete), and the loop
-// thread with its resolver and SMTP connections. Start/Reload/destruction on the control thread.
+// Owns the queue client, the lease thread (blocking gRPC calls: Lease, Extend, Complete), and the
+// loop thread with its resolver and SMTP connections. Start/Reload/destruction on the control
+// thread.
 class DeliveryRole {
  public:
   // `queue_channel`: the in-process channel to this process's voter, or null for the network
@@ -69,16 +70,29 @@ class DeliveryRole {
   // Loop thread: delivers one leased domain.
   void StartJob(queue::LeasedDomain leased);
   void JobDone(Job* job);
-  // Loop thread: a connection of `domain` closed; a parked job of the domain may open one.
+  // Loop thread: a connection of `domain` closed; the oldest parked job of the domain may open
+  // one (and may finish, deleting itself).
   void ReleaseConnection(const std::string& domain);
+  // Loop thread: takes a job with nothing left to send out of the parked queue.
+  void Unpark(Job* job);
   // Any thread: hands finished entries to the lease thread.
   void Finished(std::vector<queue::CompletionItem> items);
+  // Lease thread, `lock` holding mutex_ (released during the call): once a held lease is half
+  // way to its expiry, extends every held lease in one Extend.
+  void ExtendDueLeases(std::unique_lock<std::mutex>& lock);
   // A 16-byte id for a DSN this node creates.
   std::string NewId();
   std::shared_ptr<const DomainConfig> DomainPolicy(const std::string& domain) const;
 
+  // A lease this worker holds until its completion is sent.
+  struct HeldLease {
+    uint64_t token = 0;
+    absl::Time renew_at;  // when to extend it: half a lease after it was granted or extended
+  };
+
   const Config config_;
   const std::string worker_id_;
+  const absl::Duration lease_duration_;
   DeliveryCounters counters_;
   std::atomic<uint64_t> next_sequence_{0};
 
@@ -93,7 +107,9 @@ class DeliveryRole {
   std::condition_variable wake_;
   bool stopping_ = false;                           // guarded by mutex_
   std::vector<queue::CompletionItem> completions_;  // guarded by mutex_
-  size_t in_flight_ = 0;                            // leased, not completed; mutex_
+  // Leased and not completed yet, by entry id; guarded by mutex_.
+  std::unordered_map<std::string, HeldLease> held_;
+  absl::Time extend_retry_at_ = absl::InfinitePast();  // lease thread only
   std::thread lease_thread_;
 
   std::unique_ptr<EventLoop> loop_;

@@ -10,6 +10,7 @@
 //   bodies     <id:16>                                              → message bytes (blob files)
 //   index      'q' <domain> 0 <enqueue_ms:8> <id:16>                → ""  every entry, by domain
 //              'r' <kind> <domain> 0 <enqueue_ms:8> <id:16>         → ""  not held, not leased
+//                  (kind 'w': also not delay-warned yet, not a bounce, not from <>)
 //              'l' <expiry_ms:8> <id:16>                            → ""  leased
 //   greylist   't' <client> 0 <sender> 0 <recipient>                → GreylistRecord
 //              'x' <expiry_ms:8> <greylist key>                     → ""  every record
@@ -29,8 +30,10 @@ inline constexpr std::string_view kClusterTime = "cluster_time";
 inline constexpr std::string_view kLeaseCursor = "lease_cursor";
 
 // Which ready set an entry waits in: bounces requested by an operator are leased before
-// anything else, whatever the domain's schedule.
-enum class ReadyKind : char { kDeliver = 'd', kBounce = 'b' };
+// anything else, whatever the domain's schedule. An entry of the deliver set that may still be
+// owed a delayed-delivery DSN is also in the delay-warning set, so that a down domain's backlog
+// is found in age order without scanning the entries already warned.
+enum class ReadyKind : char { kDeliver = 'd', kBounce = 'b', kDelayWarning = 'w' };
 
 std::string EncodeFixed64(uint64_t value);
 std::optional<uint64_t> DecodeFixed64(std::string_view bytes);

@@ -118,6 +118,9 @@ absl::StatusOr<LeaseResult> QueueClient::Lease(const LeaseEntries& request) {
 absl::StatusOr<CompleteResult> QueueClient::Complete(const CompleteEntries& request) {
   return Call(&QueueService::Stub::Complete, request);
 }
+absl::StatusOr<ExtendResult> QueueClient::Extend(const ExtendLeases& request) {
+  return Call(&QueueService::Stub::Extend, request);
+}
 absl::StatusOr<SelectionResult> QueueClient::Flush(const FlushDomain& request) {
   return Call(&QueueService::Stub::Flush, request);
 }

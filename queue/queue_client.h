@@ -6,9 +6,10 @@
 // the call's deadline.
 //
 // Retries are safe for Append (idempotent by message id), Complete (a repeated completion is
-// refused as stale), Flush (idempotent), CheckGreylist and CountConnections (a repeat at worst
-// counts a session twice) and ReadMessage. A retried Lease whose first attempt did commit leaves
-// those entries leased to nobody until the lease expires — late, never lost.
+// refused as stale), Extend (a repeat only moves the expiry again), Flush (idempotent),
+// CheckGreylist and CountConnections (a repeat at worst counts a session twice) and ReadMessage. A
+// retried Lease whose first attempt did commit leaves those entries leased to nobody until the
+// lease expires — late, never lost.
 
 #include <atomic>
 #include <chrono>
@@ -53,6 +54,7 @@ class QueueClient {
   absl::StatusOr<AppendResult> Append(const AppendMessages& request);
   absl::StatusOr<LeaseResult> Lease(const LeaseEntries& request);
   absl::StatusOr<CompleteResult> Complete(const CompleteEntries& request);
+  absl::StatusOr<ExtendResult> Extend(const ExtendLeases& request);
   absl::StatusOr<GreylistResult> CheckGreylist(const GreylistCheck& request);
   absl::StatusOr<ConnectionCountResult> CountConnections(const CountConnection& request);
   absl::StatusOr<ReadMessageResponse> ReadMessage(const ReadMessageRequest& request);

@@ -82,6 +82,16 @@ grpc::ServerUnaryReactor* QueueServiceImpl::Complete(grpc::CallbackServerContext
   });
 }
 
+grpc::ServerUnaryReactor* QueueServiceImpl::Extend(grpc::CallbackServerContext* context,
+                                                   const ExtendLeases* request,
+                                                   ExtendResult* response) {
+  Command command;
+  *command.mutable_extend() = *request;
+  return ProposeAndReply(context, std::move(command), [response](CommandResult& result) {
+    response->Swap(result.mutable_extend());
+  });
+}
+
 grpc::ServerUnaryReactor* QueueServiceImpl::CheckGreylist(grpc::CallbackServerContext* context,
                                                           const GreylistCheck* request,
                                                           GreylistResult* response) {

@@ -33,6 +33,8 @@ class QueueServiceImpl final : public QueueService::CallbackService {
   grpc::ServerUnaryReactor* Complete(grpc::CallbackServerContext* context,
                                      const CompleteEntries* request,
                                      CompleteResult* response) override;
+  grpc::ServerUnaryReactor* Extend(grpc::CallbackServerContext* context,
+                                   const ExtendLeases* request, ExtendResult* response) override;
   grpc::ServerUnaryReactor* CheckGreylist(grpc::CallbackServerContext* context,
                                           const GreylistCheck* request,
                                           GreylistResult* response) override;

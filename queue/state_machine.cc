@@ -77,6 +77,11 @@ bool ValidDomainName(std::string_view name) {
   return !name.empty() && name.find('\0') == std::string_view::npos;
 }
 
+// Why an entry waits: its own last failure, else its domain's (an entry never tried yet).
+std::string WaitReason(const StoredEntry& entry, const DomainSchedule& schedule) {
+  return entry.last_error().empty() ? schedule.last_error() : entry.last_error();
+}
+
 CommandResult Refused(Code code, std::string error) {
   CommandResult result;
   result.set_code(code);
@@ -94,6 +99,13 @@ std::vector<std::string> IndexKeysOf(const StoredEntry& entry) {
     const keys::ReadyKind kind =
         entry.bounce_requested() ? keys::ReadyKind::kBounce : keys::ReadyKind::kDeliver;
     index_keys.push_back(keys::ReadyKey(kind, entry.domain(), entry.enqueue_ms(), entry.id()));
+    // Whatever delay_warning is now: the index depends on the entry alone. A <> sender is
+    // never sent a DSN, so it never waits for a warning.
+    if (kind == keys::ReadyKind::kDeliver && !entry.delay_warned() &&
+        !entry.envelope().reverse_path().empty()) {
+      index_keys.push_back(keys::ReadyKey(keys::ReadyKind::kDelayWarning, entry.domain(),
+                                          entry.enqueue_ms(), entry.id()));
+    }
   }
   return index_keys;
 }
@@ -153,7 +165,8 @@ absl::Status ApplyContribution(const StoredEntry* before, const StoredEntry* aft
 StateMachineOptions StateMachineOptions::FromConfig(const DeliveryConfig& delivery) {
   return {.retry_initial = delivery.retry_initial,
           .retry_max = delivery.retry_max,
-          .max_queue_lifetime = delivery.max_queue_lifetime};
+          .max_queue_lifetime = delivery.max_queue_lifetime,
+          .delay_warning = delivery.delay_warning};
 }
 
 // One command being applied: its writes go into a batch whose reads see the database plus
@@ -179,6 +192,7 @@ class QueueStateMachine::Txn {
     StoredEntry entry;
     Disposition disposition;
     bool probe;
+    std::string last_error;  // the entry's, else its domain's
   };
 
   // Storage.
@@ -213,6 +227,9 @@ class QueueStateMachine::Txn {
   absl::Status ReclaimExpiredLeases();
   absl::StatusOr<std::vector<std::string>> ReadyDomains();
   absl::StatusOr<std::vector<Pick>> PickDue(std::string_view domain, size_t cap);
+  absl::Status PickDelayWarnings(const DomainRecord& record, std::string_view domain, size_t cap,
+                                 std::vector<Pick>& picks);
+  absl::StatusOr<ExtendResult> Extend(const ExtendLeases& request);
   absl::StatusOr<CompleteResult> Complete(const CompleteEntries& request);
   absl::Status Retry(const StoredEntry& entry, const RetryLater& retry, CompletionOutcome& outcome);
   absl::StatusOr<CommandResult> Modify(const Selector& selector,
@@ -396,6 +413,13 @@ absl::StatusOr<CommandResult> QueueStateMachine::Txn::Run(const Command& command
     }
     case Command::kComplete: {
       ASSIGN_OR_RETURN(*result.mutable_complete(), Complete(command.complete()));
+      return result;
+    }
+    case Command::kExtend: {
+      if (command.extend().lease_duration_ms() <= 0) {
+        return Refused(INVALID_ARGUMENT, "lease duration must be positive");
+      }
+      ASSIGN_OR_RETURN(*result.mutable_extend(), Extend(command.extend()));
       return result;
     }
     case Command::kHold:
@@ -589,15 +613,55 @@ absl::StatusOr<std::vector<QueueStateMachine::Txn::Pick>> QueueStateMachine::Txn
       break;  // keys are oldest first: nothing further is expired either
     }
     ASSIGN_OR_RETURN(StoredEntry entry, LoadIndexedEntry(key.id));
+    std::string last_error = WaitReason(entry, schedule);
     if (expired) {
-      picks.push_back({std::move(entry), DISPOSITION_EXPIRED, false});
+      picks.push_back({std::move(entry), DISPOSITION_EXPIRED, false, std::move(last_error)});
     } else if (entry.not_before_ms() <= now_ms_) {
-      picks.push_back({std::move(entry), DISPOSITION_DELIVER, schedule.down()});
+      picks.push_back(
+          {std::move(entry), DISPOSITION_DELIVER, schedule.down(), std::move(last_error)});
       probe_allowed = false;
     }
   }
   RETURN_IF_ERROR(FromRocks(it->status(), "ready scan"));
+  it.reset();
+  if (schedule.down() && picks.size() < cap) {
+    RETURN_IF_ERROR(PickDelayWarnings(record, domain, cap, picks));
+  }
   return picks;
+}
+
+// A down domain's entries queued longer than delay_warning that were not warned yet, oldest
+// first, besides those already in `picks`, until `picks` holds `cap`. Their delivery waits for
+// the probe; their warning need not. An up domain needs none of this: its entries are leased
+// for delivery, and a failed attempt carries the warning.
+absl::Status QueueStateMachine::Txn::PickDelayWarnings(const DomainRecord& record,
+                                                       std::string_view domain, size_t cap,
+                                                       std::vector<Pick>& picks) {
+  if (machine_.options_.delay_warning <= absl::ZeroDuration()) {
+    return absl::OkStatus();
+  }
+  const int64_t warn_before = now_ms_ - Millis(machine_.options_.delay_warning);
+  std::set<std::string> picked;
+  for (const Pick& pick : picks) {
+    picked.insert(pick.entry.id());
+  }
+  const std::string prefix = keys::ReadyPrefix(keys::ReadyKind::kDelayWarning, domain);
+  std::unique_ptr<rocksdb::Iterator> it = NewIterator(cf_.index);
+  for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix) && picks.size() < cap;
+       it->Next()) {
+    const keys::IndexKey key =
+        *keys::ParseReadyKey(keys::ReadyKind::kDelayWarning, it->key().ToStringView());
+    if (key.time_ms > warn_before) {
+      break;  // oldest first: the rest are younger still
+    }
+    if (picked.contains(key.id)) {
+      continue;
+    }
+    ASSIGN_OR_RETURN(StoredEntry entry, LoadIndexedEntry(key.id));
+    std::string last_error = WaitReason(entry, record.schedule());
+    picks.push_back({std::move(entry), DISPOSITION_DELAY_WARNING, false, std::move(last_error)});
+  }
+  return FromRocks(it->status(), "delay warning scan");
 }
 
 absl::StatusOr<LeaseResult> QueueStateMachine::Txn::Lease(const LeaseEntries& request) {
@@ -612,7 +676,8 @@ absl::StatusOr<LeaseResult> QueueStateMachine::Txn::Lease(const LeaseEntries& re
   for (const std::string& key : bounce_keys) {
     ASSIGN_OR_RETURN(StoredEntry entry,
                      LoadIndexedEntry(keys::ParseReadyKey(keys::ReadyKind::kBounce, key)->id));
-    picks.push_back({std::move(entry), DISPOSITION_BOUNCE, false});
+    std::string last_error = entry.last_error();
+    picks.push_back({std::move(entry), DISPOSITION_BOUNCE, false, std::move(last_error)});
   }
 
   // Domains in name order, starting after the one that last filled a lease, so that a large
@@ -668,6 +733,36 @@ absl::StatusOr<LeaseResult> QueueStateMachine::Txn::Lease(const LeaseEntries& re
     out.set_attempts(leased.attempts());
     out.set_bounce_reason(leased.bounce_reason());
     out.set_delay_warned(leased.delay_warned());
+    out.set_last_error(pick.last_error);
+  }
+  return result;
+}
+
+absl::StatusOr<ExtendResult> QueueStateMachine::Txn::Extend(const ExtendLeases& request) {
+  ExtendResult result;
+  const int64_t expiry_ms = now_ms_ + request.lease_duration_ms();
+  for (const ExtendLeases::Held& held : request.leases()) {
+    ExtendOutcome& outcome = *result.add_outcomes();
+    outcome.set_id(held.id());
+    ASSIGN_OR_RETURN(std::optional<StoredEntry> entry, LoadEntry(held.id()));
+    if (!entry.has_value()) {
+      outcome.set_code(NOT_FOUND);
+      continue;
+    }
+    // Unlike a completion, an expired lease is not revived: the entry is due again from its
+    // expiry on, and the next Lease may hand it to another worker.
+    if (!entry->has_lease() || entry->lease().token() != held.lease_token() ||
+        entry->lease().expiry_ms() <= now_ms_) {
+      outcome.set_code(STALE_LEASE);
+      continue;
+    }
+    if (expiry_ms > entry->lease().expiry_ms()) {
+      StoredEntry after = *entry;
+      after.mutable_lease()->set_expiry_ms(expiry_ms);
+      RETURN_IF_ERROR(WriteEntry(&*entry, &after));
+    }
+    outcome.set_code(OK);
+    outcome.set_expiry_ms(std::max(expiry_ms, entry->lease().expiry_ms()));
   }
   return result;
 }
@@ -679,13 +774,17 @@ absl::Status QueueStateMachine::Txn::Retry(const StoredEntry& entry, const Retry
                                            CompletionOutcome& outcome) {
   StoredEntry after = entry;
   after.clear_lease();
-  after.set_attempts(entry.attempts() + 1);
-  after.set_last_error(retry.error());
-  after.set_not_before_ms(retry.retry_at_ms() > now_ms_ ? retry.retry_at_ms() : 0);
   if (retry.mark_delay_warned()) {
     after.set_delay_warned(true);
   }
-  if (!retry.remaining_recipients().empty()) {
+  // Leased for its warning only, the entry was not attempted: it waits on as it was.
+  const bool attempted = entry.lease().disposition() != DISPOSITION_DELAY_WARNING;
+  if (attempted) {
+    after.set_attempts(entry.attempts() + 1);
+    after.set_last_error(retry.error());
+    after.set_not_before_ms(retry.retry_at_ms() > now_ms_ ? retry.retry_at_ms() : 0);
+  }
+  if (attempted && !retry.remaining_recipients().empty()) {
     const std::set<std::string> keep(retry.remaining_recipients().begin(),
                                      retry.remaining_recipients().end());
     auto& recipients = *after.mutable_envelope()->mutable_recipients();

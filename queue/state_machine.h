@@ -9,9 +9,14 @@
 //    request's maximum: entries an operator asked to bounce (DISPOSITION_BOUNCE), then per
 //    domain, oldest first, entries older than max_queue_lifetime (DISPOSITION_EXPIRED, whatever
 //    the schedule), then due entries — all of them for an up domain, and for a down domain one
-//    probe once its next attempt is due and no other probe is out. Domains are served in name
-//    order starting after the last one that filled a lease, so none starves. Held entries are
-//    never leased (and, held, never expire); the lease token is the Lease command's log index.
+//    probe once its next attempt is due and no other probe is out; then, with delay_warning set,
+//    a down domain's entries queued longer than it and not yet warned (DISPOSITION_DELAY_WARNING:
+//    the worker sends the warning DSN without a delivery attempt), so that each entry of a
+//    backlog gets its warning, not only the probes. Domains are served in name order starting
+//    after the last one that filled a lease, so none starves. Held entries are never leased
+//    (and, held, never expire); the lease token is the Lease command's log index.
+//  - ExtendLeases moves the expiry of unexpired leases a worker still holds, so a lease can be
+//    short (a crashed worker's entries come back soon) and a slow delivery still keep it.
 //  - Complete: delivered marks the domain up, making its whole backlog due; retry of a probe
 //    doubles the domain's wait (retry_initial … retry_max), the first failure of an up domain
 //    starts it, and failures of entries leased before the outage change nothing.
@@ -65,6 +70,9 @@ struct StateMachineOptions {
   // Entries queued longer than this are leased with DISPOSITION_EXPIRED (whatever their
   // domain's schedule) so that delivery bounces them with 5.4.7.
   absl::Duration max_queue_lifetime = absl::Hours(5 * 24);
+  // Entries of a down domain queued longer than this get a delayed-delivery DSN lease (see
+  // above); zero = none.
+  absl::Duration delay_warning = absl::ZeroDuration();
 
   static StateMachineOptions FromConfig(const DeliveryConfig& delivery);
 };

@@ -2,9 +2,12 @@
 loopback), waits while the primary is down, drains when it returns, and bounces with RFC 3464
 DSNs that Python's email package parses."""
 
+import asyncio
+import collections
 import email
 import email.policy
 import hashlib
+import re
 import smtplib
 import socket
 import subprocess
@@ -15,20 +18,22 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as AioSMTP
 
-from conftest import reserve_port
+from conftest import LOADGEN_BIN, reserve_port
 from test_ingest import ctl, queued_ids, smtp_address
 
 
 class Primary:
     """The customer's primary MX: records every message; answers per recipient."""
 
-    def __init__(self, port, refuse=(), host="127.0.0.1", tempfail_rcpts=0):
+    def __init__(self, port, refuse=(), host="127.0.0.1", tempfail_rcpts=0, data_delay=0):
         self.port = port
         self.host = host
         self.refuse = set(refuse)
         self.tempfail_rcpts = tempfail_rcpts  # the first this many RCPTs get 451
+        self.data_delay = data_delay  # seconds between the end of DATA and the reply
         self.rcpt_times = []
         self.messages = []
+        self.per_connection = collections.Counter()  # messages by client (address, port)
         self.connections = 0
         self.active = 0  # connections open now
         self.max_active = 0
@@ -49,6 +54,9 @@ class Primary:
         with self.lock:
             self.messages.append((envelope.mail_from, list(envelope.rcpt_tos),
                                   envelope.original_content))
+            self.per_connection[session.peer] += 1
+        if self.data_delay:
+            await asyncio.sleep(self.data_delay)
         return "250 2.0.0 stored"
 
     def start(self):
@@ -167,10 +175,12 @@ retry_max = "2s"
 {domains}"""
 
 
-def mx_config(dns_port, smtp_port, domains):
-    """No primaries: every domain is routed by its MX records, served by dnsmasq."""
-    return node_config(f'smtp_port = {smtp_port}\n\n[dns]\nservers = ["127.0.0.1:{dns_port}"]',
-                       "".join(f'\n[[domain]]\nname = "{d}"\n' for d in domains))
+def mx_config(dns_port, smtp_port, domains, delivery=""):
+    """No primaries: every domain is routed by its MX records, served by dnsmasq. `delivery`
+    adds to the [delivery] table."""
+    return node_config(
+        f'smtp_port = {smtp_port}\n{delivery}\n\n[dns]\nservers = ["127.0.0.1:{dns_port}"]',
+        "".join(f'\n[[domain]]\nname = "{d}"\n' for d in domains))
 
 
 def delivery_config(primary_port, lifetime="5d", extra=""):
@@ -527,5 +537,107 @@ def test_etrn_from_the_primary_flushes_its_domain(backstop, primary_port):
             assert b"example.test" in text
         primary.wait_for(1, timeout=10)
         wait_queue_empty(node)
+    finally:
+        primary.stop()
+
+
+def test_slow_primary_outlasting_the_lease_gets_the_message_once(backstop, primary_port,
+                                                                  monkeypatch):
+    # The primary answers the end of DATA after 9 s, past two 4 s leases: the worker extends its
+    # lease meanwhile (every 2 s), so the entry is not leased (and delivered) a second time.
+    monkeypatch.setenv("BACKSTOP_TEST_LEASE_DURATION", "4s")
+    primary = Primary(primary_port, data_delay=9).start()
+    try:
+        node = backstop(delivery_config(primary_port))
+        node.wait_for_log(lambda e: e.get("msg") == "lease duration set for tests",
+                          what="the test lease duration")
+        with smtplib.SMTP(*smtp_address(node)) as client:
+            assert client.sendmail("s@sender.test", ["alice@example.test"],
+                                   b"Subject: slow\r\n\r\nx\r\n") == {}
+        primary.wait_for(1)
+        wait_queue_empty(node, timeout=30)
+        time.sleep(4.5)  # longer than a lease: a second delivery would have begun
+        assert len(primary.messages) == 1
+        assert primary.connections == 1
+        assert not any(e.get("msg") == "leases expired before they were extended"
+                       for e in node.logs())
+        assert len([e for e in node.logs() if e.get("msg") == "delivered"]) == 1
+    finally:
+        primary.stop()
+
+
+def test_every_entry_of_a_down_domain_gets_one_delay_warning(backstop, primary_port, dnsmasq):
+    # example.test's MX (127.0.0.1) stays down; the senders' domain far.test has a live MX on
+    # 127.0.0.2 that receives the warnings.
+    senders_mx = Primary(primary_port, host="127.0.0.2").start()
+    try:
+        dns = dnsmasq("--mx-host=example.test,mx1.example.test,10",
+                      "--host-record=mx1.example.test,127.0.0.1",
+                      "--mx-host=far.test,mx.far.test,10", "--host-record=mx.far.test,127.0.0.2")
+        config = mx_config(dns.port, primary_port, ["example.test"],
+                           'delay_warning = "2s"\nconnections_per_domain = 1')
+        node = backstop(config.replace('retry_initial = "1s"\nretry_max = "2s"',
+                                       'retry_initial = "3s"\nretry_max = "3s"'))
+        started = time.monotonic()
+        count = 20
+        with smtplib.SMTP(*smtp_address(node)) as client:
+            for i in range(count):
+                assert client.sendmail(f"s{i}@far.test", [f"user{i}@example.test"],
+                                       b"Subject: waiting %d\r\n\r\nx\r\n" % i) == {}
+        warnings = senders_mx.wait_for(count, timeout=30)
+        time.sleep(4)  # past another retry: no entry is warned twice
+        elapsed = time.monotonic() - started
+        assert len(senders_mx.messages) == count
+        warned = set()
+        for mail_from, rcpts, content in warnings:
+            assert mail_from in ("", "<>")
+            (rcpt,) = rcpts
+            report = email.message_from_bytes(content, policy=email.policy.compat32)
+            assert report.get_content_type() == "multipart/report"
+            parts = report.get_payload()
+            recipient = parts[1].get_payload()[1]
+            assert recipient["Action"] == "delayed"
+            assert recipient["Status"].startswith("4.")
+            i = int(rcpt.split("@")[0][1:])
+            assert recipient["Final-Recipient"] == f"rfc822; user{i}@example.test"
+            warned.add(i)
+        assert warned == set(range(count))
+        assert len([e for e in node.logs() if e.get("msg") == "delay warning"]) == count
+        assert len(ctl(node, "queue", "list")) == count  # all still waiting for the primary
+        # Connection attempts follow the retry schedule (one probe per 3 s once down, after the
+        # batches leased before the first failure), not the backlog or the warnings.
+        failures = [e for e in node.logs() if e.get("msg") == "connection failed"]
+        assert len(failures) <= 4 + elapsed / 3 + 1, (len(failures), elapsed)
+    finally:
+        senders_mx.stop()
+
+
+def test_connection_cap_holds_across_lease_batches(backstop, primary_port):
+    # 1,200 entries: three lease batches of at most 512. Every batch's job shares the domain's 3
+    # connections with the others, and each connection carries at most 100 messages, so the
+    # later batches drain in parallel too instead of queueing behind one connection.
+    primary = Primary(primary_port)
+    config = node_config("connections_per_domain = 3", f"""
+[[domain]]
+name = "example.test"
+primary = ["127.0.0.1:{primary_port}"]
+""")
+    node = backstop(config)
+    queue_port = re.search(r'\[queue\]\nlisten = "127.0.0.1:(\d+)"', config).group(1)
+    count = 1200
+    subprocess.run([LOADGEN_BIN, "--endpoints", f"127.0.0.1:{queue_port}", "--messages",
+                    str(count), "--batch", "100", "--concurrency", "4", "--size", "512",
+                    "--domain", "example.test"], check=True, capture_output=True, timeout=120)
+    node.wait_for_log(lambda e: e.get("msg") == "connection failed", what="the primary down")
+    primary.start()
+    try:
+        ctl(node, "queue", "flush", "example.test")
+        messages = primary.wait_for(count, timeout=120)
+        wait_queue_empty(node, timeout=60)
+        subjects = [email.message_from_bytes(m[2]).get("Subject") for m in messages]
+        assert sorted(subjects) == sorted(str(i) for i in range(count))  # each one, once
+        assert primary.max_active == 3, primary.max_active
+        assert max(primary.per_connection.values()) <= 100, primary.per_connection
+        assert len(primary.per_connection) >= count // 100
     finally:
         primary.stop()

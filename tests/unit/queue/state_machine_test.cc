@@ -135,6 +135,28 @@ std::string NewTempDir(const std::string& name) {
   return dir.string();
 }
 
+Command ExtendOf(const std::vector<std::pair<std::string, uint64_t>>& leases,
+                 absl::Duration duration = absl::Seconds(30)) {
+  Command command;
+  for (const auto& [id, token] : leases) {
+    ExtendLeases::Held& held = *command.mutable_extend()->add_leases();
+    held.set_id(id);
+    held.set_lease_token(token);
+  }
+  command.mutable_extend()->set_lease_duration_ms(absl::ToInt64Milliseconds(duration));
+  return command;
+}
+
+std::vector<Disposition> LeasedDispositions(const CommandResult& result) {
+  std::vector<Disposition> dispositions;
+  for (const LeasedDomain& domain : result.lease().domains()) {
+    for (const LeasedEntry& entry : domain.entries()) {
+      dispositions.push_back(entry.lease().disposition());
+    }
+  }
+  return dispositions;
+}
+
 class StateMachineTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -420,6 +442,88 @@ TEST_F(StateMachineTest, HeldEntriesAreNeverLeased) {
   EXPECT_EQ(Domain().usage().held_messages(), 1u);
 }
 
+// --- Extend -----------------------------------------------------------------------------------
+
+TEST_F(StateMachineTest, ExtendedLeaseKeepsTheEntryLeasedPastItsOldExpiry) {
+  AppendAll({Entry(1)});
+  Apply(LeaseOf(10, absl::Seconds(30)));
+  const uint64_t token = last_index_;
+  now_ += absl::Seconds(20);
+  const CommandResult extended = Apply(ExtendOf({{Id(1), token}}, absl::Seconds(30)));
+  ASSERT_EQ(extended.extend().outcomes(0).code(), OK);
+  EXPECT_EQ(extended.extend().outcomes(0).expiry_ms(), Ms(now_ + absl::Seconds(30)));
+  now_ += absl::Seconds(29);  // 49 s after the lease, 19 s past its first expiry
+  EXPECT_THAT(LeasedIds(Apply(LeaseOf(10))), SizeIs(0));
+  absl::StatusOr<StoredEntry> stored = machine_->GetEntry(ToId(Id(1)));
+  ASSERT_TRUE(stored.ok());
+  EXPECT_EQ(stored->lease().token(), token);
+  EXPECT_EQ(Apply(CompleteOf({Delivered(Id(1), token)})).complete().outcomes(0).code(), OK);
+}
+
+TEST_F(StateMachineTest, ExtendedLeaseExpiresAtItsNewExpiry) {
+  AppendAll({Entry(1)});
+  Apply(LeaseOf(10, absl::Seconds(30)));
+  now_ += absl::Seconds(20);
+  ASSERT_EQ(Apply(ExtendOf({{Id(1), last_index_}})).extend().outcomes(0).code(), OK);
+  now_ += absl::Seconds(30);
+  EXPECT_THAT(LeasedIds(Apply(LeaseOf(10))), ElementsAre(Id(1)));
+}
+
+TEST_F(StateMachineTest, ExtendWithAStaleTokenIsRefused) {
+  AppendAll({Entry(1)});
+  Apply(LeaseOf(10, absl::Seconds(30)));
+  const uint64_t stale = last_index_;
+  now_ += absl::Seconds(30);
+  Apply(LeaseOf(10, absl::Seconds(30)));  // expired: a second worker takes the entry
+  const uint64_t current = last_index_;
+  now_ += absl::Seconds(10);
+  EXPECT_EQ(Apply(ExtendOf({{Id(1), stale}}, absl::Minutes(10))).extend().outcomes(0).code(),
+            STALE_LEASE);
+  absl::StatusOr<StoredEntry> stored = machine_->GetEntry(ToId(Id(1)));
+  ASSERT_TRUE(stored.ok());
+  EXPECT_EQ(stored->lease().token(), current);
+  EXPECT_EQ(stored->lease().expiry_ms(), Ms(now_ + absl::Seconds(20)));
+}
+
+TEST_F(StateMachineTest, ExpiredLeaseCannotBeExtended) {
+  AppendAll({Entry(1)});
+  Apply(LeaseOf(10, absl::Seconds(30)));
+  const uint64_t token = last_index_;
+  now_ += absl::Seconds(30);
+  EXPECT_EQ(Apply(ExtendOf({{Id(1), token}})).extend().outcomes(0).code(), STALE_LEASE);
+  EXPECT_THAT(LeasedIds(Apply(LeaseOf(10))), ElementsAre(Id(1)));
+}
+
+TEST_F(StateMachineTest, ExtendAnswersEachLeaseInOrder) {
+  AppendAll({Entry(1), Entry(2)});
+  Apply(LeaseOf(10, absl::Seconds(30)));
+  const uint64_t token = last_index_;
+  Apply(CompleteOf({Delivered(Id(2), token)}));
+  const CommandResult result =
+      Apply(ExtendOf({{Id(1), token}, {Id(2), token}, {Id(1), token + 1}}));
+  ASSERT_EQ(result.extend().outcomes_size(), 3);
+  EXPECT_EQ(result.extend().outcomes(0).code(), OK);
+  EXPECT_EQ(result.extend().outcomes(1).code(), NOT_FOUND);
+  EXPECT_EQ(result.extend().outcomes(2).code(), STALE_LEASE);
+}
+
+TEST_F(StateMachineTest, ExtendNeverShortensALease) {
+  AppendAll({Entry(1)});
+  Apply(LeaseOf(10, absl::Minutes(5)));
+  const uint64_t token = last_index_;
+  const int64_t expiry = Ms(now_ + absl::Minutes(5));
+  const CommandResult result = Apply(ExtendOf({{Id(1), token}}, absl::Seconds(30)));
+  EXPECT_EQ(result.extend().outcomes(0).code(), OK);
+  EXPECT_EQ(result.extend().outcomes(0).expiry_ms(), expiry);
+  EXPECT_EQ(machine_->GetEntry(ToId(Id(1)))->lease().expiry_ms(), expiry);
+}
+
+TEST_F(StateMachineTest, ExtendRefusesANonPositiveDuration) {
+  AppendAll({Entry(1)});
+  Apply(LeaseOf(10));
+  EXPECT_EQ(Apply(ExtendOf({{Id(1), last_index_}}, absl::ZeroDuration())).code(), INVALID_ARGUMENT);
+}
+
 // --- Complete ---------------------------------------------------------------------------------
 
 TEST_F(StateMachineTest, DeliveredRemovesTheEntryAndItsBytes) {
@@ -572,10 +676,12 @@ TEST(StateMachineOptionsTest, ComeFromTheDeliverySection) {
   delivery.retry_initial = absl::Seconds(3);
   delivery.retry_max = absl::Seconds(7);
   delivery.max_queue_lifetime = absl::Hours(1);
+  delivery.delay_warning = absl::Minutes(20);
   const StateMachineOptions options = StateMachineOptions::FromConfig(delivery);
   EXPECT_EQ(options.retry_initial, absl::Seconds(3));
   EXPECT_EQ(options.retry_max, absl::Seconds(7));
   EXPECT_EQ(options.max_queue_lifetime, absl::Hours(1));
+  EXPECT_EQ(options.delay_warning, absl::Minutes(20));
 }
 
 TEST_F(StateMachineTest, ConfiguredRetryDurationsSetTheBackoff) {
@@ -668,6 +774,119 @@ TEST_F(StateMachineTest, EntriesPastTheirLifetimeAreLeasedAsExpiredEvenWhenTheDo
   ASSERT_THAT(LeasedIds(expired), ElementsAre(Id(1)));
   EXPECT_EQ(expired.lease().domains(0).entries(0).lease().disposition(), DISPOSITION_EXPIRED);
   EXPECT_FALSE(expired.lease().domains(0).entries(0).lease().probe());
+}
+
+// --- Delay warnings ---------------------------------------------------------------------------
+
+class DelayWarningTest : public StateMachineTest {
+ protected:
+  void SetUp() override {
+    StateMachineTest::SetUp();
+    options_.delay_warning = absl::Hours(1);
+    options_.retry_initial = absl::Hours(2);
+    options_.retry_max = absl::Hours(4);
+    machine_ = OpenAt(Dir("warning"));
+  }
+};
+
+TEST_F(DelayWarningTest, DownDomainLeasesEachEntryDueAWarningWithoutAProbe) {
+  AppendAll({Entry(1), Entry(2), Entry(3)});
+  TakeDown(Id(1));  // next attempt in two hours
+  now_ += absl::Minutes(30);
+  AppendAll({Entry(4)});  // younger than delay_warning when the others are due one
+  now_ += absl::Minutes(30);
+  const CommandResult lease = Apply(LeaseOf(100));
+  EXPECT_THAT(LeasedIds(lease), ElementsAre(Id(1), Id(2), Id(3)));
+  EXPECT_THAT(
+      LeasedDispositions(lease),
+      ElementsAre(DISPOSITION_DELAY_WARNING, DISPOSITION_DELAY_WARNING, DISPOSITION_DELAY_WARNING));
+  for (const LeasedEntry& entry : lease.lease().domains(0).entries()) {
+    EXPECT_FALSE(entry.lease().probe());
+    EXPECT_EQ(entry.last_error(), "421 try later");  // why the domain waits
+  }
+  EXPECT_EQ(Domain().usage().leased_probes(), 0u);
+}
+
+TEST_F(DelayWarningTest, WarnedEntryWaitsOnWithItsScheduleAndIsNotWarnedAgain) {
+  AppendAll({Entry(1), Entry(2)});
+  TakeDown(Id(1));
+  const DomainSchedule before = Domain().schedule();
+  now_ += absl::Hours(1);
+  ASSERT_THAT(LeasedIds(Apply(LeaseOf(100))), ElementsAre(Id(1), Id(2)));
+  const uint64_t token = last_index_;
+  std::vector<CompletionItem> items;
+  for (const std::string& id : {Id(1), Id(2)}) {
+    CompletionItem& item = items.emplace_back(Retry(id, token));
+    item.mutable_retry()->set_mark_delay_warned(true);
+  }
+  const CommandResult done = Apply(CompleteOf(items));
+  EXPECT_EQ(done.complete().outcomes(1).code(), OK);
+  EXPECT_EQ(done.complete().outcomes(1).next_attempt_ms(), before.next_attempt_ms());
+  EXPECT_EQ(Domain().schedule().SerializeAsString(), before.SerializeAsString());
+  absl::StatusOr<StoredEntry> second = machine_->GetEntry(ToId(Id(2)));
+  ASSERT_TRUE(second.ok());
+  EXPECT_TRUE(second->delay_warned());
+  EXPECT_EQ(second->attempts(), 0u);  // a warning is not a delivery attempt
+  EXPECT_EQ(machine_->GetEntry(ToId(Id(1)))->attempts(), 1u);
+  now_ += absl::Minutes(30);
+  EXPECT_THAT(LeasedIds(Apply(LeaseOf(100))), SizeIs(0));
+  // The probe comes on the domain's schedule, as before the warnings.
+  now_ += absl::Minutes(30);
+  const CommandResult probe = Apply(LeaseOf(100));
+  EXPECT_THAT(LeasedIds(probe), ElementsAre(Id(1)));
+  EXPECT_THAT(LeasedDispositions(probe), ElementsAre(DISPOSITION_DELIVER));
+}
+
+TEST_F(DelayWarningTest, ProbeIsLeasedForDeliveryAndTheRestForTheirWarnings) {
+  AppendAll({Entry(1), Entry(2), Entry(3)});
+  TakeDown(Id(1));
+  now_ += absl::Hours(2);
+  const CommandResult lease = Apply(LeaseOf(100));
+  EXPECT_THAT(LeasedIds(lease), ElementsAre(Id(1), Id(2), Id(3)));
+  EXPECT_THAT(LeasedDispositions(lease), ElementsAre(DISPOSITION_DELIVER, DISPOSITION_DELAY_WARNING,
+                                                     DISPOSITION_DELAY_WARNING));
+  EXPECT_TRUE(lease.lease().domains(0).entries(0).lease().probe());
+}
+
+TEST_F(DelayWarningTest, WarningLeasesHonourTheLeaseCaps) {
+  AppendAll({Entry(1), Entry(2), Entry(3)});
+  TakeDown(Id(1));
+  now_ += absl::Hours(1);
+  EXPECT_THAT(LeasedIds(Apply(LeaseOf(2))), ElementsAre(Id(1), Id(2)));
+  EXPECT_THAT(LeasedIds(Apply(LeaseOf(2))), ElementsAre(Id(3)));
+}
+
+TEST_F(DelayWarningTest, AnUpDomainLeasesItsEntriesForDeliveryOnly) {
+  AppendAll({Entry(1), Entry(2)});
+  now_ += absl::Hours(3);
+  EXPECT_THAT(LeasedDispositions(Apply(LeaseOf(100))),
+              ElementsAre(DISPOSITION_DELIVER, DISPOSITION_DELIVER));
+}
+
+TEST_F(DelayWarningTest, EntriesFromTheNullSenderAreNeverLeasedForAWarning) {
+  QueueEntry bounce = Entry(2);
+  bounce.mutable_envelope()->clear_reverse_path();
+  AppendAll({Entry(1), bounce});
+  TakeDown(Id(1));
+  now_ += absl::Hours(1);
+  EXPECT_THAT(LeasedIds(Apply(LeaseOf(100))), ElementsAre(Id(1)));
+}
+
+TEST_F(DelayWarningTest, HeldEntriesAreNotLeasedForAWarning) {
+  AppendAll({Entry(1), Entry(2)});
+  TakeDown(Id(1));
+  Command hold;
+  hold.mutable_hold()->mutable_selector()->add_ids(Id(2));
+  Apply(hold);
+  now_ += absl::Hours(1);
+  EXPECT_THAT(LeasedIds(Apply(LeaseOf(100))), ElementsAre(Id(1)));
+}
+
+TEST_F(StateMachineTest, WithoutDelayWarningADownDomainLeasesNoWarnings) {
+  AppendAll({Entry(1), Entry(2)});
+  TakeDown(Id(1));
+  now_ += absl::Seconds(30);
+  EXPECT_THAT(LeasedIds(Apply(LeaseOf(100))), SizeIs(0));
 }
 
 // --- Operator commands ------------------------------------------------------------------------
