@@ -628,13 +628,14 @@ void ReadQueue(const Section& s, QueueConfig* queue) {
 
 void ReadDelivery(const Section& s, DeliveryConfig* delivery) {
   s.RejectUnknownKeys({"retry_initial", "retry_max", "max_queue_lifetime", "delay_warning",
-                       "connections_per_domain", "smtp_port"});
+                       "connections_per_domain", "smtp_port", "lease_duration"});
   s.ReadDuration("retry_initial", absl::Milliseconds(1), &delivery->retry_initial);
   s.ReadDuration("retry_max", absl::Milliseconds(1), &delivery->retry_max);
   s.ReadDuration("max_queue_lifetime", absl::Milliseconds(1), &delivery->max_queue_lifetime);
   s.ReadDuration("delay_warning", absl::ZeroDuration(), &delivery->delay_warning);
   s.ReadInteger("connections_per_domain", 1, 10'000, &delivery->connections_per_domain);
   s.ReadInteger("smtp_port", 1, 65535, &delivery->smtp_port);
+  s.ReadDuration("lease_duration", absl::Seconds(1), &delivery->lease_duration);
 
   if (delivery->retry_max < delivery->retry_initial &&
       !s.AnyFailed({"retry_initial", "retry_max"})) {

@@ -112,6 +112,9 @@ struct DeliveryConfig {
   absl::Duration delay_warning = absl::ZeroDuration();  // 0 = no delayed-delivery DSN
   uint32_t connections_per_domain = 8;
   uint16_t smtp_port = 25;
+  // How long a worker holds the entries it leased: short, so that a crashed worker's entries
+  // are due again soon; a longer delivery extends its leases half a lease before they expire.
+  absl::Duration lease_duration = absl::Minutes(2);
 };
 
 struct DnsConfig {

@@ -25,12 +25,6 @@
 namespace backstop::delivery {
 namespace {
 
-// Short, so that the entries of a crashed worker are due again soon; a delivery that takes
-// longer keeps its leases by extending them (LeaseLoop), half a lease before they expire.
-constexpr absl::Duration kLeaseDuration = absl::Minutes(2);
-// Test-only: overrides kLeaseDuration (a duration such as "2s"), so that a system test can
-// outlast a lease without waiting minutes.
-constexpr char kLeaseDurationVariable[] = "BACKSTOP_TEST_LEASE_DURATION";
 // After a failed Extend, the next try waits this long (or until the lease loop wakes anyway).
 constexpr absl::Duration kExtendRetry = absl::Seconds(1);
 constexpr absl::Duration kConnectTimeout = absl::Seconds(30);
@@ -55,20 +49,6 @@ std::string IdText(const std::string& bytes) {
 
 double SecondsSince(int64_t ms, absl::Time now) {
   return ms == 0 ? 0 : absl::ToDoubleSeconds(now - absl::FromUnixMillis(ms));
-}
-
-absl::Duration LeaseDuration() {
-  const char* text = std::getenv(kLeaseDurationVariable);
-  if (text == nullptr || *text == '\0') {
-    return kLeaseDuration;
-  }
-  absl::StatusOr<absl::Duration> duration = backstop::ParseDuration(text);
-  if (!duration.ok() || *duration <= absl::ZeroDuration()) {
-    Log().Warn("ignoring an invalid lease duration", {{"variable", kLeaseDurationVariable}});
-    return kLeaseDuration;
-  }
-  Log().Warn("lease duration set for tests", {{"seconds", absl::ToDoubleSeconds(*duration)}});
-  return *duration;
 }
 
 // What a delayed-delivery DSN reports for an entry that waits on its domain: the status of the
@@ -937,7 +917,7 @@ void DeliveryRole::Job::MaybeDone() {
 DeliveryRole::DeliveryRole(const Config& config)
     : config_(config),
       worker_id_(fmt::format("delivery-{}", config.node.id)),
-      lease_duration_(LeaseDuration()) {
+      lease_duration_(config.delivery.lease_duration) {
   for (const DomainConfig& domain : config.domains) {
     domains_[domain.name] = std::make_shared<const DomainConfig>(domain);
   }

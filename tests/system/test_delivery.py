@@ -541,16 +541,13 @@ def test_etrn_from_the_primary_flushes_its_domain(backstop, primary_port):
         primary.stop()
 
 
-def test_slow_primary_outlasting_the_lease_gets_the_message_once(backstop, primary_port,
-                                                                  monkeypatch):
+def test_slow_primary_outlasting_the_lease_gets_the_message_once(backstop, primary_port):
     # The primary answers the end of DATA after 9 s, past two 4 s leases: the worker extends its
     # lease meanwhile (every 2 s), so the entry is not leased (and delivered) a second time.
-    monkeypatch.setenv("BACKSTOP_TEST_LEASE_DURATION", "4s")
     primary = Primary(primary_port, data_delay=9).start()
     try:
-        node = backstop(delivery_config(primary_port))
-        node.wait_for_log(lambda e: e.get("msg") == "lease duration set for tests",
-                          what="the test lease duration")
+        node = backstop(delivery_config(primary_port).replace(
+            "[delivery]\n", '[delivery]\nlease_duration = "4s"\n'))
         with smtplib.SMTP(*smtp_address(node)) as client:
             assert client.sendmail("s@sender.test", ["alice@example.test"],
                                    b"Subject: slow\r\n\r\nx\r\n") == {}

@@ -75,6 +75,7 @@ TEST(ConfigTest, EmptyDocumentYieldsTheDocumentedDefaults) {
   EXPECT_EQ(c.delivery.delay_warning, absl::ZeroDuration());
   EXPECT_EQ(c.delivery.connections_per_domain, 8u);
   EXPECT_EQ(c.delivery.smtp_port, 25);
+  EXPECT_EQ(c.delivery.lease_duration, absl::Minutes(2));
   EXPECT_THAT(c.dns.servers, IsEmpty());
   EXPECT_EQ(c.http.listen, (HostPort{"127.0.0.1", 8025}));
   EXPECT_EQ(c.cluster_tls.ca, "");
@@ -147,6 +148,7 @@ max_queue_lifetime = "3d"
 delay_warning = "4h"
 connections_per_domain = 2
 smtp_port = 2526
+lease_duration = "45s"
 
 [dns]
 servers = ["127.0.0.1:5353", "192.0.2.53", "[2001:db8::53]:53"]
@@ -216,6 +218,7 @@ TEST(ConfigTest, ReadsEveryKey) {
   EXPECT_EQ(c.delivery.delay_warning, absl::Hours(4));
   EXPECT_EQ(c.delivery.connections_per_domain, 2u);
   EXPECT_EQ(c.delivery.smtp_port, 2526);
+  EXPECT_EQ(c.delivery.lease_duration, absl::Seconds(45));
   EXPECT_THAT(c.dns.servers, ElementsAre(HostPort{"127.0.0.1", 5353}, HostPort{"192.0.2.53", 53},
                                          HostPort{"2001:db8::53", 53}));
   EXPECT_EQ(c.http.listen, (HostPort{"0.0.0.0", 9090}));
@@ -348,6 +351,8 @@ TEST(ConfigTest, RejectsOutOfRangeValues) {
             "t.toml:2:18: smtp.commit_timeout: must be greater than 0, got \"0s\"");
   EXPECT_EQ(Errors("[delivery]\nconnections_per_domain = 0\n"),
             "t.toml:2:26: delivery.connections_per_domain: must be between 1 and 10000, got 0");
+  EXPECT_THAT(Errors("[delivery]\nlease_duration = \"10ms\"\n"),
+              HasSubstr("delivery.lease_duration"));
   EXPECT_EQ(Errors("[delivery]\nsmtp_port = 65536\n"),
             "t.toml:2:13: delivery.smtp_port: must be between 1 and 65535, got 65536");
   EXPECT_EQ(Errors("[[domain]]\nname = \"a.example\"\nmax_queued_messages = 0\n"),
