@@ -21,7 +21,9 @@
 #include "absl/status/statusor.h"
 #include "common/config.h"
 #include "common/tls.h"
+#include "common/worker_pool.h"
 #include "ingest/filter.h"
+#include "ingest/limit_filters.h"
 #include "ingest/queue_handoff.h"
 #include "ingest/relay_policy.h"
 #include "ingest/smtp_server.h"
@@ -62,7 +64,12 @@ class IngestRole : public SessionHandler {
 
  private:
   explicit IngestRole(const Config& config);
-  static std::shared_ptr<const FilterChain> BuildChain(const Config& config);
+  // Not static: the queue-backed filters call the role's queue client (on queue_checks_).
+  std::shared_ptr<const FilterChain> BuildChain(const Config& config);
+  // `method` of the queue client, run on queue_checks_.
+  template <typename Request, typename Result>
+  AsyncQueueCall<Request, Result> QueueCall(
+      absl::StatusOr<Result> (queue::QueueClient::*method)(const Request&));
   std::shared_ptr<const FilterChain> chain() const;
   std::shared_ptr<ConnectionState> ConnectionStateOf(uint64_t connection_id);
   // End of data, every filter passed: the queue commit.
@@ -92,6 +99,9 @@ class IngestRole : public SessionHandler {
 
   std::unique_ptr<queue::QueueClient> client_;
   std::unique_ptr<QueueHandoff> handoff_;
+  // The filters' blocking queue calls (greylist, daily sessions). After client_: destroyed
+  // first, so that no call outlives the client.
+  WorkerPool queue_checks_;
 
   std::mutex flush_mutex_;
   std::condition_variable flush_wake_;

@@ -12,6 +12,7 @@
 //              'r' <kind> <domain> 0 <enqueue_ms:8> <id:16>         → ""  not held, not leased
 //              'l' <expiry_ms:8> <id:16>                            → ""  leased
 //   greylist   't' <client> 0 <sender> 0 <recipient>                → GreylistRecord
+//              'c' <client>                                         → GreylistRecord (network)
 //              'x' <expiry_ms:8> <greylist key>                     → ""  every record
 //
 // A domain name never contains a NUL byte (the state machine refuses such names), so
@@ -60,6 +61,8 @@ std::optional<IndexKey> ParseLeaseKey(std::string_view key);
 
 std::string GreylistKey(std::string_view client_network, std::string_view sender,
                         std::string_view recipient);
+// A client network's record: how many of its triplets passed (auto_allow_after).
+std::string GreylistClientKey(std::string_view client_network);
 std::string GreylistExpiryKey(int64_t expiry_ms, std::string_view greylist_key);
 std::string GreylistExpiryPrefix();
 // Expiry keys of records expiring at or before `time_ms` sort before this key.
