@@ -34,7 +34,8 @@ namespace backstop::ingest {
 // Owns the queue client, the handoff, the filter chain, each connection's filter state, the TLS
 // context and the SMTP server. Start/Reload/Drain/destruction on the control thread (main);
 // Decide() and Closed() on the SMTP loop threads; filter callbacks and the handoff's callbacks on
-// any thread; ETRN flushes (blocking queue calls) on the flush thread.
+// any thread; ETRN flushes (blocking queue calls) on the flush thread; the filters' queue calls
+// (greylist, daily sessions) on the queue_checks_ pool.
 class IngestRole : public SessionHandler {
  public:
   // `queue_channel`: the in-process channel to this process's own voter, or null to reach the
