@@ -490,6 +490,8 @@ class Section {
 
 constexpr std::string_view kDnsNameText = "a DNS name";
 constexpr std::string_view kCidrText = "a CIDR like \"10.0.0.0/8\" or an IP address";
+constexpr std::string_view kCidrOrDomainText =
+    "a CIDR like \"10.0.0.0/8\", an IP address or a domain";
 
 void ReadNode(const Section& s, NodeConfig* node) {
   s.RejectUnknownKeys({"id", "hostname", "data_dir", "roles"});
@@ -545,7 +547,7 @@ void ReadSmtp(const Section& s, SmtpConfig* smtp) {
   s.RejectUnknownKeys({"listen", "max_message_size", "max_recipients", "commit_timeout", "tls_cert",
                        "tls_key", "proxy_protocol", "trusted_proxies", "command_timeout",
                        "data_timeout", "max_errors", "max_received_headers", "max_connections",
-                       "max_connections_per_ip", "threads"});
+                       "max_connections_per_ip", "max_connection_rate_per_ip", "threads"});
   s.ReadHostPortList("listen", -1, /*connectable=*/false, &smtp->listen);
   s.ReadSize("max_message_size", 1, &smtp->max_message_size);
   // DESIGN §3.3: at least 100 recipients per transaction (RFC 5321 §4.5.3.1.8).
@@ -561,6 +563,7 @@ void ReadSmtp(const Section& s, SmtpConfig* smtp) {
   s.ReadInteger("max_received_headers", 1, kUint32Max, &smtp->max_received_headers);
   s.ReadInteger("max_connections", 1, kUint32Max, &smtp->max_connections);
   s.ReadInteger("max_connections_per_ip", 1, kUint32Max, &smtp->max_connections_per_ip);
+  s.ReadInteger("max_connection_rate_per_ip", 0, kUint32Max, &smtp->max_connection_rate_per_ip);
   s.ReadInteger("threads", 0, 1024, &smtp->threads);
 
   if (smtp->tls_cert.empty() != smtp->tls_key.empty() && !s.AnyFailed({"tls_cert", "tls_key"})) {
@@ -693,7 +696,7 @@ void ReadClusterTls(const Section& s, ClusterTlsConfig* tls) {
 }
 
 void ReadFilters(const Section& s, FiltersConfig* filters) {
-  s.RejectUnknownKeys({"greylist", "dnsbl", "rdns", "sender", "headers"});
+  s.RejectUnknownKeys({"greylist", "harvest", "dnsbl", "rdns", "sender", "headers"});
 
   const Section greylist = s.Sub("greylist");
   greylist.RejectUnknownKeys({"enabled", "delay", "retry_window", "auto_allow_after", "allow"});
@@ -702,12 +705,19 @@ void ReadFilters(const Section& s, FiltersConfig* filters) {
   greylist.ReadDuration("delay", absl::Milliseconds(1), &g.delay);
   greylist.ReadDuration("retry_window", absl::Milliseconds(1), &g.retry_window);
   greylist.ReadInteger("auto_allow_after", 0, kUint32Max, &g.auto_allow_after);
-  greylist.ReadCheckedStrings("allow", IsCidr, kCidrText, &g.allow);
+  greylist.ReadCheckedStrings(
+      "allow", [](std::string_view text) { return IsCidr(text) || IsDnsName(text); },
+      kCidrOrDomainText, &g.allow);
   if (g.retry_window <= g.delay && !greylist.AnyFailed({"delay", "retry_window"})) {
     greylist.Error("retry_window", fmt::format("({}) must be longer than the delay ({})",
                                                backstop::FormatDuration(g.retry_window),
                                                backstop::FormatDuration(g.delay)));
   }
+
+  const Section harvest = s.Sub("harvest");
+  harvest.RejectUnknownKeys({"enabled", "delay"});
+  harvest.ReadBool("enabled", &filters->harvest.enabled);
+  harvest.ReadDuration("delay", absl::ZeroDuration(), &filters->harvest.delay);
 
   const Section dnsbl = s.Sub("dnsbl");
   dnsbl.RejectUnknownKeys({"enabled", "zones", "allow_zones"});

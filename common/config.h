@@ -83,7 +83,9 @@ struct SmtpConfig {
   uint32_t max_received_headers = 50;    // hop count: 554 5.4.6 at this many Received:
   uint32_t max_connections = 10'000;     // per process; 421 at the banner beyond it
   uint32_t max_connections_per_ip = 50;  // per client address and process
-  uint32_t threads = 0;                  // io_uring threads; 0 = one per core
+  // New connections per minute per client address and process; 0 = no limit. 421 at the banner.
+  uint32_t max_connection_rate_per_ip = 0;
+  uint32_t threads = 0;  // io_uring threads; 0 = one per core
 };
 
 struct QueuePeer {
@@ -137,8 +139,17 @@ struct GreylistConfig {
   bool enabled = false;
   absl::Duration delay = absl::Minutes(5);
   absl::Duration retry_window = absl::Hours(2 * 24);
-  uint32_t auto_allow_after = 5;   // 0 = never auto-allow a client
-  std::vector<std::string> allow;  // client CIDRs or single addresses never greylisted
+  uint32_t auto_allow_after = 5;  // 0 = never auto-allow a client
+  // Never greylisted: client CIDRs or single addresses, and sender domains (with their
+  // subdomains); an entry that parses as an address or CIDR is one.
+  std::vector<std::string> allow;
+};
+
+// The directory-harvest tarpit (DESIGN §3.3): after 10 rejected recipients in a session every
+// RCPT reply waits `delay`; after 20 the session ends with 421.
+struct HarvestConfig {
+  bool enabled = true;
+  absl::Duration delay = absl::Seconds(5);
 };
 
 struct DnsblConfig {
@@ -164,6 +175,7 @@ struct HeadersFilterConfig {
 
 struct FiltersConfig {
   GreylistConfig greylist;
+  HarvestConfig harvest;
   DnsblConfig dnsbl;
   RdnsConfig rdns;
   SenderFilterConfig sender;

@@ -10,6 +10,7 @@
 #include "absl/strings/ascii.h"
 #include "common/log.h"
 #include "common/status.h"
+#include "ingest/greylist_filter.h"
 #include "ingest/received.h"
 #include "queue/message_id.h"
 
@@ -20,6 +21,10 @@ const log::Logger& Log() {
   static const log::Logger logger("ingest");
   return logger;
 }
+
+// Threads for the filters' queue calls: each blocks for a Raft commit, and concurrent ones
+// share the leader's group commit, so a few more threads mean more sessions served at once.
+constexpr size_t kQueueCheckThreads = 16;
 
 Verdict Refuse(int code, const char* enhanced, std::string text) {
   return Verdict::Reject(Reply{code, enhanced, {std::move(text)}});
@@ -43,7 +48,8 @@ IngestRole::IngestRole(const Config& config)
       hostname_(config.node.hostname),
       max_received_headers_(config.smtp.max_received_headers),
       commit_timeout_(config.smtp.commit_timeout),
-      etrn_clients_(MakeEtrnClients(config)) {}
+      etrn_clients_(MakeEtrnClients(config)),
+      queue_checks_(kQueueCheckThreads) {}
 
 std::shared_ptr<const IngestRole::EtrnClients> IngestRole::MakeEtrnClients(const Config& config) {
   auto clients = std::make_shared<EtrnClients>();
@@ -189,7 +195,9 @@ void IngestRole::Decide(const ConnectionInfo& connection, const SmtpSession& ses
 
   chain()->Run(input, [this, input, respond = std::move(respond)](FilterResult result) mutable {
     if (result.kind == FilterResult::Kind::kReject) {
-      if (input->stage == Stage::kRcpt) {
+      // The harvest defence counts refusals (unknown users, relay attempts), not tempfails:
+      // a greylisted first delivery to many recipients is no directory harvest.
+      if (input->stage == Stage::kRcpt && result.reply->code >= 500) {
         std::lock_guard lock(input->state->mutex);
         ++input->state->rejected_recipients;
       }
@@ -228,11 +236,42 @@ std::shared_ptr<const FilterChain> IngestRole::chain() const {
   return chain_;
 }
 
+template <typename Request, typename Result>
+AsyncQueueCall<Request, Result> IngestRole::QueueCall(
+    absl::StatusOr<Result> (queue::QueueClient::*method)(const Request&)) {
+  // The chain is built before client_ exists (in the constructor): the calls look it up when
+  // they run, by which time Start has made it.
+  return
+      [this, method](const Request& request, std::function<void(absl::StatusOr<Result>)> answer) {
+        queue_checks_.Submit([this, method, request, answer = std::move(answer)](bool cancelled) {
+          if (cancelled) {
+            answer(absl::CancelledError("ingest is shutting down"));
+            return;
+          }
+          answer((client_.get()->*method)(request));
+        });
+      };
+}
+
 std::shared_ptr<const FilterChain> IngestRole::BuildChain(const Config& config) {
   // Order matters: cheap local checks first, the relay check before anything that asks the
   // network about a recipient, greylisting last (it costs a queue commit).
   std::vector<std::unique_ptr<Filter>> filters;
+  if (config.smtp.max_connection_rate_per_ip > 0) {
+    filters.push_back(std::make_unique<ConnectionRateFilter>(
+        ConnectionRateOptions{.max_per_minute = config.smtp.max_connection_rate_per_ip}));
+  }
+  if (config.filters.harvest.enabled) {
+    filters.push_back(std::make_unique<HarvestFilter>(config.filters.harvest.delay));
+  }
   filters.push_back(std::make_unique<RelayFilter>(config.domains));
+  filters.push_back(
+      std::make_unique<DomainConnectionFilter>(QueueCall(&queue::QueueClient::CountConnections)));
+  if (config.filters.greylist.enabled) {
+    filters.push_back(std::make_unique<GreylistFilter>(
+        GreylistFilterOptions{.config = config.filters.greylist,
+                              .check = QueueCall(&queue::QueueClient::CheckGreylist)}));
+  }
   return std::make_shared<FilterChain>(std::move(filters), filter_counters_);
 }
 

@@ -22,7 +22,9 @@
 #include "common/config.h"
 #include "common/metrics.h"
 #include "common/tls.h"
+#include "common/worker_pool.h"
 #include "ingest/filter.h"
+#include "ingest/limit_filters.h"
 #include "ingest/queue_handoff.h"
 #include "ingest/relay_policy.h"
 #include "ingest/smtp_server.h"
@@ -46,7 +48,8 @@ struct IngestCounters {
 // Owns the queue client, the handoff, the filter chain, each connection's filter state, the TLS
 // context and the SMTP server. Start/Reload/Drain/destruction on the control thread (main);
 // Decide() and Closed() on the SMTP loop threads; filter callbacks and the handoff's callbacks on
-// any thread; ETRN flushes (blocking queue calls) on the flush thread.
+// any thread; ETRN flushes (blocking queue calls) on the flush thread; the filters' queue calls
+// (greylist, daily sessions) on the queue_checks_ pool.
 class IngestRole : public SessionHandler {
  public:
   // `queue_channel`: the in-process channel to this process's own voter, or null to reach the
@@ -79,7 +82,12 @@ class IngestRole : public SessionHandler {
 
  private:
   explicit IngestRole(const Config& config);
+  // Not static: the queue-backed filters call the role's queue client (on queue_checks_).
   std::shared_ptr<const FilterChain> BuildChain(const Config& config);
+  // `method` of the queue client, run on queue_checks_.
+  template <typename Request, typename Result>
+  AsyncQueueCall<Request, Result> QueueCall(
+      absl::StatusOr<Result> (queue::QueueClient::*method)(const Request&));
   std::shared_ptr<const FilterChain> chain() const;
   std::shared_ptr<ConnectionState> ConnectionStateOf(uint64_t connection_id);
   // End of data, every filter passed: the queue commit.
@@ -111,6 +119,9 @@ class IngestRole : public SessionHandler {
 
   std::unique_ptr<queue::QueueClient> client_;
   std::unique_ptr<QueueHandoff> handoff_;
+  // The filters' blocking queue calls (greylist, daily sessions). After client_: destroyed
+  // first, so that no call outlives the client.
+  WorkerPool queue_checks_;
 
   std::mutex flush_mutex_;
   std::condition_variable flush_wake_;

@@ -9,6 +9,7 @@ constexpr char kQueueTag = 'q';
 constexpr char kReadyTag = 'r';
 constexpr char kLeaseTag = 'l';
 constexpr char kGreylistTag = 't';
+constexpr char kGreylistClientTag = 'c';
 constexpr char kGreylistExpiryTag = 'x';
 constexpr uint64_t kSignBit = uint64_t{1} << 63;
 
@@ -140,6 +141,12 @@ std::string GreylistKey(std::string_view client_network, std::string_view sender
   key += sender;
   key.push_back('\0');
   key += recipient;
+  return key;
+}
+
+std::string GreylistClientKey(std::string_view client_network) {
+  std::string key(1, kGreylistClientTag);
+  key += client_network;
   return key;
 }
 

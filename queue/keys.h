@@ -13,6 +13,7 @@
 //                  (kind 'w': also not delay-warned yet, not a bounce, not from <>)
 //              'l' <expiry_ms:8> <id:16>                            → ""  leased
 //   greylist   't' <client> 0 <sender> 0 <recipient>                → GreylistRecord
+//              'c' <client>                                         → GreylistRecord (network)
 //              'x' <expiry_ms:8> <greylist key>                     → ""  every record
 //
 // A domain name never contains a NUL byte (the state machine refuses such names), so
@@ -63,6 +64,8 @@ std::optional<IndexKey> ParseLeaseKey(std::string_view key);
 
 std::string GreylistKey(std::string_view client_network, std::string_view sender,
                         std::string_view recipient);
+// A client network's record: how many of its triplets passed (auto_allow_after).
+std::string GreylistClientKey(std::string_view client_network);
 std::string GreylistExpiryKey(int64_t expiry_ms, std::string_view greylist_key);
 std::string GreylistExpiryPrefix();
 // Expiry keys of records expiring at or before `time_ms` sort before this key.

@@ -239,6 +239,9 @@ class QueueStateMachine::Txn {
   absl::StatusOr<CommandResult> PutDomain(const DomainSpec& spec, Code if_exists, Code if_absent);
   absl::StatusOr<CommandResult> RemoveDomain(std::string_view name);
   absl::StatusOr<GreylistResult> Greylist(const GreylistCheck& check);
+  absl::Status StoreGreylistRecord(const std::string& key,
+                                   const std::optional<GreylistRecord>& stored,
+                                   const GreylistRecord& record);
   absl::Status SweepGreylist();
   absl::StatusOr<ConnectionCountResult> CountConnections(const CountConnection& request);
 
@@ -961,6 +964,28 @@ absl::StatusOr<CommandResult> QueueStateMachine::Txn::RemoveDomain(std::string_v
 // Ingest's checks
 
 absl::StatusOr<GreylistResult> QueueStateMachine::Txn::Greylist(const GreylistCheck& check) {
+  GreylistResult result;
+  // The client network's record, as it stands after this check (auto_allow_after only).
+  const std::string client_key = keys::GreylistClientKey(check.client_network());
+  std::optional<GreylistRecord> client_stored;
+  GreylistRecord client;
+  if (check.auto_allow_after() > 0) {
+    ASSIGN_OR_RETURN(client_stored, GetProto<GreylistRecord>(cf_.greylist, client_key));
+    if (client_stored.has_value() && client_stored->expiry_ms() > now_ms_) {
+      client = *client_stored;
+    }
+    if (client.passes() >= check.auto_allow_after()) {
+      // Kept while the network keeps sending, like a passed triplet.
+      client.set_expiry_ms(now_ms_ + check.pass_lifetime_duration_ms());
+      RETURN_IF_ERROR(StoreGreylistRecord(client_key, client_stored, client));
+      result.set_verdict(GreylistResult::PASS);
+      result.set_client_allowed(true);
+      *result.mutable_record() = client;
+      RETURN_IF_ERROR(SweepGreylist());
+      return result;
+    }
+  }
+
   const std::string key =
       keys::GreylistKey(check.client_network(), check.sender(), check.recipient());
   ASSIGN_OR_RETURN(std::optional<GreylistRecord> stored,
@@ -972,9 +997,17 @@ absl::StatusOr<GreylistResult> QueueStateMachine::Txn::Greylist(const GreylistCh
     record.set_first_seen_ms(now_ms_);
     record.set_expiry_ms(now_ms_ + check.retry_window_duration_ms());
   }
-  GreylistResult result;
   const int64_t passes_from = record.first_seen_ms() + check.delay_duration_ms();
   if (now_ms_ >= passes_from) {
+    if (record.passes() == 0 && check.auto_allow_after() > 0) {
+      // A triplet that waited out its delay: one more for its network.
+      if (client.passes() == 0) {
+        client.set_first_seen_ms(now_ms_);
+      }
+      client.set_passes(client.passes() + 1);
+      client.set_expiry_ms(now_ms_ + check.pass_lifetime_duration_ms());
+      RETURN_IF_ERROR(StoreGreylistRecord(client_key, client_stored, client));
+    }
     record.set_passes(record.passes() + 1);
     record.set_expiry_ms(now_ms_ + check.pass_lifetime_duration_ms());
     result.set_verdict(GreylistResult::PASS);
@@ -983,16 +1016,24 @@ absl::StatusOr<GreylistResult> QueueStateMachine::Txn::Greylist(const GreylistCh
     result.set_verdict(GreylistResult::DEFER);
     result.set_retry_after_ms(passes_from);
   }
-  if (!stored.has_value() || record.SerializeAsString() != stored->SerializeAsString()) {
-    if (stored.has_value()) {
-      RETURN_IF_ERROR(Delete(cf_.greylist, keys::GreylistExpiryKey(stored->expiry_ms(), key)));
-    }
-    RETURN_IF_ERROR(Put(cf_.greylist, key, record.SerializeAsString()));
-    RETURN_IF_ERROR(Put(cf_.greylist, keys::GreylistExpiryKey(record.expiry_ms(), key), ""));
-  }
+  RETURN_IF_ERROR(StoreGreylistRecord(key, stored, record));
   *result.mutable_record() = record;
   RETURN_IF_ERROR(SweepGreylist());
   return result;
+}
+
+// Writes `record` under `key` (and its expiry key) unless it is `stored` unchanged.
+absl::Status QueueStateMachine::Txn::StoreGreylistRecord(
+    const std::string& key, const std::optional<GreylistRecord>& stored,
+    const GreylistRecord& record) {
+  if (stored.has_value() && record.SerializeAsString() == stored->SerializeAsString()) {
+    return absl::OkStatus();
+  }
+  if (stored.has_value()) {
+    RETURN_IF_ERROR(Delete(cf_.greylist, keys::GreylistExpiryKey(stored->expiry_ms(), key)));
+  }
+  RETURN_IF_ERROR(Put(cf_.greylist, key, record.SerializeAsString()));
+  return Put(cf_.greylist, keys::GreylistExpiryKey(record.expiry_ms(), key), "");
 }
 
 absl::Status QueueStateMachine::Txn::SweepGreylist() {

@@ -445,7 +445,7 @@ TEST(ConfigTest, RejectsMalformedCidrs) {
   EXPECT_EQ(Errors("[smtp]\nproxy_protocol = true\ntrusted_proxies = [\"10.0.0.0/33\"]\n"),
             "t.toml:3:20: smtp.trusted_proxies[0]: expected a CIDR like \"10.0.0.0/8\" or an IP "
             "address, got \"10.0.0.0/33\"");
-  EXPECT_THAT(Errors("[filters]\ngreylist = { allow = [\"example.com\"] }\n"),
+  EXPECT_THAT(Errors("[filters]\ngreylist = { allow = [\"10.0.0.0/33\"] }\n"),
               StartsWith("t.toml:2:23: filters.greylist.allow[0]: expected a CIDR"));
 }
 
@@ -714,6 +714,47 @@ TEST(HostPortTest, ToStringRoundTrips) {
     EXPECT_EQ(*ParseHostPort(address.ToString()), address);
   }
   EXPECT_EQ((HostPort{"::1", 25}).ToString(), "[::1]:25");
+}
+
+// --- Greylist allow list, harvest tarpit, connection rate ---------------------------------------
+
+TEST(ConfigTest, GreylistAllowTakesAddressesCidrsAndSenderDomains) {
+  const Config c = Parse(
+      "[filters]\ngreylist = { allow = [\"192.0.2.7\", \"2001:db8::/32\", \"Partner.example\"] "
+      "}\n");
+  EXPECT_THAT(c.filters.greylist.allow,
+              ElementsAre("192.0.2.7", "2001:db8::/32", "Partner.example"));
+  EXPECT_EQ(Errors("[filters]\ngreylist = { allow = [\"bad domain\"] }\n"),
+            "t.toml:2:23: filters.greylist.allow[0]: expected a CIDR like \"10.0.0.0/8\", an IP "
+            "address or a domain, got \"bad domain\"");
+}
+
+TEST(ConfigTest, HarvestDefaultsToOnWithFiveSecondDelay) {
+  const Config c = Parse("");
+  EXPECT_TRUE(c.filters.harvest.enabled);
+  EXPECT_EQ(c.filters.harvest.delay, absl::Seconds(5));
+}
+
+TEST(ConfigTest, ReadsHarvestKeys) {
+  const Config c = Parse("[filters]\nharvest = { enabled = false, delay = \"250ms\" }\n");
+  EXPECT_FALSE(c.filters.harvest.enabled);
+  EXPECT_EQ(c.filters.harvest.delay, absl::Milliseconds(250));
+  EXPECT_EQ(Parse("[filters]\nharvest = { delay = \"0s\" }\n").filters.harvest.delay,
+            absl::ZeroDuration());
+}
+
+TEST(ConfigTest, RejectsUnknownHarvestKeys) {
+  EXPECT_EQ(Errors("[filters]\nharvest = { delay = \"1s\", after = 3 }\n"),
+            "t.toml:2:27: filters.harvest.after: unknown key");
+}
+
+TEST(ConfigTest, ConnectionRatePerIpDefaultsToOff) {
+  EXPECT_EQ(Parse("").smtp.max_connection_rate_per_ip, 0u);
+  EXPECT_EQ(Parse("[smtp]\nmax_connection_rate_per_ip = 30\n").smtp.max_connection_rate_per_ip,
+            30u);
+  EXPECT_EQ(
+      Errors("[smtp]\nmax_connection_rate_per_ip = -1\n"),
+      "t.toml:2:30: smtp.max_connection_rate_per_ip: must be between 0 and 4294967295, got -1");
 }
 
 }  // namespace

@@ -1453,5 +1453,70 @@ TEST_F(StateMachineTest, SetMemberRecordsAndForgetsAddressesThatSurviveAReopen) 
   EXPECT_EQ(*members, (std::map<uint64_t, std::string>{{5, "10.0.0.5:7025"}}));
 }
 
+// --- Greylist: auto_allow_after -----------------------------------------------------------------
+
+Command AutoAllowGreylistOf(const std::string& sender, uint32_t auto_allow_after,
+                            const std::string& network = "192.0.2.0/24") {
+  Command command = GreylistOf(sender);
+  command.mutable_greylist()->set_client_network(network);
+  command.mutable_greylist()->set_auto_allow_after(auto_allow_after);
+  return command;
+}
+
+TEST_F(StateMachineTest, GreylistAutoAllowsANetworkOnceItsTripletsPassed) {
+  for (const std::string sender : {"a@origin.example", "b@origin.example"}) {
+    EXPECT_EQ(Apply(AutoAllowGreylistOf(sender, 2)).greylist().verdict(), GreylistResult::DEFER);
+    now_ += absl::Minutes(5);
+    const GreylistResult passed = Apply(AutoAllowGreylistOf(sender, 2)).greylist();
+    EXPECT_EQ(passed.verdict(), GreylistResult::PASS);
+    EXPECT_FALSE(passed.client_allowed());
+  }
+  const GreylistResult allowed = Apply(AutoAllowGreylistOf("c@origin.example", 2)).greylist();
+  EXPECT_EQ(allowed.verdict(), GreylistResult::PASS);
+  EXPECT_TRUE(allowed.client_allowed());
+  EXPECT_EQ(allowed.record().passes(), 2u);
+  // Only that network.
+  EXPECT_EQ(
+      Apply(AutoAllowGreylistOf("c@origin.example", 2, "198.51.100.0/24")).greylist().verdict(),
+      GreylistResult::DEFER);
+}
+
+TEST_F(StateMachineTest, GreylistAutoAllowCountsTripletsNotRepeatedPasses) {
+  Apply(AutoAllowGreylistOf("a@origin.example", 2));
+  now_ += absl::Minutes(5);
+  for (int i = 0; i < 5; ++i) {
+    EXPECT_EQ(Apply(AutoAllowGreylistOf("a@origin.example", 2)).greylist().verdict(),
+              GreylistResult::PASS);
+  }
+  const GreylistResult other = Apply(AutoAllowGreylistOf("b@origin.example", 2)).greylist();
+  EXPECT_EQ(other.verdict(), GreylistResult::DEFER);
+  EXPECT_FALSE(other.client_allowed());
+}
+
+TEST_F(StateMachineTest, GreylistWithoutAutoAllowNeverAllowsANetwork) {
+  for (const std::string sender : {"a@origin.example", "b@origin.example", "c@origin.example"}) {
+    Apply(AutoAllowGreylistOf(sender, 0));
+    now_ += absl::Minutes(5);
+    EXPECT_EQ(Apply(AutoAllowGreylistOf(sender, 0)).greylist().verdict(), GreylistResult::PASS);
+  }
+  EXPECT_EQ(Apply(AutoAllowGreylistOf("d@origin.example", 0)).greylist().verdict(),
+            GreylistResult::DEFER);
+}
+
+TEST_F(StateMachineTest, GreylistForgetsAnAllowedNetworkAfterThePassLifetime) {
+  Apply(AutoAllowGreylistOf("a@origin.example", 1));
+  now_ += absl::Minutes(5);
+  Apply(AutoAllowGreylistOf("a@origin.example", 1));
+  now_ += absl::Hours(24 * 30);
+  // A use keeps the network allowed for another pass lifetime.
+  EXPECT_TRUE(Apply(AutoAllowGreylistOf("b@origin.example", 1)).greylist().client_allowed());
+  now_ += absl::Hours(24 * 30);
+  EXPECT_TRUE(Apply(AutoAllowGreylistOf("c@origin.example", 1)).greylist().client_allowed());
+  now_ += absl::Hours(24 * 36);
+  const GreylistResult forgotten = Apply(AutoAllowGreylistOf("d@origin.example", 1)).greylist();
+  EXPECT_EQ(forgotten.verdict(), GreylistResult::DEFER);
+  EXPECT_FALSE(forgotten.client_allowed());
+}
+
 }  // namespace
 }  // namespace backstop::queue

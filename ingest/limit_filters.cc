@@ -1,0 +1,136 @@
+#include "ingest/limit_filters.h"
+
+#include <utility>
+
+#include <fmt/format.h>
+
+namespace backstop::ingest {
+namespace {
+
+Reply TempFail(std::string text) {
+  return Reply{421, "4.7.0", {std::move(text)}};
+}
+
+}  // namespace
+
+void DoneOnLoop(const FilterInput& input, FilterDone done, FilterResult result) {
+  if (!input.executor) {
+    done(std::move(result));
+    return;
+  }
+  input.executor->Run(
+      [done = std::move(done), result = std::move(result)]() mutable { done(std::move(result)); });
+}
+
+// --- ConnectionRateFilter ---------------------------------------------------------------------
+
+ConnectionRateFilter::ConnectionRateFilter(const ConnectionRateOptions& options)
+    : options_(options) {}
+
+ConnectionRateFilter::Admission ConnectionRateFilter::Admit(const std::string& ip) {
+  const absl::Duration now = options_.clock->Monotonic();
+  absl::Duration into_minute;
+  const int64_t minute = absl::IDivDuration(now, absl::Minutes(1), &into_minute);
+  // How much of the previous minute the sliding window still covers.
+  const double previous_weight = 1.0 - absl::FDivDuration(into_minute, absl::Minutes(1));
+
+  std::lock_guard lock(mutex_);
+  if (minute > swept_minute_) {
+    // Once a minute: an address not seen in the last two minutes counts nothing any more.
+    std::erase_if(counts_,
+                  [minute](const auto& entry) { return entry.second.minute < minute - 1; });
+    swept_minute_ = minute;
+  }
+  auto it = counts_.find(ip);
+  if (it == counts_.end()) {
+    if (counts_.size() >= options_.max_tracked) {
+      return Admission::kUntracked;
+    }
+    it = counts_.emplace(ip, Counts{minute, 0, 0}).first;
+  }
+  Counts& counts = it->second;
+  if (counts.minute != minute) {
+    counts.previous = counts.minute == minute - 1 ? counts.current : 0;
+    counts.current = 0;
+    counts.minute = minute;
+  }
+  const double recent = counts.previous * previous_weight + counts.current;
+  if (counts.current < UINT32_MAX) {
+    ++counts.current;
+  }
+  return recent + 1 > options_.max_per_minute ? Admission::kOverRate : Admission::kAdmitted;
+}
+
+void ConnectionRateFilter::Check(std::shared_ptr<const FilterInput> input, FilterDone done) {
+  switch (Admit(input->client.ip)) {
+    case Admission::kAdmitted:
+      done(FilterResult::Continue());
+      return;
+    case Admission::kUntracked:
+      done(FilterResult::Continue("untracked"));
+      return;
+    case Admission::kOverRate:
+      done(FilterResult::Reject(
+          TempFail(fmt::format("Too many connections from {}, slow down", input->client.ip)),
+          "over_rate"));
+      return;
+  }
+}
+
+// --- HarvestFilter ----------------------------------------------------------------------------
+
+void HarvestFilter::Check(std::shared_ptr<const FilterInput> input, FilterDone done) {
+  uint32_t rejected = 0;
+  {
+    std::lock_guard lock(input->state->mutex);
+    rejected = input->state->rejected_recipients;
+  }
+  if (rejected >= kHarvestCloseAfter) {
+    done(FilterResult::Reject(TempFail("Too many rejected recipients"), "closed"));
+    return;
+  }
+  if (rejected >= kHarvestSlowAfter) {
+    FilterResult slowed = FilterResult::Continue("slowed");
+    slowed.delay = delay_;
+    done(std::move(slowed));
+    return;
+  }
+  done(FilterResult::Continue());
+}
+
+// --- DomainConnectionFilter -------------------------------------------------------------------
+
+void DomainConnectionFilter::Check(std::shared_ptr<const FilterInput> input, FilterDone done) {
+  const std::string& domain = input->rcpt.domain;
+  {
+    std::lock_guard lock(input->state->mutex);
+    // Counted once per session, whatever the answer: a session's RCPTs come one at a time, so
+    // no other check of this session can be in flight.
+    if (!input->state->counted_domains.insert(domain).second) {
+      done(FilterResult::Continue());
+      return;
+    }
+  }
+  queue::CountConnection request;
+  request.add_domains(domain);
+  count_(request, [input, done = std::move(done)](
+                      absl::StatusOr<queue::ConnectionCountResult> result) mutable {
+    if (!result.ok()) {
+      DoneOnLoop(*input, std::move(done), FilterResult::Continue("queue_error"));
+      return;
+    }
+    for (const queue::ConnectionCountResult::DomainCount& count : result->counts()) {
+      if (count.domain() == input->rcpt.domain && count.over_limit()) {
+        DoneOnLoop(*input, std::move(done),
+                   FilterResult::Reject(TempFail(fmt::format("Too many sessions for {} today, "
+                                                             "try again later",
+                                                             input->rcpt.domain)),
+                                        "over_limit"));
+        return;
+      }
+    }
+    DoneOnLoop(*input, std::move(done), FilterResult::Continue());
+  });
+}
+
+}  // namespace backstop::ingest

@@ -1,0 +1,113 @@
+#pragma once
+
+// The limits of the filter chain (DESIGN §3.2, §3.3): the per-IP connection rate at connect, the
+// directory-harvest tarpit and the per-domain daily sessions at RCPT. Also the plumbing shared
+// by the filters that ask the replicated queue (this file's DomainConnectionFilter and the
+// GreylistFilter): an asynchronous queue call, and answering on the connection's loop.
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "common/clock.h"
+#include "ingest/filter.h"
+#include "proto/queue.pb.h"
+
+namespace backstop::ingest {
+
+// A call to the replicated queue that must not run on a loop thread (queue::QueueClient blocks):
+// `answer` is called exactly once, on any thread. IngestRole runs the call on its worker pool;
+// tests answer with fakes.
+template <typename Request, typename Result>
+using AsyncQueueCall =
+    std::function<void(const Request& request, std::function<void(absl::StatusOr<Result>)> answer)>;
+
+// Calls `done(result)` on the connection's loop thread, where the chain's next filter expects
+// to run (at once when already there, or when the input has no loop, as in some tests). Dropped
+// when the loop has stopped: the connection is gone.
+void DoneOnLoop(const FilterInput& input, FilterDone done, FilterResult result);
+
+struct ConnectionRateOptions {
+  uint32_t max_per_minute = 0;  // new connections per client address; must be positive
+  const Clock* clock = &RealClock::Get();
+  // Addresses tracked at most; beyond it a new address is let through untracked (counted as
+  // "untracked"), so that a flood of distinct addresses cannot grow the table without bound.
+  size_t max_tracked = 100'000;
+};
+
+// "connection_rate", at connect: more than `max_per_minute` connections from one client address
+// in the last minute → 421 4.7.0 (the session ends). The last minute is a sliding window,
+// estimated from the counts of the current and the previous calendar minute (the previous one
+// weighted by how much of it the window still covers), so each address costs two counters.
+// Refused attempts count too: a client that keeps hammering stays refused until it slows down.
+// The counts are per process (every ingest replica limits on its own) and start over when a
+// reload rebuilds the chain. Thread-safe (one mutex; the work under it is a hash lookup).
+class ConnectionRateFilter : public Filter {
+ public:
+  explicit ConnectionRateFilter(const ConnectionRateOptions& options);
+  std::string_view name() const override { return "connection_rate"; }
+  bool Handles(Stage stage) const override { return stage == Stage::kConnect; }
+  void Check(std::shared_ptr<const FilterInput> input, FilterDone done) override;
+
+ private:
+  enum class Admission : uint8_t { kAdmitted, kUntracked, kOverRate };
+  struct Counts {
+    int64_t minute = 0;  // the calendar minute `current` counts (monotonic clock)
+    uint32_t current = 0;
+    uint32_t previous = 0;  // the minute before `minute`
+  };
+
+  Admission Admit(const std::string& ip);
+
+  const ConnectionRateOptions options_;
+  std::mutex mutex_;
+  std::unordered_map<std::string, Counts> counts_;  // by client address; guarded by mutex_
+  int64_t swept_minute_ = 0;                        // guarded by mutex_
+};
+
+// DESIGN §3.3's fixed thresholds: slower replies after this many rejected recipients in a
+// session, 421 after that many.
+inline constexpr uint32_t kHarvestSlowAfter = 10;
+inline constexpr uint32_t kHarvestCloseAfter = 20;
+
+// "harvest", the first RCPT filter: a session that has had kHarvestSlowAfter recipients
+// rejected waits `delay` before every further RCPT reply (on its loop, through the chain), and
+// one that has had kHarvestCloseAfter rejected ends with 421 4.7.0. IngestRole counts the
+// rejections (ConnectionState::rejected_recipients), whatever filter refused them. Stateless.
+class HarvestFilter : public Filter {
+ public:
+  explicit HarvestFilter(absl::Duration delay) : delay_(delay) {}
+  std::string_view name() const override { return "harvest"; }
+  bool Handles(Stage stage) const override { return stage == Stage::kRcpt; }
+  void Check(std::shared_ptr<const FilterInput> input, FilterDone done) override;
+
+ private:
+  const absl::Duration delay_;
+};
+
+using CountConnectionsCall = AsyncQueueCall<queue::CountConnection, queue::ConnectionCountResult>;
+
+// "domain_connections", at RCPT after the relay check: the first recipient of each domain in a
+// session counts the session against the domain's daily limit in the replicated queue
+// (DESIGN §3.2; ConnectionState::counted_domains remembers which domains are counted). Over the
+// limit → 421 4.7.0 (the session ends). A queue error lets the recipient through (counted as
+// "queue_error"): a backup MX that refuses mail because its own queue is slow would fail at its
+// one job. Thread-safe (stateless but for the call).
+class DomainConnectionFilter : public Filter {
+ public:
+  explicit DomainConnectionFilter(CountConnectionsCall count) : count_(std::move(count)) {}
+  std::string_view name() const override { return "domain_connections"; }
+  bool Handles(Stage stage) const override { return stage == Stage::kRcpt; }
+  void Check(std::shared_ptr<const FilterInput> input, FilterDone done) override;
+
+ private:
+  const CountConnectionsCall count_;
+};
+
+}  // namespace backstop::ingest

@@ -1,0 +1,288 @@
+#include "ingest/limit_filters.h"
+
+#include <future>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "absl/synchronization/notification.h"
+#include "common/clock.h"
+#include "common/event_loop.h"
+
+namespace backstop::ingest {
+namespace {
+
+using ::testing::ElementsAre;
+
+std::shared_ptr<FilterInput> Input(Stage stage, const std::string& client_ip = "192.0.2.1") {
+  auto input = std::make_shared<FilterInput>();
+  input->stage = stage;
+  input->client.ip = client_ip;
+  input->state = std::make_shared<ConnectionState>();
+  return input;
+}
+
+std::shared_ptr<FilterInput> Rcpt(const std::string& domain,
+                                  std::shared_ptr<ConnectionState> state) {
+  auto input = Input(Stage::kRcpt);
+  input->rcpt.domain = domain;
+  input->rcpt.recipient.set_address("user@" + domain);
+  input->state = std::move(state);
+  return input;
+}
+
+// For filters that answer at once (no loop in the input).
+FilterResult CheckNow(Filter& filter, std::shared_ptr<const FilterInput> input) {
+  std::optional<FilterResult> result;
+  filter.Check(std::move(input), [&result](FilterResult r) { result = std::move(r); });
+  EXPECT_TRUE(result.has_value()) << "the filter did not answer at once";
+  return result.value_or(FilterResult::Continue("no answer"));
+}
+
+// An event loop on its own thread and the executor through which filters reach it.
+class LoopThread {
+ public:
+  LoopThread() {
+    absl::StatusOr<std::unique_ptr<EventLoop>> loop = EventLoop::Create();
+    EXPECT_TRUE(loop.ok()) << loop.status();
+    loop_ = *std::move(loop);
+    executor_ = std::make_shared<LoopExecutor>(loop_.get());
+    thread_ = std::thread([this] { loop_->Run(); });
+  }
+  ~LoopThread() {
+    loop_->Stop();
+    thread_.join();
+    executor_->Close();
+  }
+  const std::shared_ptr<LoopExecutor>& executor() const { return executor_; }
+
+ private:
+  std::unique_ptr<EventLoop> loop_;
+  std::shared_ptr<LoopExecutor> executor_;
+  std::thread thread_;
+};
+
+// --- ConnectionRateFilter ---------------------------------------------------------------------
+
+class ConnectionRateFilterTest : public ::testing::Test {
+ protected:
+  FilterResult Connect(ConnectionRateFilter& filter, const std::string& ip) {
+    return CheckNow(filter, Input(Stage::kConnect, ip));
+  }
+  FakeClock clock_;
+};
+
+TEST_F(ConnectionRateFilterTest, AdmitsUpToTheRateThenRefusesWith421) {
+  ConnectionRateFilter filter({.max_per_minute = 3, .clock = &clock_});
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(Connect(filter, "192.0.2.1").kind, FilterResult::Kind::kContinue) << i;
+  }
+  const FilterResult refused = Connect(filter, "192.0.2.1");
+  ASSERT_EQ(refused.kind, FilterResult::Kind::kReject);
+  EXPECT_EQ(refused.reply->code, 421);
+  EXPECT_EQ(refused.reply->enhanced, "4.7.0");
+  EXPECT_EQ(refused.reason, "over_rate");
+}
+
+TEST_F(ConnectionRateFilterTest, CountsEachAddressApart) {
+  ConnectionRateFilter filter({.max_per_minute = 1, .clock = &clock_});
+  EXPECT_EQ(Connect(filter, "192.0.2.1").kind, FilterResult::Kind::kContinue);
+  EXPECT_EQ(Connect(filter, "192.0.2.2").kind, FilterResult::Kind::kContinue);
+  EXPECT_EQ(Connect(filter, "2001:db8::1").kind, FilterResult::Kind::kContinue);
+  EXPECT_EQ(Connect(filter, "192.0.2.1").kind, FilterResult::Kind::kReject);
+}
+
+TEST_F(ConnectionRateFilterTest, ForgetsConnectionsOlderThanAMinute) {
+  ConnectionRateFilter filter({.max_per_minute = 2, .clock = &clock_});
+  Connect(filter, "192.0.2.1");
+  Connect(filter, "192.0.2.1");
+  EXPECT_EQ(Connect(filter, "192.0.2.1").kind, FilterResult::Kind::kReject);
+  clock_.Advance(absl::Minutes(2));
+  EXPECT_EQ(Connect(filter, "192.0.2.1").kind, FilterResult::Kind::kContinue);
+}
+
+TEST_F(ConnectionRateFilterTest, WeighsThePreviousMinuteByWhatTheWindowStillCovers) {
+  ConnectionRateFilter filter({.max_per_minute = 4, .clock = &clock_});
+  for (int i = 0; i < 4; ++i) {
+    Connect(filter, "192.0.2.1");
+  }
+  // Half of the previous minute is still in the window: its 4 connections count as 2.
+  clock_.Advance(absl::Seconds(90));
+  EXPECT_EQ(Connect(filter, "192.0.2.1").kind, FilterResult::Kind::kContinue);
+  EXPECT_EQ(Connect(filter, "192.0.2.1").kind, FilterResult::Kind::kContinue);
+  EXPECT_EQ(Connect(filter, "192.0.2.1").kind, FilterResult::Kind::kReject);
+}
+
+TEST_F(ConnectionRateFilterTest, RefusedAttemptsCount) {
+  ConnectionRateFilter filter({.max_per_minute = 4, .clock = &clock_});
+  for (int i = 0; i < 8; ++i) {
+    Connect(filter, "192.0.2.1");
+  }
+  // 8 attempts (4 refused) in the previous minute, half of it still covered: 4 recent. Had
+  // only the admitted ones counted, 2 recent would leave room for this one.
+  clock_.Advance(absl::Seconds(90));
+  EXPECT_EQ(Connect(filter, "192.0.2.1").kind, FilterResult::Kind::kReject);
+}
+
+TEST_F(ConnectionRateFilterTest, BoundsItsTableAndLetsUntrackedAddressesThrough) {
+  ConnectionRateFilter filter({.max_per_minute = 1, .clock = &clock_, .max_tracked = 2});
+  Connect(filter, "192.0.2.1");
+  Connect(filter, "192.0.2.2");
+  EXPECT_EQ(Connect(filter, "192.0.2.3").reason, "untracked");
+  EXPECT_EQ(Connect(filter, "192.0.2.3").reason, "untracked");
+  // Two minutes later the old addresses are swept and the new one is tracked (and limited).
+  clock_.Advance(absl::Minutes(2));
+  EXPECT_EQ(Connect(filter, "192.0.2.3").kind, FilterResult::Kind::kContinue);
+  EXPECT_EQ(Connect(filter, "192.0.2.3").kind, FilterResult::Kind::kReject);
+}
+
+// --- HarvestFilter ----------------------------------------------------------------------------
+
+FilterResult HarvestAfter(uint32_t rejected) {
+  HarvestFilter filter(absl::Seconds(3));
+  auto input = Input(Stage::kRcpt);
+  input->state->rejected_recipients = rejected;
+  return CheckNow(filter, input);
+}
+
+TEST(HarvestFilterTest, LeavesSessionsWithFewRejectionsAlone) {
+  const FilterResult result = HarvestAfter(kHarvestSlowAfter - 1);
+  EXPECT_EQ(result.kind, FilterResult::Kind::kContinue);
+  EXPECT_EQ(result.delay, absl::ZeroDuration());
+  EXPECT_EQ(result.reason, "");
+}
+
+TEST(HarvestFilterTest, SlowsRepliesAfterTenRejections) {
+  for (uint32_t rejected : {kHarvestSlowAfter, kHarvestCloseAfter - 1}) {
+    const FilterResult result = HarvestAfter(rejected);
+    EXPECT_EQ(result.kind, FilterResult::Kind::kContinue) << rejected;
+    EXPECT_EQ(result.delay, absl::Seconds(3)) << rejected;
+    EXPECT_EQ(result.reason, "slowed") << rejected;
+  }
+}
+
+TEST(HarvestFilterTest, EndsTheSessionWith421AfterTwentyRejections) {
+  const FilterResult result = HarvestAfter(kHarvestCloseAfter);
+  ASSERT_EQ(result.kind, FilterResult::Kind::kReject);
+  EXPECT_EQ(result.reply->code, 421);
+  EXPECT_EQ(result.reply->enhanced, "4.7.0");
+  EXPECT_EQ(result.reason, "closed");
+}
+
+TEST(HarvestFilterTest, TheChainWaitsTheDelayOnTheConnectionsLoop) {
+  LoopThread loop;
+  std::vector<std::unique_ptr<Filter>> filters;
+  filters.push_back(std::make_unique<HarvestFilter>(absl::Milliseconds(50)));
+  auto chain = std::make_shared<FilterChain>(std::move(filters));
+  auto input = Input(Stage::kRcpt);
+  input->state->rejected_recipients = kHarvestSlowAfter;
+  input->executor = loop.executor();
+
+  std::promise<bool> answered_on_loop;
+  const absl::Time start = absl::Now();
+  chain->Run(input, [&](FilterResult result) {
+    EXPECT_EQ(result.kind, FilterResult::Kind::kContinue);
+    answered_on_loop.set_value(loop.executor()->OnLoopThread());
+  });
+  EXPECT_TRUE(answered_on_loop.get_future().get());
+  EXPECT_GE(absl::Now() - start, absl::Milliseconds(50));
+}
+
+// --- DomainConnectionFilter -------------------------------------------------------------------
+
+class DomainConnectionFilterTest : public ::testing::Test {
+ protected:
+  DomainConnectionFilter MakeFilter() {
+    return DomainConnectionFilter(
+        [this](const queue::CountConnection& request,
+               std::function<void(absl::StatusOr<queue::ConnectionCountResult>)> reply) {
+          requests_.push_back(request);
+          reply(answer_);
+        });
+  }
+
+  static queue::ConnectionCountResult Count(const std::string& domain, bool over_limit) {
+    queue::ConnectionCountResult result;
+    queue::ConnectionCountResult::DomainCount& count = *result.add_counts();
+    count.set_domain(domain);
+    count.set_connections_today(over_limit ? 2 : 1);
+    count.set_over_limit(over_limit);
+    return result;
+  }
+
+  std::vector<std::string> RequestedDomains() const {
+    std::vector<std::string> domains;
+    for (const queue::CountConnection& request : requests_) {
+      domains.insert(domains.end(), request.domains().begin(), request.domains().end());
+    }
+    return domains;
+  }
+
+  std::shared_ptr<ConnectionState> state_ = std::make_shared<ConnectionState>();
+  absl::StatusOr<queue::ConnectionCountResult> answer_ = Count("example.com", false);
+  std::vector<queue::CountConnection> requests_;
+};
+
+TEST_F(DomainConnectionFilterTest, CountsTheSessionOncePerDomain) {
+  DomainConnectionFilter filter = MakeFilter();
+  EXPECT_EQ(CheckNow(filter, Rcpt("example.com", state_)).kind, FilterResult::Kind::kContinue);
+  EXPECT_EQ(CheckNow(filter, Rcpt("example.com", state_)).kind, FilterResult::Kind::kContinue);
+  answer_ = Count("example.org", false);
+  EXPECT_EQ(CheckNow(filter, Rcpt("example.org", state_)).kind, FilterResult::Kind::kContinue);
+  EXPECT_THAT(RequestedDomains(), ElementsAre("example.com", "example.org"));
+  EXPECT_THAT(state_->counted_domains, ElementsAre("example.com", "example.org"));
+}
+
+TEST_F(DomainConnectionFilterTest, EachSessionCountsAgain) {
+  DomainConnectionFilter filter = MakeFilter();
+  CheckNow(filter, Rcpt("example.com", state_));
+  CheckNow(filter, Rcpt("example.com", std::make_shared<ConnectionState>()));
+  EXPECT_THAT(RequestedDomains(), ElementsAre("example.com", "example.com"));
+}
+
+TEST_F(DomainConnectionFilterTest, RefusesASessionOverTheDailyLimitWith421) {
+  answer_ = Count("example.com", true);
+  DomainConnectionFilter filter = MakeFilter();
+  const FilterResult result = CheckNow(filter, Rcpt("example.com", state_));
+  ASSERT_EQ(result.kind, FilterResult::Kind::kReject);
+  EXPECT_EQ(result.reply->code, 421);
+  EXPECT_EQ(result.reply->enhanced, "4.7.0");
+  EXPECT_EQ(result.reason, "over_limit");
+}
+
+TEST_F(DomainConnectionFilterTest, FailsOpenWhenTheQueueCannotAnswer) {
+  answer_ = absl::DeadlineExceededError("no leader");
+  DomainConnectionFilter filter = MakeFilter();
+  const FilterResult result = CheckNow(filter, Rcpt("example.com", state_));
+  EXPECT_EQ(result.kind, FilterResult::Kind::kContinue);
+  EXPECT_EQ(result.reason, "queue_error");
+  // The session is not asked again for the domain.
+  CheckNow(filter, Rcpt("example.com", state_));
+  EXPECT_EQ(requests_.size(), 1u);
+}
+
+TEST_F(DomainConnectionFilterTest, AnswersOnTheConnectionsLoopWhateverThreadTheQueueAnswersOn) {
+  LoopThread loop;
+  std::thread queue_thread;
+  DomainConnectionFilter filter(
+      [&queue_thread](const queue::CountConnection&,
+                      std::function<void(absl::StatusOr<queue::ConnectionCountResult>)> reply) {
+        queue_thread = std::thread(
+            [reply = std::move(reply)] { reply(Count("example.com", /*over_limit=*/false)); });
+      });
+  auto input = Rcpt("example.com", state_);
+  input->executor = loop.executor();
+  std::promise<bool> answered_on_loop;
+  filter.Check(input,
+               [&](FilterResult) { answered_on_loop.set_value(loop.executor()->OnLoopThread()); });
+  EXPECT_TRUE(answered_on_loop.get_future().get());
+  queue_thread.join();
+}
+
+}  // namespace
+}  // namespace backstop::ingest
