@@ -281,6 +281,14 @@ def test_bounce_queues_a_dsn_for_the_senders_domain(backstop, tmp_path):
     cluster = Cluster(backstop, tmp_path, ("ingest", "queue", "delivery"))
     ep = cluster.endpoint(2)
     ids = cluster.send(2, sender="someone@sender.test")
+
+    def settled():
+        """The primary refused the first attempt: down for an hour, nothing leased."""
+        summary = {d["domain"]: d for d in ok(ep, "queue", "summary")["domains"]}
+        domain = summary.get("example.test", {})
+        return domain.get("down") and domain.get("leased_messages") == "0"
+
+    wait_until(settled, what="example.test down and idle")
     code, preview, _ = run_ctl(ep, "queue", "bounce", ids[0], "--reason", "not wanted")
     assert code == 2 and [e["id"] for e in preview["entries"]] == [ids[0]]
 
@@ -417,6 +425,19 @@ class BannerServer:
         self.sock.close()
 
 
+def dns_answers(port):
+    """Whether a DNS server answers on 127.0.0.1:port (a bare MX query for good.test)."""
+    query = (b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
+             b"\x04good\x04test\x00\x00\x0f\x00\x01")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(0.5)
+        try:
+            s.sendto(query, ("127.0.0.1", port))
+            return s.recv(512)[:2] == b"\x12\x34"
+        except OSError:
+            return False
+
+
 @pytest.fixture
 def mx_world():
     """dnsmasq with the MX setups the checks look at, and a greeting primary."""
@@ -426,6 +447,7 @@ def mx_world():
         "--mx-host=inverted.test,mx1.inverted.test,20", "--mx-host=inverted.test,mx2.test,10",
         "--host-record=mx1.inverted.test,127.0.0.1",
         "--mx-host=other.test,mx1.other.test,10", "--host-record=mx1.other.test,127.0.0.1")
+    wait_until(lambda: dns_answers(dns.port), timeout=10, what="dnsmasq answering")
     banner = BannerServer()
     yield dns, banner
     banner.close()
@@ -479,7 +501,7 @@ def test_domain_check_flags_an_unreachable_primary(mx_world):
     dns, _ = mx_world
     code, report, _ = check(dns, reserve_port(), "good.test")
     assert code == 1
-    assert report["primaries"][0]["reachable"] is False
+    assert report["primaries"] and report["primaries"][0]["reachable"] is False, report
     assert report["problems"] == [
         f"primary mx1.good.test is unreachable: {report['primaries'][0]['error']}"]
 
