@@ -10,6 +10,7 @@
 #include <google/protobuf/struct.pb.h>
 #include <google/protobuf/util/json_util.h>
 
+#include "absl/strings/ascii.h"
 #include "cmd/backstopctl/commands.h"
 #include "common/units.h"
 #include "queue/message_id.h"
@@ -91,7 +92,7 @@ bool ListDomain(AdminClient& client, const std::string& domain,
 bool ListEntries(AdminClient& client, const std::string& domain,
                  std::vector<queue::StoredEntry>* entries) {
   if (!domain.empty()) {
-    return ListDomain(client, domain, entries);
+    return ListDomain(client, absl::AsciiStrToLower(domain), entries);
   }
   admin::QueueSummaryResponse summary;
   if (!client.Call(&admin::AdminService::Stub::QueueSummary, admin::QueueSummaryRequest(),
@@ -328,6 +329,8 @@ void PrintSelection(const Options& options, Action action, const Selection& sele
 int RunAction(const Options& options, Action action, const ActionFlags& flags) {
   const bool by_ids = !flags.ids.empty();
   const bool by_filter = !flags.domain.empty() || !flags.older_than.empty();
+  // Entries are stored under the lower-cased destination domain.
+  const std::string domain = absl::AsciiStrToLower(flags.domain);
   if (by_ids == by_filter) {
     PrintError(
         fmt::format("{}: give message ids, or --domain and/or --older-than", ActionName(action)));
@@ -365,7 +368,7 @@ int RunAction(const Options& options, Action action, const ActionFlags& flags) {
       }
     } else {
       std::vector<queue::StoredEntry> entries;
-      if (!ListEntries(client, flags.domain, &entries)) {
+      if (!ListEntries(client, domain, &entries)) {
         return kExitFailure;
       }
       // Enqueue times are the cluster's clock (the leader's), this host's clock is compared.
@@ -393,7 +396,7 @@ int RunAction(const Options& options, Action action, const ActionFlags& flags) {
   if (!older_than.has_value() && !by_ids) {
     // The whole domain, selected when the command is applied: nothing queued meanwhile escapes.
     queue::Selector selector;
-    selector.set_domain(flags.domain);
+    selector.set_domain(domain);
     if (!Act(client, action, selector, flags.reason, &result)) {
       return kExitFailure;
     }
