@@ -10,6 +10,7 @@
 #include "absl/strings/ascii.h"
 #include "common/log.h"
 #include "common/status.h"
+#include "ingest/dns_filters.h"
 #include "ingest/received.h"
 #include "queue/message_id.h"
 
@@ -232,6 +233,16 @@ std::shared_ptr<const FilterChain> IngestRole::BuildChain(const Config& config) 
   // Order matters: cheap local checks first, the relay check before anything that asks the
   // network about a recipient, greylisting last (it costs a queue commit).
   std::vector<std::unique_ptr<Filter>> filters;
+  // rDNS and DNSBL look up at connect and give their refusals at MAIL, before the sender check.
+  if (config.filters.rdns.enabled) {
+    filters.push_back(std::make_unique<RdnsFilter>(config.filters.rdns.require));
+  }
+  if (config.filters.dnsbl.enabled) {
+    filters.push_back(std::make_unique<DnsblFilter>(config.filters.dnsbl));
+  }
+  if (config.filters.sender.enabled) {
+    filters.push_back(std::make_unique<SenderFilter>());
+  }
   filters.push_back(std::make_unique<RelayFilter>(config.domains));
   return std::make_shared<FilterChain>(std::move(filters), filter_counters_);
 }
