@@ -489,6 +489,41 @@ class Section {
 };
 
 constexpr std::string_view kDnsNameText = "a DNS name";
+constexpr std::string_view kDnsblZoneText =
+    "a DNS name, optionally with return codes like \"bl.example=127.0.0.2,127.0.0.10\"";
+
+// "zone" or "zone=127.0.0.2,127.0.0.10": the codes are IPv4 addresses in 127.0.0.0/8 (RFC 5782),
+// stored in inet_ntop form so that they compare equal to the resolver's answers.
+std::optional<DnsblZone> ParseDnsblZone(std::string_view text) {
+  const size_t equals = text.find('=');
+  DnsblZone zone{std::string(text.substr(0, equals)), {}};
+  if (!IsDnsName(zone.name)) {
+    return std::nullopt;
+  }
+  if (equals == std::string_view::npos) {
+    return zone;
+  }
+  std::string_view codes = text.substr(equals + 1);
+  while (true) {
+    const size_t comma = codes.find(',');
+    const std::string code(codes.substr(0, comma));
+    in_addr addr{};
+    if (inet_pton(AF_INET, code.c_str(), &addr) != 1 || (ntohl(addr.s_addr) >> 24) != 127) {
+      return std::nullopt;
+    }
+    char canonical[INET_ADDRSTRLEN];
+    zone.codes.emplace_back(inet_ntop(AF_INET, &addr, canonical, sizeof(canonical)));
+    if (comma == std::string_view::npos) {
+      return zone;
+    }
+    codes.remove_prefix(comma + 1);
+  }
+}
+
+bool IsDnsblZone(std::string_view text) {
+  return ParseDnsblZone(text).has_value();
+}
+
 constexpr std::string_view kCidrText = "a CIDR like \"10.0.0.0/8\" or an IP address";
 constexpr std::string_view kCidrOrDomainText =
     "a CIDR like \"10.0.0.0/8\", an IP address or a domain";
@@ -723,8 +758,19 @@ void ReadFilters(const Section& s, FiltersConfig* filters) {
   dnsbl.RejectUnknownKeys({"enabled", "zones", "allow_zones"});
   DnsblConfig& d = filters->dnsbl;
   dnsbl.ReadBool("enabled", &d.enabled);
-  dnsbl.ReadCheckedStrings("zones", IsDnsName, kDnsNameText, &d.zones);
-  dnsbl.ReadCheckedStrings("allow_zones", IsDnsName, kDnsNameText, &d.allow_zones);
+  const auto read_zones = [&dnsbl](std::string_view key, std::vector<DnsblZone>* zones) {
+    if (dnsbl.Get(key) == nullptr) {
+      return;
+    }
+    std::vector<std::string> texts;
+    dnsbl.ReadCheckedStrings(key, IsDnsblZone, kDnsblZoneText, &texts);
+    zones->clear();
+    for (const std::string& text : texts) {
+      zones->push_back(*ParseDnsblZone(text));
+    }
+  };
+  read_zones("zones", &d.zones);
+  read_zones("allow_zones", &d.allow_zones);
   if (d.enabled && d.zones.empty() && !dnsbl.AnyFailed({"enabled", "zones"})) {
     dnsbl.Error("zones", "is empty but the dnsbl filter is enabled");
   }

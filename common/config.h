@@ -152,10 +152,19 @@ struct HarvestConfig {
   absl::Duration delay = absl::Seconds(5);
 };
 
+// A DNSBL or DNSWL zone, written "zen.spamhaus.org" or "bl.example=127.0.0.2,127.0.0.10".
+struct DnsblZone {
+  std::string name;
+  // The A records that mean "listed", in dotted-quad form; empty = any of 127.0.0.2 to
+  // 127.0.0.255 (RFC 5782 §2.1).
+  std::vector<std::string> codes;
+  friend bool operator==(const DnsblZone&, const DnsblZone&) = default;
+};
+
 struct DnsblConfig {
   bool enabled = false;
-  std::vector<std::string> zones = {"zen.spamhaus.org"};
-  std::vector<std::string> allow_zones;
+  std::vector<DnsblZone> zones = {{"zen.spamhaus.org", {}}};
+  std::vector<DnsblZone> allow_zones;
 };
 
 enum class RdnsRequirement : uint8_t { kPtr, kFcrdns };

@@ -11,6 +11,7 @@
 #include "common/log.h"
 #include "common/status.h"
 #include "ingest/greylist_filter.h"
+#include "ingest/dns_filters.h"
 #include "ingest/received.h"
 #include "queue/message_id.h"
 
@@ -263,6 +264,16 @@ std::shared_ptr<const FilterChain> IngestRole::BuildChain(const Config& config) 
   }
   if (config.filters.harvest.enabled) {
     filters.push_back(std::make_unique<HarvestFilter>(config.filters.harvest.delay));
+  }
+  // rDNS and DNSBL look up at connect and give their refusals at MAIL, before the sender check.
+  if (config.filters.rdns.enabled) {
+    filters.push_back(std::make_unique<RdnsFilter>(config.filters.rdns.require));
+  }
+  if (config.filters.dnsbl.enabled) {
+    filters.push_back(std::make_unique<DnsblFilter>(config.filters.dnsbl));
+  }
+  if (config.filters.sender.enabled) {
+    filters.push_back(std::make_unique<SenderFilter>());
   }
   filters.push_back(std::make_unique<RelayFilter>(config.domains));
   filters.push_back(

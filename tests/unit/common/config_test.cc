@@ -88,7 +88,7 @@ TEST(ConfigTest, EmptyDocumentYieldsTheDocumentedDefaults) {
   EXPECT_EQ(c.filters.greylist.auto_allow_after, 5u);
   EXPECT_THAT(c.filters.greylist.allow, IsEmpty());
   EXPECT_FALSE(c.filters.dnsbl.enabled);
-  EXPECT_THAT(c.filters.dnsbl.zones, ElementsAre("zen.spamhaus.org"));
+  EXPECT_THAT(c.filters.dnsbl.zones, ElementsAre(DnsblZone{"zen.spamhaus.org", {}}));
   EXPECT_THAT(c.filters.dnsbl.allow_zones, IsEmpty());
   EXPECT_FALSE(c.filters.rdns.enabled);
   EXPECT_EQ(c.filters.rdns.require, RdnsRequirement::kPtr);
@@ -163,7 +163,7 @@ key = "/etc/tls/node.key"
 
 [filters]
 greylist = { enabled = true, delay = "1s", retry_window = "1h", auto_allow_after = 0, allow = ["198.51.100.0/24"] }
-dnsbl = { enabled = true, zones = ["bl.example.org", "zen.spamhaus.org"], allow_zones = ["list.dnswl.org"] }
+dnsbl = { enabled = true, zones = ["bl.example.org=127.0.0.2,127.0.0.10", "zen.spamhaus.org"], allow_zones = ["list.dnswl.org=127.0.15.3"] }
 rdns = { enabled = true, require = "fcrdns" }
 sender = { enabled = false }
 headers = { enabled = false }
@@ -232,8 +232,11 @@ TEST(ConfigTest, ReadsEveryKey) {
   EXPECT_EQ(c.filters.greylist.auto_allow_after, 0u);
   EXPECT_THAT(c.filters.greylist.allow, ElementsAre("198.51.100.0/24"));
   EXPECT_TRUE(c.filters.dnsbl.enabled);
-  EXPECT_THAT(c.filters.dnsbl.zones, ElementsAre("bl.example.org", "zen.spamhaus.org"));
-  EXPECT_THAT(c.filters.dnsbl.allow_zones, ElementsAre("list.dnswl.org"));
+  EXPECT_THAT(c.filters.dnsbl.zones,
+              ElementsAre(DnsblZone{"bl.example.org", {"127.0.0.2", "127.0.0.10"}},
+                          DnsblZone{"zen.spamhaus.org", {}}));
+  EXPECT_THAT(c.filters.dnsbl.allow_zones,
+              ElementsAre(DnsblZone{"list.dnswl.org", {"127.0.15.3"}}));
   EXPECT_TRUE(c.filters.rdns.enabled);
   EXPECT_EQ(c.filters.rdns.require, RdnsRequirement::kFcrdns);
   EXPECT_FALSE(c.filters.sender.enabled);
@@ -575,7 +578,17 @@ TEST(ConfigTest, RejectsEnabledDnsblWithoutZonesAndBadZoneNames) {
   EXPECT_EQ(Errors("[filters]\ndnsbl = { enabled = true, zones = [] }\n"),
             "t.toml:2:35: filters.dnsbl.zones: is empty but the dnsbl filter is enabled");
   EXPECT_EQ(Errors("[filters]\ndnsbl = { zones = [\"zen..org\"] }\n"),
-            "t.toml:2:20: filters.dnsbl.zones[0]: expected a DNS name, got \"zen..org\"");
+            "t.toml:2:20: filters.dnsbl.zones[0]: expected a DNS name, optionally with return "
+            "codes like \"bl.example=127.0.0.2,127.0.0.10\", got \"zen..org\"");
+}
+
+TEST(ConfigTest, RejectsDnsblReturnCodesOutsideLoopback) {
+  EXPECT_THAT(Errors("[filters]\ndnsbl = { zones = [\"bl.example=10.0.0.2\"] }\n"),
+              HasSubstr("filters.dnsbl.zones[0]: expected a DNS name, optionally"));
+  EXPECT_THAT(Errors("[filters]\ndnsbl = { allow_zones = [\"wl.example=127.0.0.2,\"] }\n"),
+              HasSubstr("filters.dnsbl.allow_zones[0]: expected a DNS name, optionally"));
+  EXPECT_THAT(Errors("[filters]\ndnsbl = { zones = [\"bl.example=\"] }\n"),
+              HasSubstr("filters.dnsbl.zones[0]: expected a DNS name, optionally"));
 }
 
 TEST(ConfigTest, RejectsDomainWithoutNameOrWithBadName) {
