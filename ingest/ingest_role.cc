@@ -10,8 +10,8 @@
 #include "absl/strings/ascii.h"
 #include "common/log.h"
 #include "common/status.h"
-#include "ingest/greylist_filter.h"
 #include "ingest/dns_filters.h"
+#include "ingest/greylist_filter.h"
 #include "ingest/received.h"
 #include "queue/message_id.h"
 

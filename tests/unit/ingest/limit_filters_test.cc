@@ -178,7 +178,8 @@ TEST(HarvestFilterTest, TheChainWaitsTheDelayOnTheConnectionsLoop) {
   LoopThread loop;
   std::vector<std::unique_ptr<Filter>> filters;
   filters.push_back(std::make_unique<HarvestFilter>(absl::Milliseconds(50)));
-  auto chain = std::make_shared<FilterChain>(std::move(filters));
+  auto chain =
+      std::make_shared<FilterChain>(std::move(filters), std::make_shared<FilterCounters>());
   auto input = Input(Stage::kRcpt);
   input->state->rejected_recipients = kHarvestSlowAfter;
   input->executor = loop.executor();
