@@ -10,6 +10,7 @@
 #include "absl/strings/ascii.h"
 #include "common/log.h"
 #include "common/status.h"
+#include "ingest/header_check.h"
 #include "ingest/received.h"
 #include "queue/message_id.h"
 
@@ -43,8 +44,14 @@ IngestRole::IngestRole(const Config& config)
       hostname_(config.node.hostname),
       max_received_headers_(config.smtp.max_received_headers),
       commit_timeout_(config.smtp.commit_timeout),
-      chain_(BuildChain(config)),
-      etrn_clients_(MakeEtrnClients(config)) {}
+      etrn_clients_(MakeEtrnClients(config)),
+      callout_(std::make_unique<Callout>(CalloutOptions{
+          .probe = {.helo = config.node.hostname, .timeout = config.filters.callout.timeout},
+          .cache = {.positive_ttl = config.filters.callout.positive_ttl,
+                    .negative_ttl = config.filters.callout.negative_ttl,
+                    .max_entries = config.filters.callout.cache_size},
+          .threads = config.filters.callout.threads,
+          .unreachable_ttl = config.filters.callout.unreachable_ttl})) {}
 
 std::shared_ptr<const IngestRole::EtrnClients> IngestRole::MakeEtrnClients(const Config& config) {
   auto clients = std::make_shared<EtrnClients>();
@@ -64,6 +71,9 @@ std::shared_ptr<const IngestRole::EtrnClients> IngestRole::MakeEtrnClients(const
 absl::StatusOr<std::unique_ptr<IngestRole>> IngestRole::Start(
     const Config& config, std::shared_ptr<grpc::Channel> queue_channel) {
   std::unique_ptr<IngestRole> role(new IngestRole(config));
+  // An unreadable recipients file at startup is a configuration error.
+  ASSIGN_OR_RETURN(role->relay_policy_, RelayPolicy::Load(config.domains, nullptr));
+  role->chain_ = role->BuildChain(config, role->relay_policy_);
 
   if (!config.smtp.tls_cert.empty()) {
     role->tls_ = std::make_unique<tls::ReloadableContext>(
@@ -120,6 +130,8 @@ IngestRole::~IngestRole() {
   // is still waiting (those clients never got a 250).
   server_.reset();
   handoff_.reset();
+  // Waits for the probes running; the callbacks of those go nowhere, the loops being gone.
+  callout_.reset();
   {
     std::lock_guard lock(flush_mutex_);
     flush_stopping_ = true;
@@ -131,10 +143,25 @@ IngestRole::~IngestRole() {
 }
 
 absl::Status IngestRole::Reload(const Config& config) {
+  std::shared_ptr<const RelayPolicy> policy;
   {
     std::lock_guard lock(config_mutex_);
-    chain_ = BuildChain(config);
-    etrn_clients_ = MakeEtrnClients(config);
+    policy = relay_policy_;
+  }
+  // The recipients files are read outside the lock, so that sessions go on deciding. With a
+  // previous policy, Load keeps what it cannot re-read and does not fail.
+  if (absl::StatusOr<std::shared_ptr<const RelayPolicy>> loaded =
+          RelayPolicy::Load(config.domains, policy.get());
+      loaded.ok()) {
+    policy = *std::move(loaded);
+  }
+  std::shared_ptr<const FilterChain> chain = BuildChain(config, policy);
+  std::shared_ptr<const EtrnClients> etrn_clients = MakeEtrnClients(config);
+  {
+    std::lock_guard lock(config_mutex_);
+    relay_policy_ = std::move(policy);
+    chain_ = std::move(chain);
+    etrn_clients_ = std::move(etrn_clients);
   }
   if (tls_) {
     return tls_->Reload();
@@ -228,11 +255,16 @@ std::shared_ptr<const FilterChain> IngestRole::chain() const {
   return chain_;
 }
 
-std::shared_ptr<const FilterChain> IngestRole::BuildChain(const Config& config) {
+std::shared_ptr<const FilterChain> IngestRole::BuildChain(
+    const Config& config, std::shared_ptr<const RelayPolicy> policy) const {
   // Order matters: cheap local checks first, the relay check before anything that asks the
   // network about a recipient, greylisting last (it costs a queue commit).
   std::vector<std::unique_ptr<Filter>> filters;
-  filters.push_back(std::make_unique<RelayFilter>(config.domains));
+  filters.push_back(std::make_unique<RelayFilter>(std::move(policy)));
+  filters.push_back(std::make_unique<CalloutFilter>(config.domains, callout_.get()));
+  if (config.filters.headers.enabled) {
+    filters.push_back(std::make_unique<HeaderFilter>(config.filters.headers));
+  }
   return std::make_shared<FilterChain>(std::move(filters));
 }
 

@@ -21,6 +21,7 @@
 #include "absl/status/statusor.h"
 #include "common/config.h"
 #include "common/tls.h"
+#include "ingest/callout.h"
 #include "ingest/filter.h"
 #include "ingest/queue_handoff.h"
 #include "ingest/relay_policy.h"
@@ -62,7 +63,9 @@ class IngestRole : public SessionHandler {
 
  private:
   explicit IngestRole(const Config& config);
-  static std::shared_ptr<const FilterChain> BuildChain(const Config& config);
+  // The filters of `config` in their order, around the relay policy in force.
+  std::shared_ptr<const FilterChain> BuildChain(const Config& config,
+                                                std::shared_ptr<const RelayPolicy> policy) const;
   std::shared_ptr<const FilterChain> chain() const;
   std::shared_ptr<ConnectionState> ConnectionStateOf(uint64_t connection_id);
   // End of data, every filter passed: the queue commit.
@@ -83,7 +86,9 @@ class IngestRole : public SessionHandler {
   std::atomic<uint64_t> next_sequence_{0};
 
   mutable std::mutex config_mutex_;
-  std::shared_ptr<const FilterChain> chain_;         // guarded by config_mutex_
+  std::shared_ptr<const FilterChain> chain_;  // guarded by config_mutex_
+  // The relay policy in force: a reload that cannot read a recipients file keeps its entries.
+  std::shared_ptr<const RelayPolicy> relay_policy_;  // guarded by config_mutex_
   std::shared_ptr<const EtrnClients> etrn_clients_;  // guarded by config_mutex_
   std::mutex states_mutex_;
   // Open connections' filter state, by connection id; guarded by states_mutex_.
@@ -92,6 +97,9 @@ class IngestRole : public SessionHandler {
 
   std::unique_ptr<queue::QueueClient> client_;
   std::unique_ptr<QueueHandoff> handoff_;
+  // Callouts to primaries and their cache, kept across reloads ([filters] callout changes take
+  // effect at restart); the chains' CalloutFilters point at it.
+  std::unique_ptr<Callout> callout_;
 
   std::mutex flush_mutex_;
   std::condition_variable flush_wake_;

@@ -31,7 +31,7 @@ def test_metrics_page_is_valid_and_counts_traffic(backstop):
     with smtplib.SMTP(*smtp_address(node)) as client:
         for i in range(3):
             assert client.sendmail("s@sender.test", ["alice@example.test"],
-                                   b"Subject: %d\r\n\r\nx\r\n" % i) == {}
+                                   b"From: s@sender.test\r\nSubject: %d\r\n\r\nx\r\n" % i) == {}
     content_type, page = scrape(node)
     assert content_type == "text/plain; version=0.0.4; charset=utf-8"
     check = subprocess.run([PROMTOOL, "check", "metrics"], input=page, capture_output=True,
