@@ -731,7 +731,7 @@ void ReadClusterTls(const Section& s, ClusterTlsConfig* tls) {
 }
 
 void ReadFilters(const Section& s, FiltersConfig* filters) {
-  s.RejectUnknownKeys({"greylist", "harvest", "dnsbl", "rdns", "sender", "headers"});
+  s.RejectUnknownKeys({"greylist", "harvest", "dnsbl", "rdns", "sender", "headers", "callout"});
 
   const Section greylist = s.Sub("greylist");
   greylist.RejectUnknownKeys({"enabled", "delay", "retry_window", "auto_allow_after", "allow"});
@@ -793,8 +793,21 @@ void ReadFilters(const Section& s, FiltersConfig* filters) {
   sender.ReadBool("enabled", &filters->sender.enabled);
 
   const Section headers = s.Sub("headers");
-  headers.RejectUnknownKeys({"enabled"});
+  headers.RejectUnknownKeys({"enabled", "max_size"});
   headers.ReadBool("enabled", &filters->headers.enabled);
+  // Below 1 KiB even an ordinary message's From/To/Date/Message-ID would not fit.
+  headers.ReadSize("max_size", 1024, &filters->headers.max_size);
+
+  const Section callout = s.Sub("callout");
+  callout.RejectUnknownKeys(
+      {"timeout", "positive_ttl", "negative_ttl", "cache_size", "threads", "unreachable_ttl"});
+  CalloutConfig& c = filters->callout;
+  callout.ReadDuration("timeout", absl::Milliseconds(1), &c.timeout);
+  callout.ReadDuration("positive_ttl", absl::ZeroDuration(), &c.positive_ttl);
+  callout.ReadDuration("negative_ttl", absl::ZeroDuration(), &c.negative_ttl);
+  callout.ReadInteger("cache_size", 0, kInt64Max, &c.cache_size);
+  callout.ReadInteger("threads", 1, 256, &c.threads);
+  callout.ReadDuration("unreachable_ttl", absl::ZeroDuration(), &c.unreachable_ttl);
 }
 
 // A recipient entry: a bare local part, or a full address whose domain is this domain.
@@ -826,9 +839,9 @@ absl::StatusOr<std::string> CheckRecipient(const std::string& text, const std::s
 }
 
 void ReadDomain(const Section& s, const Config& config, DomainConfig* domain) {
-  s.RejectUnknownKeys({"name", "primary", "tls", "recipients", "recipient_callout",
-                       "max_queued_messages", "max_queued_bytes", "max_monthly_bytes",
-                       "max_daily_connections"});
+  s.RejectUnknownKeys({"name", "primary", "tls", "recipients", "recipients_file",
+                       "recipient_callout", "max_queued_messages", "max_queued_bytes",
+                       "max_monthly_bytes", "max_daily_connections"});
   if (s.Get("name") == nullptr) {
     s.diag()->Error(s.position(), s.Key("name"), "missing (every [[domain]] needs a name)");
   } else if (const std::optional<std::string> name = s.ReadString("name")) {
@@ -868,7 +881,20 @@ void ReadDomain(const Section& s, const Config& config, DomainConfig* domain) {
     recipients.push_back(*std::move(recipient));
   });
   domain->recipients = std::move(recipients);
+  if (const std::optional<std::string> file = s.ReadString("recipients_file")) {
+    if (file->empty()) {
+      s.Error("recipients_file", "must not be empty (leave the key out for no file)");
+    } else {
+      domain->recipients_file = *file;
+    }
+  }
   s.ReadBool("recipient_callout", &domain->recipient_callout);
+  // The callout asks the configured primaries only: the MX records of the domain would need a
+  // DNS round trip per probe and could name a peer backup.
+  if (domain->recipient_callout && domain->primary.empty() &&
+      !s.AnyFailed({"recipient_callout", "primary"})) {
+    s.Error("recipient_callout", "is true but the domain has no primary to ask (set primary)");
+  }
 
   s.ReadInteger("max_queued_messages", 1, kInt64Max, &domain->max_queued_messages);
   s.ReadSize("max_queued_bytes", 1, &domain->max_queued_bytes);
@@ -876,12 +902,13 @@ void ReadDomain(const Section& s, const Config& config, DomainConfig* domain) {
   s.ReadInteger("max_daily_connections", 1, kInt64Max, &domain->max_daily_connections);
 
   const std::string label = domain->name.empty() ? s.path() : domain->name;
-  if (domain->recipients.empty() && !domain->recipient_callout && s.Get("recipients") == nullptr) {
+  const bool validated = domain->recipient_callout || !domain->recipients_file.empty();
+  if (domain->recipients.empty() && !validated && s.Get("recipients") == nullptr) {
     s.diag()->Warn(s.position(), s.path(),
                    fmt::format("no recipients and no recipient_callout: accepts any local part "
                                "of {} (backscatter risk)",
                                label));
-  } else if (domain->recipients.empty() && !domain->recipient_callout) {
+  } else if (domain->recipients.empty() && !validated) {
     s.Warn("recipients", fmt::format("empty and no recipient_callout: accepts any local part of "
                                      "{} (backscatter risk)",
                                      label));
@@ -1122,6 +1149,34 @@ absl::StatusOr<Config> LoadConfigFile(const std::string& path, const ConfigOverr
     return ErrnoToStatus(errno, fmt::format("cannot read configuration file {}", path));
   }
   return ParseConfig(text.str(), path, overrides);
+}
+
+absl::StatusOr<std::vector<std::string>> ReadRecipientsFile(const std::string& path,
+                                                            const std::string& domain) {
+  std::ifstream file(path, std::ios::binary);
+  if (!file) {
+    return ErrnoToStatus(errno, fmt::format("cannot open recipients file {}", path));
+  }
+  std::vector<std::string> recipients;
+  std::string line;
+  for (int64_t number = 1; std::getline(file, line); ++number) {
+    const size_t begin = line.find_first_not_of(" \t\r");
+    if (begin == std::string::npos || line[begin] == '#') {
+      continue;
+    }
+    const size_t end = line.find_last_not_of(" \t\r");
+    absl::StatusOr<std::string> recipient =
+        CheckRecipient(line.substr(begin, end + 1 - begin), domain);
+    if (!recipient.ok()) {
+      return absl::InvalidArgumentError(
+          fmt::format("{}:{}: {}", path, number, std::string(recipient.status().message())));
+    }
+    recipients.push_back(*std::move(recipient));
+  }
+  if (file.bad()) {
+    return ErrnoToStatus(errno, fmt::format("cannot read recipients file {}", path));
+  }
+  return recipients;
 }
 
 std::string ConfigSummary(const Config& config) {

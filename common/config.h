@@ -180,6 +180,19 @@ struct SenderFilterConfig {
 
 struct HeadersFilterConfig {
   bool enabled = true;
+  uint64_t max_size = uint64_t{64} << 10;  // the header section, up to the first empty line
+};
+
+// The recipient callout to a domain's primary ([[domain]] recipient_callout): how long one
+// probe may take, how long its answers are remembered, and how many are.
+struct CalloutConfig {
+  absl::Duration timeout = absl::Seconds(10);  // one whole probe of one primary host
+  absl::Duration positive_ttl = absl::Hours(24);
+  absl::Duration negative_ttl = absl::Hours(1);
+  uint64_t cache_size = 100'000;  // addresses remembered; the oldest go first
+  uint32_t threads = 4;           // probes at once (each blocks a thread for up to `timeout`)
+  // A primary that gave no definite answer is not asked again for this long (0 = always ask).
+  absl::Duration unreachable_ttl = absl::Minutes(1);
 };
 
 struct FiltersConfig {
@@ -189,6 +202,7 @@ struct FiltersConfig {
   RdnsConfig rdns;
   SenderFilterConfig sender;
   HeadersFilterConfig headers;
+  CalloutConfig callout;
 };
 
 enum class DomainTls : uint8_t { kOpportunistic, kRequired };
@@ -200,7 +214,10 @@ struct DomainConfig {
   // Full addresses (domain part lower-cased) or bare local parts, as written otherwise.
   // Empty = accept any local part.
   std::vector<std::string> recipients;
-  bool recipient_callout = false;
+  // More entries, one a line (ReadRecipientsFile), read by the ingest role at startup and on
+  // SIGHUP (not by ParseConfig); empty = none.
+  std::string recipients_file;
+  bool recipient_callout = false;  // requires `primary`
   uint64_t max_queued_messages = 100'000;
   uint64_t max_queued_bytes = uint64_t{1} << 30;
   uint64_t max_monthly_bytes = uint64_t{10} << 30;
@@ -238,6 +255,12 @@ absl::StatusOr<Config> ParseConfig(std::string_view toml_text, std::string_view 
 // Reads `path` and parses it with `path` as the source name.
 absl::StatusOr<Config> LoadConfigFile(const std::string& path,
                                       const ConfigOverrides& overrides = {});
+
+// The entries of a [[domain]] recipients_file for `domain` (lower-cased): one full address of
+// the domain or bare local part a line, in the form `recipients` stores them; blank lines and
+// lines starting with '#' (after spaces) are ignored. Errors name the file and line.
+absl::StatusOr<std::vector<std::string>> ReadRecipientsFile(const std::string& path,
+                                                            const std::string& domain);
 
 // A few lines for `backstop --check-config`: node, roles, listen addresses, domains, voters.
 std::string ConfigSummary(const Config& config);

@@ -12,6 +12,7 @@
 #include "common/status.h"
 #include "ingest/dns_filters.h"
 #include "ingest/greylist_filter.h"
+#include "ingest/header_check.h"
 #include "ingest/received.h"
 #include "queue/message_id.h"
 
@@ -47,10 +48,16 @@ std::map<std::string, std::vector<const RcptRequest*>> RecipientsByDomain(
 IngestRole::IngestRole(const Config& config)
     : node_id_(config.node.id),
       hostname_(config.node.hostname),
-      max_received_headers_(config.smtp.max_received_headers),
       commit_timeout_(config.smtp.commit_timeout),
       etrn_clients_(MakeEtrnClients(config)),
-      queue_checks_(kQueueCheckThreads) {}
+      queue_checks_(kQueueCheckThreads),
+      callout_(std::make_unique<Callout>(CalloutOptions{
+          .probe = {.helo = config.node.hostname, .timeout = config.filters.callout.timeout},
+          .cache = {.positive_ttl = config.filters.callout.positive_ttl,
+                    .negative_ttl = config.filters.callout.negative_ttl,
+                    .max_entries = config.filters.callout.cache_size},
+          .threads = config.filters.callout.threads,
+          .unreachable_ttl = config.filters.callout.unreachable_ttl})) {}
 
 std::shared_ptr<const IngestRole::EtrnClients> IngestRole::MakeEtrnClients(const Config& config) {
   auto clients = std::make_shared<EtrnClients>();
@@ -70,6 +77,8 @@ std::shared_ptr<const IngestRole::EtrnClients> IngestRole::MakeEtrnClients(const
 absl::StatusOr<std::unique_ptr<IngestRole>> IngestRole::Start(
     const Config& config, std::shared_ptr<grpc::Channel> queue_channel) {
   std::unique_ptr<IngestRole> role(new IngestRole(config));
+  // An unreadable recipients file at startup is a configuration error.
+  ASSIGN_OR_RETURN(role->relay_policy_, RelayPolicy::Load(config.domains, nullptr));
 
   if (!config.smtp.tls_cert.empty()) {
     role->tls_ = std::make_unique<tls::ReloadableContext>(
@@ -93,7 +102,7 @@ absl::StatusOr<std::unique_ptr<IngestRole>> IngestRole::Start(
     ASSIGN_OR_RETURN(role->client_, queue::QueueClient::Create(options));
   }
   queue::QueueClient* client = role->client_.get();
-  role->chain_ = role->BuildChain(config);
+  role->chain_ = role->BuildChain(config, role->relay_policy_);
   role->handoff_ = std::make_unique<QueueHandoff>(
       [client](const queue::AppendMessages& request) { return client->Append(request); });
 
@@ -127,6 +136,8 @@ IngestRole::~IngestRole() {
   // is still waiting (those clients never got a 250).
   server_.reset();
   handoff_.reset();
+  // Waits for the probes running; the callbacks of those go nowhere, the loops being gone.
+  callout_.reset();
   {
     std::lock_guard lock(flush_mutex_);
     flush_stopping_ = true;
@@ -138,10 +149,25 @@ IngestRole::~IngestRole() {
 }
 
 absl::Status IngestRole::Reload(const Config& config) {
+  std::shared_ptr<const RelayPolicy> policy;
   {
     std::lock_guard lock(config_mutex_);
-    chain_ = BuildChain(config);
-    etrn_clients_ = MakeEtrnClients(config);
+    policy = relay_policy_;
+  }
+  // The recipients files are read outside the lock, so that sessions go on deciding. With a
+  // previous policy, Load keeps what it cannot re-read and does not fail.
+  if (absl::StatusOr<std::shared_ptr<const RelayPolicy>> loaded =
+          RelayPolicy::Load(config.domains, policy.get());
+      loaded.ok()) {
+    policy = *std::move(loaded);
+  }
+  std::shared_ptr<const FilterChain> chain = BuildChain(config, policy);
+  std::shared_ptr<const EtrnClients> etrn_clients = MakeEtrnClients(config);
+  {
+    std::lock_guard lock(config_mutex_);
+    relay_policy_ = std::move(policy);
+    chain_ = std::move(chain);
+    etrn_clients_ = std::move(etrn_clients);
   }
   if (tls_) {
     return tls_->Reload();
@@ -240,8 +266,6 @@ std::shared_ptr<const FilterChain> IngestRole::chain() const {
 template <typename Request, typename Result>
 AsyncQueueCall<Request, Result> IngestRole::QueueCall(
     absl::StatusOr<Result> (queue::QueueClient::*method)(const Request&)) {
-  // The chain is built before client_ exists (in the constructor): the calls look it up when
-  // they run, by which time Start has made it.
   return
       [this, method](const Request& request, std::function<void(absl::StatusOr<Result>)> answer) {
         queue_checks_.Submit([this, method, request, answer = std::move(answer)](bool cancelled) {
@@ -254,7 +278,8 @@ AsyncQueueCall<Request, Result> IngestRole::QueueCall(
       };
 }
 
-std::shared_ptr<const FilterChain> IngestRole::BuildChain(const Config& config) {
+std::shared_ptr<const FilterChain> IngestRole::BuildChain(
+    const Config& config, std::shared_ptr<const RelayPolicy> policy) {
   // Order matters: cheap local checks first, the relay check before anything that asks the
   // network about a recipient, greylisting last (it costs a queue commit).
   std::vector<std::unique_ptr<Filter>> filters;
@@ -275,13 +300,18 @@ std::shared_ptr<const FilterChain> IngestRole::BuildChain(const Config& config) 
   if (config.filters.sender.enabled) {
     filters.push_back(std::make_unique<SenderFilter>());
   }
-  filters.push_back(std::make_unique<RelayFilter>(config.domains));
+  filters.push_back(std::make_unique<RelayFilter>(std::move(policy)));
+  filters.push_back(std::make_unique<CalloutFilter>(config.domains, callout_.get()));
   filters.push_back(
       std::make_unique<DomainConnectionFilter>(QueueCall(&queue::QueueClient::CountConnections)));
   if (config.filters.greylist.enabled) {
     filters.push_back(std::make_unique<GreylistFilter>(
         GreylistFilterOptions{.config = config.filters.greylist,
                               .check = QueueCall(&queue::QueueClient::CheckGreylist)}));
+  }
+  filters.push_back(std::make_unique<HopCountFilter>(config.smtp.max_received_headers));
+  if (config.filters.headers.enabled) {
+    filters.push_back(std::make_unique<HeaderFilter>(config.filters.headers));
   }
   return std::make_shared<FilterChain>(std::move(filters), filter_counters_);
 }
@@ -347,13 +377,6 @@ void IngestRole::FlushLoop() {
 void IngestRole::Commit(const FilterInput& transaction,
                         std::function<void(const Verdict&)> respond) {
   const std::string& data = *transaction.message;
-  // Loop detection before anything is stored (RFC 5321 §6.3).
-  if (CountReceivedHeaders(data, max_received_headers_) >= max_received_headers_) {
-    respond(
-        Refuse(554, "5.4.6",
-               fmt::format("Too many hops: {} or more Received: headers", max_received_headers_)));
-    return;
-  }
   const absl::Time now = absl::Now();
   std::string rdns;
   {

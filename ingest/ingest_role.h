@@ -23,6 +23,7 @@
 #include "common/metrics.h"
 #include "common/tls.h"
 #include "common/worker_pool.h"
+#include "ingest/callout.h"
 #include "ingest/filter.h"
 #include "ingest/limit_filters.h"
 #include "ingest/queue_handoff.h"
@@ -82,8 +83,10 @@ class IngestRole : public SessionHandler {
 
  private:
   explicit IngestRole(const Config& config);
-  // Not static: the queue-backed filters call the role's queue client (on queue_checks_).
-  std::shared_ptr<const FilterChain> BuildChain(const Config& config);
+  // The filters of `config` in their order, around the relay policy in force. Not static: the
+  // queue-backed filters call the role's queue client (on queue_checks_).
+  std::shared_ptr<const FilterChain> BuildChain(const Config& config,
+                                                std::shared_ptr<const RelayPolicy> policy);
   // `method` of the queue client, run on queue_checks_.
   template <typename Request, typename Result>
   AsyncQueueCall<Request, Result> QueueCall(
@@ -103,14 +106,15 @@ class IngestRole : public SessionHandler {
 
   const uint64_t node_id_;
   const std::string hostname_;
-  const uint32_t max_received_headers_;
   const absl::Duration commit_timeout_;
   std::atomic<uint64_t> next_sequence_{0};
   IngestCounters counters_;
 
   const std::shared_ptr<FilterCounters> filter_counters_ = std::make_shared<FilterCounters>();
   mutable std::mutex config_mutex_;
-  std::shared_ptr<const FilterChain> chain_;         // guarded by config_mutex_
+  std::shared_ptr<const FilterChain> chain_;  // guarded by config_mutex_
+  // The relay policy in force: a reload that cannot read a recipients file keeps its entries.
+  std::shared_ptr<const RelayPolicy> relay_policy_;  // guarded by config_mutex_
   std::shared_ptr<const EtrnClients> etrn_clients_;  // guarded by config_mutex_
   std::mutex states_mutex_;
   // Open connections' filter state, by connection id; guarded by states_mutex_.
@@ -122,6 +126,9 @@ class IngestRole : public SessionHandler {
   // The filters' blocking queue calls (greylist, daily sessions). After client_: destroyed
   // first, so that no call outlives the client.
   WorkerPool queue_checks_;
+  // Callouts to primaries and their cache, kept across reloads ([filters] callout changes take
+  // effect at restart); the chains' CalloutFilters point at it.
+  std::unique_ptr<Callout> callout_;
 
   std::mutex flush_mutex_;
   std::condition_variable flush_wake_;

@@ -85,4 +85,16 @@ size_t CountReceivedHeaders(std::string_view message, size_t limit) {
   return count;
 }
 
+void HopCountFilter::Check(std::shared_ptr<const FilterInput> input, FilterDone done) {
+  if (CountReceivedHeaders(*input->message, max_received_) < max_received_) {
+    done(FilterResult::Continue());
+    return;
+  }
+  done(FilterResult::Reject(
+      Reply{554,
+            "5.4.6",
+            {fmt::format("Too many hops: {} or more Received: headers", max_received_)}},
+      "too_many_hops"));
+}
+
 }  // namespace backstop::ingest

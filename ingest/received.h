@@ -9,6 +9,7 @@
 #include <string_view>
 
 #include "absl/time/time.h"
+#include "ingest/filter.h"
 #include "ingest/smtp_session.h"
 
 namespace backstop::ingest {
@@ -34,5 +35,18 @@ std::string BuildReceivedHeader(const ReceivedFields& fields);
 // How many Received: fields the header section of `message` (up to the first empty line)
 // has. Stops counting at `limit` (the hop-count check only needs to know whether it is reached).
 size_t CountReceivedHeaders(std::string_view message, size_t limit);
+
+// "hops", the first end-of-data filter: a message that already carries `max_received`
+// Received: fields is looping (RFC 5321 §6.3) and gets 554 5.4.6 before any other check.
+class HopCountFilter : public Filter {
+ public:
+  explicit HopCountFilter(size_t max_received) : max_received_(max_received) {}
+  std::string_view name() const override { return "hops"; }
+  bool Handles(Stage stage) const override { return stage == Stage::kEndOfData; }
+  void Check(std::shared_ptr<const FilterInput> input, FilterDone done) override;
+
+ private:
+  const size_t max_received_;
+};
 
 }  // namespace backstop::ingest

@@ -247,7 +247,8 @@ primary = ["127.0.0.1:{primary_port}"]
     with smtplib.SMTP(*address) as client:
         for i in range(500):
             assert client.sendmail("s@sender.test", [f"user{i}@example.test"],
-                                   b"Subject: %d\r\n\r\nbody %d\r\n" % (i, i)) == {}
+                                   b"From: s@sender.test\r\nSubject: %d\r\n\r\nbody %d\r\n"
+                                   % (i, i)) == {}
     time.sleep(3)  # the primary stays down through a few retry intervals
     summary = {d["domain"]: d for d in ctl(node, "queue", "summary")["domains"]}
     assert int(summary["example.test"]["queued_messages"]) == 500
@@ -277,7 +278,8 @@ def test_permanent_failure_of_one_recipient_bounces_only_that_one(backstop, prim
             client.mail("s@sender.test", ["ENVID=env1", "RET=HDRS"])
             client.rcpt("alice@example.test")
             client.rcpt("bob@example.test", ["NOTIFY=FAILURE", "ORCPT=rfc822;bob@example.test"])
-            code, _ = client.data(b"Subject: mixed\r\nMessage-ID: <m1@sender.test>\r\n\r\nhi\r\n")
+            code, _ = client.data(b"From: s@sender.test\r\nSubject: mixed\r\n"
+                                  b"Message-ID: <m1@sender.test>\r\n\r\nhi\r\n")
             assert code == 250
         messages = primary.wait_for(2)
         delivered = [m for m in messages if m[0] == "s@sender.test"]
@@ -314,8 +316,9 @@ def test_expired_message_bounces_with_5_4_7_and_null_sender_gets_none(backstop, 
                                             primary_port, sender_primary.port))
         with smtplib.SMTP(*smtp_address(node)) as client:
             assert client.sendmail("s@sender.test", ["alice@example.test"],
-                                   b"Subject: doomed\r\n\r\nx\r\n") == {}
+                                   b"From: s@sender.test\r\nSubject: doomed\r\n\r\nx\r\n") == {}
             assert client.sendmail("<>", ["alice@example.test"],
+                                   b"From: s@sender.test\r\n"
                                    b"Subject: bounce of a bounce\r\n\r\nx\r\n") == {}
         (mail_from, rcpts, content), = sender_primary.wait_for(1)
         report = email.message_from_bytes(content, policy=email.policy.compat32)
@@ -339,7 +342,7 @@ def test_required_tls_to_a_primary_without_starttls_stays_queued(backstop, prima
         node = backstop(config)
         with smtplib.SMTP(*smtp_address(node)) as client:
             assert client.sendmail("s@sender.test", ["alice@example.test"],
-                                   b"Subject: secret\r\n\r\nx\r\n") == {}
+                                   b"From: s@sender.test\r\nSubject: secret\r\n\r\nx\r\n") == {}
         node.wait_for_log(lambda e: e.get("msg") == "deferred", what="a deferral")
         assert primary.messages == []
         assert len(ctl(node, "queue", "list")) == 1
@@ -357,7 +360,7 @@ def test_domain_without_primary_is_routed_by_its_mx_records(backstop, primary_po
         node = backstop(mx_config(dns.port, primary_port, ["example.test"]))
         with smtplib.SMTP(*smtp_address(node)) as client:
             assert client.sendmail("s@sender.test", ["alice@example.test"],
-                                   b"Subject: by mx\r\n\r\nx\r\n") == {}
+                                   b"From: s@sender.test\r\nSubject: by mx\r\n\r\nx\r\n") == {}
         (mail_from, rcpts, _), = primary.wait_for(1)
         assert (mail_from, rcpts) == ("s@sender.test", ["alice@example.test"])
         wait_queue_empty(node)
@@ -379,7 +382,7 @@ def test_our_own_hostname_as_best_mx_stays_queued_without_a_connection(
         node = backstop(mx_config(dns.port, primary_port, ["example.test"]))
         with smtplib.SMTP(*smtp_address(node)) as client:
             assert client.sendmail("s@sender.test", ["alice@example.test"],
-                                   b"Subject: loop?\r\n\r\nx\r\n") == {}
+                                   b"From: s@sender.test\r\nSubject: loop?\r\n\r\nx\r\n") == {}
         node.wait_for_log(lambda e: e.get("msg") == "deferred" and e.get("attempts", 0) >= 2,
                           what="two deferrals")
         assert primary.connections == 0
@@ -402,7 +405,7 @@ def test_dsn_is_routed_by_the_mx_of_the_senders_domain(backstop, primary_port, d
         node = backstop(mx_config(dns.port, primary_port, ["example.test"]))
         with smtplib.SMTP(*smtp_address(node)) as client:
             assert client.sendmail("s@far.test", ["bob@example.test"],
-                                   b"Subject: refused\r\n\r\nx\r\n") == {}
+                                   b"From: s@sender.test\r\nSubject: refused\r\n\r\nx\r\n") == {}
         (mail_from, rcpts, content), = senders_mx.wait_for(1)
         assert mail_from in ("", "<>")
         assert rcpts == ["s@far.test"]
@@ -423,7 +426,7 @@ def test_primary_answering_4xx_for_a_while_gets_the_message_once(backstop, prima
         node = backstop(delivery_config(primary_port))
         with smtplib.SMTP(*smtp_address(node)) as client:
             assert client.sendmail("s@sender.test", ["alice@example.test"],
-                                   b"Subject: patience\r\n\r\nx\r\n") == {}
+                                   b"From: s@sender.test\r\nSubject: patience\r\n\r\nx\r\n") == {}
         (mail_from, rcpts, _), = primary.wait_for(1)
         wait_queue_empty(node)
         time.sleep(2.5)  # longer than retry_max: a second delivery would have come
@@ -445,7 +448,7 @@ def test_backstopctl_queue_flush_makes_a_waiting_domain_due_now(backstop, primar
                                                           'retry_initial = "1h"\nretry_max = "2h"'))
     with smtplib.SMTP(*smtp_address(node)) as client:
         assert client.sendmail("s@sender.test", ["alice@example.test"],
-                               b"Subject: flush me\r\n\r\nx\r\n") == {}
+                               b"From: s@sender.test\r\nSubject: flush me\r\n\r\nx\r\n") == {}
     node.wait_for_log(lambda e: e.get("msg") == "deferred", what="a deferral")
     primary.start()
     try:
@@ -474,12 +477,12 @@ def test_delay_warning_is_sent_once_and_honours_notify(backstop, primary_port):
                                        'max_queue_lifetime = "1h"\ndelay_warning = "2s"'))
         with smtplib.SMTP(*smtp_address(node)) as client:
             assert client.sendmail("s@sender.test", ["alice@example.test"],
-                                   b"Subject: slow\r\n\r\nx\r\n") == {}
+                                   b"From: s@sender.test\r\nSubject: slow\r\n\r\nx\r\n") == {}
             assert client.sendmail("t@sender.test", ["bob@quiet.test"],
-                                   b"Subject: quiet\r\n\r\nx\r\n",
+                                   b"From: s@sender.test\r\nSubject: quiet\r\n\r\nx\r\n",
                                    rcpt_options=["NOTIFY=FAILURE"]) == {}
             assert client.sendmail("<>", ["carol@null.test"],
-                                   b"Subject: a bounce\r\n\r\nx\r\n") == {}
+                                   b"From: s@sender.test\r\nSubject: a bounce\r\n\r\nx\r\n") == {}
         (mail_from, rcpts, content), = sender_primary.wait_for(1)
         assert mail_from in ("", "<>")
         assert rcpts == ["s@sender.test"]
@@ -517,7 +520,7 @@ def test_etrn_from_the_primary_flushes_its_domain(backstop, primary_port):
     node = backstop(config)
     with smtplib.SMTP(*smtp_address(node)) as client:
         assert client.sendmail("s@sender.test", ["alice@example.test"],
-                               b"Subject: etrn me\r\n\r\nx\r\n") == {}
+                               b"From: s@sender.test\r\nSubject: etrn me\r\n\r\nx\r\n") == {}
     node.wait_for_log(lambda e: e.get("msg") == "deferred", what="a deferral")
     primary.start()
     try:

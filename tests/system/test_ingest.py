@@ -137,7 +137,7 @@ def test_recipients_of_two_domains_make_two_entries(backstop):
     node = backstop(standalone_with())
     with smtplib.SMTP(*smtp_address(node)) as client:
         refused = client.sendmail("s@sender.test", ["alice@example.test", "x@open.test"],
-                                  b"Subject: two\r\n\r\nbody\r\n")
+                                  b"From: s@sender.test\r\nSubject: two\r\n\r\nbody\r\n")
         assert refused == {}
     entries = ctl(node, "queue", "list")
     assert sorted(e["domain"] for e in entries) == ["example.test", "open.test"]
@@ -202,7 +202,7 @@ def test_bdat_chunks_sent_by_hand(backstop):
     assert client.reply().startswith("250")
     assert client.reply().startswith("250 2.1.0")
     assert client.reply().startswith("250 2.1.5")
-    part1 = b"Subject: chunked\r\n\r\nfirst half, "
+    part1 = b"From: s@sender.test\r\nSubject: chunked\r\n\r\nfirst half, "
     part2 = b"second half\r\n.not stuffed\r\n"
     client.send(b"BDAT %d\r\n" % len(part1) + part1)
     assert client.reply().startswith("250")
@@ -238,12 +238,13 @@ def test_hop_count_limit(backstop):
     with smtplib.SMTP(*smtp_address(node)) as client:
         with pytest.raises(smtplib.SMTPDataError) as error:
             client.sendmail("s@sender.test", ["alice@example.test"],
-                            hops + b"Subject: loop\r\n\r\nbody\r\n")
+                            hops + b"From: s@sender.test\r\nSubject: loop\r\n\r\nbody\r\n")
         assert error.value.smtp_code == 554
         assert error.value.smtp_error.startswith(b"5.4.6")
         # One hop fewer is fine.
         assert client.sendmail("s@sender.test", ["alice@example.test"],
-                               hops[hops.index(b"\r\n") + 2:] + b"Subject: ok\r\n\r\nbody\r\n") == {}
+                               hops[hops.index(b"\r\n") + 2:]
+                               + b"From: s@sender.test\r\nSubject: ok\r\n\r\nbody\r\n") == {}
 
 
 def test_domain_over_its_queued_limit_gets_452(backstop):
@@ -262,9 +263,11 @@ max_queued_messages = 1
         assert time.monotonic() < deadline, "tiny.test was never created"
         time.sleep(0.05)
     with smtplib.SMTP(*smtp_address(node)) as client:
-        assert client.sendmail("s@sender.test", ["a@tiny.test"], b"Subject: 1\r\n\r\nx\r\n") == {}
+        assert client.sendmail("s@sender.test", ["a@tiny.test"],
+                               b"From: s@sender.test\r\nSubject: 1\r\n\r\nx\r\n") == {}
         with pytest.raises(smtplib.SMTPDataError) as error:
-            client.sendmail("s@sender.test", ["a@tiny.test"], b"Subject: 2\r\n\r\nx\r\n")
+            client.sendmail("s@sender.test", ["a@tiny.test"],
+                            b"From: s@sender.test\r\nSubject: 2\r\n\r\nx\r\n")
         assert error.value.smtp_code == 452
         assert error.value.smtp_error.startswith(b"4.3.1")
     assert len(ctl(node, "queue", "list")) == 1
@@ -298,7 +301,8 @@ primary = ["127.0.0.1:2526"]
     node = backstop(config)
     with smtplib.SMTP(*smtp_address(node)) as client:
         with pytest.raises(smtplib.SMTPDataError) as error:
-            client.sendmail("s@sender.test", ["a@example.test"], b"Subject: 1\r\n\r\nx\r\n")
+            client.sendmail("s@sender.test", ["a@example.test"],
+                            b"From: s@sender.test\r\nSubject: 1\r\n\r\nx\r\n")
         assert error.value.smtp_code == 451
         assert error.value.smtp_error.startswith(b"4.3.0")
 
@@ -361,7 +365,7 @@ def test_starttls_tls12_with_openssl_s_client(backstop, tmp_path):
     node = backstop(config)
     host, port = smtp_address(node)
     script = (b"EHLO c\r\nMAIL FROM:<s@sender.test>\r\nRCPT TO:<alice@example.test>\r\n"
-              b"DATA\r\nSubject: tls12\r\n\r\nhello\r\n.\r\nQUIT\r\n")
+              b"DATA\r\nFrom: s@sender.test\r\nSubject: tls12\r\n\r\nhello\r\n.\r\nQUIT\r\n")
     result = subprocess.run(
         ["openssl", "s_client", "-starttls", "smtp", "-connect", f"{host}:{port}", "-tls1_2",
          "-CAfile", str(ca), "-verify_return_error", "-servername", "mx2.test", "-ign_eof"],
@@ -432,7 +436,7 @@ def test_proxy_v2_header_by_hand(backstop):
     assert client.reply().startswith("250")
     assert client.reply().startswith("250")
     assert client.reply().startswith("354")
-    client.send(b"Subject: p\r\n\r\nx\r\n.\r\n")
+    client.send(b"From: s@sender.test\r\nSubject: p\r\n\r\nx\r\n.\r\n")
     assert client.reply().startswith("250 2.0.0")
     assert ctl(node, "queue", "list")[0]["envelope"]["client_ip"] == "198.51.100.4"
 
@@ -453,7 +457,7 @@ def test_a_thousand_concurrent_connections(backstop):
             if line[3:4] == b" ":
                 replies.append(line)
         assert replies[-1].startswith(b"354"), replies
-        writer.write(b"Subject: %d\r\n\r\nbody\r\n.\r\nQUIT\r\n" % index)
+        writer.write(b"From: s@sender.test\r\nSubject: %d\r\n\r\nbody\r\n.\r\nQUIT\r\n" % index)
         final = await reader.readline()
         writer.close()
         return final

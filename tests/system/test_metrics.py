@@ -31,7 +31,7 @@ def test_metrics_page_is_valid_and_counts_traffic(backstop):
     with smtplib.SMTP(*smtp_address(node)) as client:
         for i in range(3):
             assert client.sendmail("s@sender.test", ["alice@example.test"],
-                                   b"Subject: %d\r\n\r\nx\r\n" % i) == {}
+                                   b"From: s@sender.test\r\nSubject: %d\r\n\r\nx\r\n" % i) == {}
         client.mail("s@sender.test")
         for victim in ("a@elsewhere.test", "b@elsewhere.test"):
             assert client.rcpt(victim)[0] == 554

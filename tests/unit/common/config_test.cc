@@ -94,6 +94,13 @@ TEST(ConfigTest, EmptyDocumentYieldsTheDocumentedDefaults) {
   EXPECT_EQ(c.filters.rdns.require, RdnsRequirement::kPtr);
   EXPECT_TRUE(c.filters.sender.enabled);
   EXPECT_TRUE(c.filters.headers.enabled);
+  EXPECT_EQ(c.filters.headers.max_size, 64u << 10);
+  EXPECT_EQ(c.filters.callout.timeout, absl::Seconds(10));
+  EXPECT_EQ(c.filters.callout.positive_ttl, absl::Hours(24));
+  EXPECT_EQ(c.filters.callout.negative_ttl, absl::Hours(1));
+  EXPECT_EQ(c.filters.callout.cache_size, 100'000u);
+  EXPECT_EQ(c.filters.callout.threads, 4u);
+  EXPECT_EQ(c.filters.callout.unreachable_ttl, absl::Minutes(1));
   EXPECT_THAT(c.domains, IsEmpty());
 }
 
@@ -105,6 +112,7 @@ TEST(ConfigTest, DomainKeysDefaultWhenAbsent) {
   EXPECT_THAT(d.primary, IsEmpty());
   EXPECT_EQ(d.tls, DomainTls::kOpportunistic);
   EXPECT_THAT(d.recipients, IsEmpty());
+  EXPECT_EQ(d.recipients_file, "");
   EXPECT_FALSE(d.recipient_callout);
   EXPECT_EQ(d.max_queued_messages, 100'000u);
   EXPECT_EQ(d.max_queued_bytes, uint64_t{1} << 30);
@@ -166,13 +174,15 @@ greylist = { enabled = true, delay = "1s", retry_window = "1h", auto_allow_after
 dnsbl = { enabled = true, zones = ["bl.example.org=127.0.0.2,127.0.0.10", "zen.spamhaus.org"], allow_zones = ["list.dnswl.org=127.0.15.3"] }
 rdns = { enabled = true, require = "fcrdns" }
 sender = { enabled = false }
-headers = { enabled = false }
+headers = { enabled = false, max_size = "32KiB" }
+callout = { timeout = "3s", positive_ttl = "2h", negative_ttl = "10m", cache_size = 50, threads = 2, unreachable_ttl = "5s" }
 
 [[domain]]
 name = "Example.COM"
 primary = ["mx1.example.com", "192.0.2.10:2525", "[2001:db8::10]"]
 tls = "required"
 recipients = ["alice", "Bob@EXAMPLE.com"]
+recipients_file = "/etc/backstop/example.com.recipients"
 recipient_callout = true
 max_queued_messages = 10
 max_queued_bytes = 123456789
@@ -181,6 +191,7 @@ max_daily_connections = 7
 
 [[domain]]
 name = "example.org"
+primary = ["192.0.2.20"]
 recipient_callout = true
 )toml";
 
@@ -241,6 +252,13 @@ TEST(ConfigTest, ReadsEveryKey) {
   EXPECT_EQ(c.filters.rdns.require, RdnsRequirement::kFcrdns);
   EXPECT_FALSE(c.filters.sender.enabled);
   EXPECT_FALSE(c.filters.headers.enabled);
+  EXPECT_EQ(c.filters.headers.max_size, 32u << 10);
+  EXPECT_EQ(c.filters.callout.timeout, absl::Seconds(3));
+  EXPECT_EQ(c.filters.callout.positive_ttl, absl::Hours(2));
+  EXPECT_EQ(c.filters.callout.negative_ttl, absl::Minutes(10));
+  EXPECT_EQ(c.filters.callout.cache_size, 50u);
+  EXPECT_EQ(c.filters.callout.threads, 2u);
+  EXPECT_EQ(c.filters.callout.unreachable_ttl, absl::Seconds(5));
   ASSERT_EQ(c.domains.size(), 2u);
   const DomainConfig& d = c.domains[0];
   EXPECT_EQ(d.name, "example.com");
@@ -248,6 +266,7 @@ TEST(ConfigTest, ReadsEveryKey) {
                                      HostPort{"2001:db8::10", 25}));
   EXPECT_EQ(d.tls, DomainTls::kRequired);
   EXPECT_THAT(d.recipients, ElementsAre("alice", "Bob@example.com"));
+  EXPECT_EQ(d.recipients_file, "/etc/backstop/example.com.recipients");
   EXPECT_TRUE(d.recipient_callout);
   EXPECT_EQ(d.max_queued_messages, 10u);
   EXPECT_EQ(d.max_queued_bytes, 123456789u);
@@ -592,7 +611,7 @@ TEST(ConfigTest, RejectsDnsblReturnCodesOutsideLoopback) {
 }
 
 TEST(ConfigTest, RejectsDomainWithoutNameOrWithBadName) {
-  EXPECT_EQ(Errors("[[domain]]\nrecipient_callout = true\n"),
+  EXPECT_EQ(Errors("[[domain]]\nrecipients = [\"a\"]\n"),
             "t.toml:1:1: domain[0].name: missing (every [[domain]] needs a name)");
   EXPECT_EQ(Errors("[[domain]]\nname = \"-bad.example\"\n"),
             "t.toml:2:8: domain[0].name: expected a domain name, got \"-bad.example\"");
@@ -634,13 +653,55 @@ TEST(ConfigTest, WarnsAboutDomainsThatAcceptAnyLocalPart) {
   EXPECT_THAT(empty.warnings,
               testing::Contains("t.toml:3: domain[0].recipients: empty and no recipient_callout: "
                                 "accepts any local part of a.example (backscatter risk)"));
-  const Config callout = Parse("[[domain]]\nname = \"a.example\"\nrecipient_callout = true\n");
+  const Config callout = Parse(
+      "[[domain]]\nname = \"a.example\"\nprimary = [\"192.0.2.1\"]\nrecipient_callout = true\n");
   EXPECT_THAT(callout.warnings, testing::Not(testing::Contains(HasSubstr("any local part"))));
+  const Config file = Parse("[[domain]]\nname = \"a.example\"\nrecipients_file = \"/x\"\n");
+  EXPECT_THAT(file.warnings, testing::Not(testing::Contains(HasSubstr("any local part"))));
+}
+
+TEST(ConfigTest, RejectsCalloutWithoutPrimary) {
+  EXPECT_EQ(Errors("[[domain]]\nname = \"a.example\"\nrecipient_callout = true\n"),
+            "t.toml:3:21: domain[0].recipient_callout: is true but the domain has no primary to "
+            "ask (set primary)");
+}
+
+TEST(ConfigTest, RejectsAnEmptyRecipientsFile) {
+  EXPECT_EQ(Errors("[[domain]]\nname = \"a.example\"\nrecipients_file = \"\"\n"),
+            "t.toml:3:19: domain[0].recipients_file: must not be empty (leave the key out for no "
+            "file)");
+}
+
+TEST(ConfigTest, ChecksCalloutAndHeaderKeys) {
+  EXPECT_EQ(Errors("[filters]\ncallout = { timeout = \"0s\" }\n"),
+            "t.toml:2:23: filters.callout.timeout: must be greater than 0, got \"0s\"");
+  EXPECT_EQ(Errors("[filters]\ncallout = { threads = 0 }\n"),
+            "t.toml:2:23: filters.callout.threads: must be between 1 and 256, got 0");
+  EXPECT_EQ(Errors("[filters]\ncallout = { bogus = 1 }\n"),
+            "t.toml:2:13: filters.callout.bogus: unknown key");
+  EXPECT_EQ(Errors("[filters]\nheaders = { max_size = 100 }\n"),
+            "t.toml:2:24: filters.headers.max_size: must be at least 1KiB, got 100B");
+  EXPECT_EQ(Parse("[filters]\ncallout = { cache_size = 0, negative_ttl = \"0s\" }\n")
+                .filters.callout.cache_size,
+            0u);
+}
+
+TEST(ConfigTest, ReadsARecipientsFile) {
+  const std::string path = (std::filesystem::path(testing::TempDir()) / "recipients_test").string();
+  std::ofstream(path) << "# staff\nalice\n\n  Bob@Example.COM\t\r\n   # gone: carol\n";
+  absl::StatusOr<std::vector<std::string>> recipients = ReadRecipientsFile(path, "example.com");
+  ASSERT_TRUE(recipients.ok()) << recipients.status();
+  EXPECT_THAT(*recipients, ElementsAre("alice", "Bob@example.com"));
+  std::ofstream(path) << "alice\nx@other.example\n";
+  EXPECT_EQ(std::string(ReadRecipientsFile(path, "example.com").status().message()),
+            path + ":2: \"x@other.example\" is not an address of example.com");
+  std::filesystem::remove(path);
+  EXPECT_EQ(ReadRecipientsFile(path, "example.com").status().code(), absl::StatusCode::kNotFound);
 }
 
 TEST(ConfigTest, WarnsWhenDomainQueueCannotHoldOneMaximalMessage) {
   const Config c = Parse(
-      "[[domain]]\nname = \"a.example\"\nrecipient_callout = true\nmax_queued_bytes = "
+      "[[domain]]\nname = \"a.example\"\nrecipients = [\"a\"]\nmax_queued_bytes = "
       "\"1MiB\"\n");
   EXPECT_THAT(c.warnings,
               testing::Contains(HasSubstr("t.toml:4: domain[0].max_queued_bytes: (1MiB) is below "
