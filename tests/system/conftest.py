@@ -61,6 +61,20 @@ recipients = ["alice", "bob"]
 """
 
 
+def without_sender_check(config_text):
+    """The configuration with `[filters] sender = { enabled = false }`, added to the file's own
+    [filters] table when it has one (TOML allows a table once), unless it sets `sender` itself."""
+    lines = config_text.split("\n")
+    if "[filters]" not in lines:
+        return config_text + "\n[filters]\nsender = { enabled = false }\n"
+    start = lines.index("[filters]") + 1
+    end = next((i for i in range(start, len(lines)) if lines[i].startswith("[")), len(lines))
+    if any(line.split("=")[0].strip() == "sender" for line in lines[start:end]):
+        return config_text
+    lines.insert(start, "sender = { enabled = false }")
+    return "\n".join(lines)
+
+
 class BackstopProcess:
     """One running `backstop` and its log (JSON lines on stdout, captured to a file)."""
 
@@ -151,7 +165,7 @@ def backstop(tmp_path):
 
         sender_check: the sender check ([filters] sender, on by default) wants the reverse-path's
         domain to resolve, which the tests' senders (s@sender.test) do not; unless this is True,
-        `[filters.sender] enabled = false` is appended to the configuration.
+        it is turned off (see without_sender_check).
         """
         if restart_of is not None:
             workdir, config_path = restart_of.workdir, restart_of.config_path
@@ -161,7 +175,7 @@ def backstop(tmp_path):
             if config_text is None:
                 config_text = standalone_config(workdir / "data", reserve_port())
             if not sender_check:
-                config_text += "\n[filters.sender]\nenabled = false\n"
+                config_text = without_sender_check(config_text)
             config_path = workdir / "backstop.toml"
             config_path.write_text(config_text)
         process = BackstopProcess(workdir, config_path, list(args))

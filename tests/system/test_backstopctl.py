@@ -111,7 +111,7 @@ class Cluster:
             for n in range(count):
                 client.mail(sender)
                 assert client.rcpt(rcpt)[0] == 250
-                code, text = client.data(f"Subject: m{n}\r\n\r\nbody {n}\r\n".encode())
+                code, text = client.data(f"From: s@sender.test\r\nSubject: m{n}\r\n\r\nbody {n}\r\n".encode())
                 assert code == 250, text
                 ids += queued_ids(text.decode())
         return ids
@@ -347,7 +347,8 @@ def test_endpoint_from_the_environment(cluster):
 def test_domain_add_set_list_remove(cluster):
     ep = cluster.endpoint(cluster.follower())
     names = lambda: [d["spec"]["name"] for d in ok(ep, "domain", "list")["domains"]]
-    assert names() == ["example.test", "sender.test"]  # seeded from the configuration
+    # Seeded from the configuration by the leader, shortly after it is elected.
+    wait_until(lambda: names() == ["example.test", "sender.test"], what="the seeded domains")
 
     added = ok(ep, "domain", "add", "New.Test", "--primary", "mx1.new.test",
                "--primary", "127.0.0.1:2600", "--tls", "required", "--recipient", "a",

@@ -73,7 +73,7 @@ def send_message(client, sender="s@sender.test"):
     assert client.reply().startswith("250")
     client.send(b"DATA\r\n")
     assert client.reply().startswith("354")
-    client.send(b"Subject: dns\r\n\r\nx\r\n.\r\n")
+    client.send(b"From: s@sender.test\r\nSubject: dns\r\n\r\nx\r\n.\r\n")
     return client.reply()
 
 

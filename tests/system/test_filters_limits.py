@@ -99,7 +99,7 @@ def test_greylisting_is_shared_by_two_ingest_processes(backstop):
         client.mail("s@sender.test")
         code, text = client.rcpt("alice@example.test")
         assert code == 250, text
-        code, text = client.data(b"Subject: greylisted\r\n\r\nretried\r\n")
+        code, text = client.data(b"From: s@sender.test\r\nSubject: greylisted\r\n\r\nretried\r\n")
         assert code == 250, text
     assert len(ctl(first, "queue", "list")) == 1
 
@@ -215,11 +215,11 @@ max_queued_messages = 5
             client.ehlo_or_helo_if_needed()
             client.mail("s@sender.test")
             assert client.rcpt("user@quota.test")[0] == 250
-            code, text = client.data(f"Subject: {i}\r\n\r\nx\r\n".encode())
+            code, text = client.data(f"From: s@sender.test\r\nSubject: {i}\r\n\r\nx\r\n".encode())
             assert code == 250, f"message {i}: {text}"
         client.mail("s@sender.test")
         assert client.rcpt("user@quota.test")[0] == 250
-        code, text = client.data(b"Subject: 6\r\n\r\nx\r\n")
+        code, text = client.data(b"From: s@sender.test\r\nSubject: 6\r\n\r\nx\r\n")
         assert (code, text[:5]) == (452, b"4.3.1"), text
     entries = ctl(node, "queue", "list")
     assert len(entries) == 5

@@ -84,7 +84,7 @@ def test_sighup_changes_the_relay_domains_without_dropping_a_session(backstop):
     assert client.reply().startswith("550 5.1.1")
     client.send(b"DATA\r\n")
     assert client.reply().startswith("354")
-    client.send(b"Subject: after reload\r\n\r\nbody\r\n.\r\n")
+    client.send(b"From: s@sender.test\r\nSubject: after reload\r\n\r\nbody\r\n.\r\n")
     assert client.reply().startswith("250 2.0.0")
     client.close()
 
@@ -96,7 +96,7 @@ def test_sigterm_during_a_transaction_lets_it_finish(backstop):
     client.send(b"EHLO c\r\nMAIL FROM:<s@sender.test>\r\nRCPT TO:<a@open.test>\r\nDATA\r\n")
     for expected in ("250", "250", "250", "354"):
         assert client.reply().startswith(expected)
-    client.send(b"Subject: in flight\r\n\r\nfirst half\r\n")
+    client.send(b"From: s@sender.test\r\nSubject: in flight\r\n\r\nfirst half\r\n")
     node.signal(signal.SIGTERM)
     node.wait_for_log(lambda e: "drain" in e.get("msg", ""), what="the drain to start")
     client.send(b"second half\r\n.\r\n")

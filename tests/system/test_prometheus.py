@@ -93,7 +93,7 @@ def test_prometheus_scrapes_a_three_voter_cluster(backstop, tmp_path, prometheus
     with smtplib.SMTP(*smtp_address(ingest)) as client:
         for i in range(5):
             assert client.sendmail("s@sender.test", [f"u{i}@example.test"],
-                                   b"Subject: %d\r\n\r\nbody\r\n" % i) == {}
+                                   b"From: s@sender.test\r\nSubject: %d\r\n\r\nbody\r\n" % i) == {}
 
     nodes = list(voters.values()) + [ingest]
     base = prometheus([node.http_address for node in nodes])
