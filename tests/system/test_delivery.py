@@ -553,7 +553,7 @@ def test_slow_primary_outlasting_the_lease_gets_the_message_once(backstop, prima
             "[delivery]\n", '[delivery]\nlease_duration = "4s"\n'))
         with smtplib.SMTP(*smtp_address(node)) as client:
             assert client.sendmail("s@sender.test", ["alice@example.test"],
-                                   b"Subject: slow\r\n\r\nx\r\n") == {}
+                                   b"From: s@sender.test\r\nSubject: slow\r\n\r\nx\r\n") == {}
         primary.wait_for(1)
         wait_queue_empty(node, timeout=30)
         time.sleep(4.5)  # longer than a lease: a second delivery would have begun
@@ -583,7 +583,7 @@ def test_every_entry_of_a_down_domain_gets_one_delay_warning(backstop, primary_p
         with smtplib.SMTP(*smtp_address(node)) as client:
             for i in range(count):
                 assert client.sendmail(f"s{i}@far.test", [f"user{i}@example.test"],
-                                       b"Subject: waiting %d\r\n\r\nx\r\n" % i) == {}
+                                       b"From: s@sender.test\r\nSubject: waiting %d\r\n\r\nx\r\n" % i) == {}
         warnings = senders_mx.wait_for(count, timeout=30)
         time.sleep(4)  # past another retry: no entry is warned twice
         elapsed = time.monotonic() - started
