@@ -859,6 +859,8 @@ void DeliveryRole::Job::Complete(const queue::LeasedEntry& leased, const Message
     if (delivered > 0) {
       item.mutable_delivered();
       role_->counters_.delivered.fetch_add(1, std::memory_order_relaxed);
+      role_->counters_.time_in_queue_seconds.Observe(
+          SecondsSince(leased.entry().envelope().arrival_ms(), now));
       Log().Info("delivered",
                  {{"id", IdText(leased.entry().id())},
                   {"domain", domain_},

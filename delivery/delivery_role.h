@@ -24,6 +24,7 @@
 #include "common/config.h"
 #include "common/dns_resolver.h"
 #include "common/event_loop.h"
+#include "common/metrics.h"
 #include "common/tls.h"
 #include "queue/queue_client.h"
 
@@ -38,6 +39,9 @@ struct DeliveryCounters {
   std::atomic<uint64_t> dsns{0};
   std::atomic<uint64_t> connections{0};
   std::atomic<uint64_t> connection_failures{0};
+  // Arrival at ingest → delivered to the primary, per delivered entry: 1 s .. 5 days.
+  metrics::Histogram time_in_queue_seconds{
+      {1, 10, 60, 300, 900, 3600, 6 * 3600, 24 * 3600, 2 * 24 * 3600, 5 * 24 * 3600}};
 };
 
 // Owns the queue client, the lease thread (blocking gRPC calls: Lease, Extend, Complete), and the

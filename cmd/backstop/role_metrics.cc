@@ -265,7 +265,15 @@ void RegisterMetrics(metrics::Metrics& metrics, const queue::QueueRole* queue_ro
                                 "SMTP connections established toward primaries");
     auto& failures =
         counter("backstop_delivery_connection_failures_total", "Connection attempts that failed");
-    metrics.OnScrape([&] {
+    auto time_in_queue = std::make_shared<metrics::HistogramMirror>(
+        c.time_in_queue_seconds,
+        prometheus::BuildHistogram()
+            .Name("backstop_delivery_time_in_queue_seconds")
+            .Help("From the arrival at ingest to the delivery to the primary")
+            .Register(registry)
+            .Add({}, c.time_in_queue_seconds.bounds()));
+    metrics.OnScrape([&, time_in_queue] {
+      time_in_queue->Sync();
       metrics::AdvanceTo(delivered, static_cast<double>(c.delivered.load()));
       metrics::AdvanceTo(deferred, static_cast<double>(c.deferred.load()));
       metrics::AdvanceTo(bounced, static_cast<double>(c.bounced.load()));

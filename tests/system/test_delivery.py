@@ -232,6 +232,9 @@ def test_primary_up_gets_the_message_byte_identical(backstop, primary_port):
             hashlib.sha256(body).hexdigest()
         wait_queue_empty(node)
         assert any(e.get("msg") == "delivered" for e in node.logs())
+        _, _, page = node.http_get("/metrics")
+        assert b'backstop_delivery_results_total{result="delivered"} 1\n' in page
+        assert b"backstop_delivery_time_in_queue_seconds_count 1\n" in page
     finally:
         primary.stop()
 
