@@ -99,18 +99,28 @@ DomainSpec DomainSpecFromConfig(const DomainConfig& domain) {
   return spec;
 }
 
-absl::Status QueueRole::StepDown(absl::Duration timeout) {
+absl::StatusOr<raft::NodeId> QueueRole::StepDown(absl::Duration timeout) {
   const QueueNodeStatus status = node_->status();
   if (!status.is_leader || status.members.voters.size() < 2) {
-    return absl::OkStatus();
+    return raft::NodeId();
   }
+  const absl::Time give_up = absl::Now() + timeout;
   auto done = std::make_shared<std::promise<absl::Status>>();
   std::future<absl::Status> result = done->get_future();
   node_->TransferLeadership(raft::NodeId(), [done](absl::Status s) { done->set_value(s); });
   if (result.wait_for(absl::ToChronoNanoseconds(timeout)) != std::future_status::ready) {
     return absl::DeadlineExceededError("leadership transfer did not finish in time");
   }
-  return result.get();
+  RETURN_IF_ERROR(result.get());
+  // This node may hear of the new term before it hears from the new leader.
+  while (absl::Now() < give_up) {
+    const raft::NodeId leader = node_->status().leader;
+    if (!leader.IsNone() && leader != status.id) {
+      return leader;
+    }
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  return absl::DeadlineExceededError("no new leader heard of in time");
 }
 
 void QueueRole::SeedDomains(std::vector<DomainSpec> domains) {

@@ -41,9 +41,10 @@ class QueueRole {
   QueueNodeStatus status() const { return node_->status(); }
   const QueueNode& node() const { return *node_; }
   // SIGTERM: a leader hands leadership to its most caught-up follower (so the cluster does
-  // not wait an election timeout for a new one) and waits up to `timeout` for it to lead.
-  // A follower, or the only voter, returns at once. Errors are for the log only.
-  absl::Status StepDown(absl::Duration timeout);
+  // not wait an election timeout for a new one) and waits up to `timeout` for it to lead;
+  // returns the new leader. A follower, or the only voter, returns none at once. Errors are
+  // for the log only.
+  absl::StatusOr<raft::NodeId> StepDown(absl::Duration timeout);
   const GrpcServerMetrics& grpc_metrics() const { return grpc_metrics_; }
   const std::string& listen_address() const { return listen_address_; }
   // For the other roles of this process.

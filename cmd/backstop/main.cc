@@ -316,12 +316,12 @@ int Serve(const Flags& flags) {
     }
   }
   if (queue_role != nullptr && queue_role->status().is_leader) {
-    const absl::Status stepped_down = queue_role->StepDown(absl::Seconds(5));
-    if (!stepped_down.ok()) {
+    const absl::StatusOr<raft::NodeId> successor = queue_role->StepDown(absl::Seconds(5));
+    if (!successor.ok()) {
       logger.Warn("leadership transfer before exit failed",
-                  {{"error", std::string(stepped_down.message())}});
-    } else if (!queue_role->status().is_leader) {
-      logger.Info("leadership handed over", {{"leader", queue_role->status().leader.value()}});
+                  {{"error", std::string(successor.status().message())}});
+    } else if (!successor->IsNone()) {
+      logger.Info("leadership handed over", {{"leader", successor->value()}});
     }
   }
   // The admin port goes first so that nothing reports on roles being torn down.
