@@ -175,7 +175,7 @@ absl::Status IngestRole::Reload(const Config& config) {
   return absl::OkStatus();
 }
 
-void IngestRole::Decide(const ConnectionInfo& connection, const SmtpSession& session,
+void IngestRole::Decide(const ConnectionInfo& connection, SmtpSession& session,
                         std::function<void(const Verdict&)> respond) {
   const RequestKind kind = session.pending();
   if (kind == RequestKind::kEtrn) {
@@ -205,7 +205,7 @@ void IngestRole::Decide(const ConnectionInfo& connection, const SmtpSession& ses
       input->mail = transaction.mail;
       input->recipients = transaction.recipients;
       input->esmtp = transaction.esmtp;
-      input->message = std::make_shared<const std::string>(transaction.data);
+      input->message = std::make_shared<const std::string>(session.TakeMessage());
       break;
     }
     default:

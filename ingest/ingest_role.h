@@ -77,7 +77,7 @@ class IngestRole : public SessionHandler {
   // The outcomes of the filters since startup.
   std::vector<FilterCount> filter_counts() const { return filter_counters_->Snapshot(); }
 
-  void Decide(const ConnectionInfo& connection, const SmtpSession& session,
+  void Decide(const ConnectionInfo& connection, SmtpSession& session,
               std::function<void(const Verdict&)> respond) override;
   void Closed(const ConnectionInfo& connection, const SmtpSession* session) override;
 

@@ -46,10 +46,11 @@ class SessionHandler {
  public:
   virtual ~SessionHandler() = default;
   // session.pending() says what is asked (never kNone or kStartTls). Reads what it needs from
-  // the session during the call (the session may be gone afterwards), then calls `respond`
+  // the session during the call (the session may be gone afterwards; at kEndOfData it may take
+  // the message bytes with TakeMessage() instead of copying them), then calls `respond`
   // exactly once, on any thread, now or later (even after the server is destroyed: the
   // answer is then dropped); must not block.
-  virtual void Decide(const ConnectionInfo& connection, const SmtpSession& session,
+  virtual void Decide(const ConnectionInfo& connection, SmtpSession& session,
                       std::function<void(const Verdict&)> respond) = 0;
   // The connection is gone (for logs and metrics).
   virtual void Closed(const ConnectionInfo& /*connection*/, const SmtpSession* /*session*/) {}

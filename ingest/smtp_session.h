@@ -155,6 +155,9 @@ class SmtpSession {
   // Lower-cased, without the "@" option character; valid while pending() == kEtrn.
   const std::string& pending_etrn() const;
   const Transaction& transaction() const;  // valid while pending() == kEndOfData
+  // Moves the message bytes out of transaction() (while pending() == kEndOfData), so that the
+  // decision does not copy them; the transaction is reset when the request is resolved.
+  std::string TakeMessage() { return std::move(transaction_.data); }
   const std::string& helo() const;
   const std::string& pending_helo() const { return pending_helo_; }  // while pending() == kHelo
 

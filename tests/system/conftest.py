@@ -34,8 +34,9 @@ def reserve_port():
         return s.getsockname()[1]
 
 
-def standalone_config(data_dir, queue_port, extra=""):
-    """The embedded default (all roles, one voter) on loopback, with ephemeral ports."""
+def node_tables(data_dir, queue_port):
+    """[node], [smtp], [queue] and [http] of one process with every role and one voter, on
+    loopback with ephemeral ports."""
     return f"""
 [node]
 id = 1
@@ -52,7 +53,12 @@ peers = ["1@127.0.0.1:{queue_port}"]
 
 [http]
 listen = "127.0.0.1:0"
+"""
 
+
+def standalone_config(data_dir, queue_port, extra=""):
+    """The embedded default (all roles, one voter) on loopback, with ephemeral ports."""
+    return node_tables(data_dir, queue_port) + f"""
 [[domain]]
 name = "example.test"
 primary = ["127.0.0.1:2526"]

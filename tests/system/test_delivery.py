@@ -18,7 +18,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as AioSMTP
 
-from conftest import LOADGEN_BIN, reserve_port
+from conftest import LOADGEN_BIN, node_tables, reserve_port
 from test_ingest import ctl, queued_ids, smtp_address
 
 
@@ -150,24 +150,7 @@ def dnsmasq():
 def node_config(delivery, domains):
     """One node with every role; `delivery` adds to the [delivery] table, then [dns] and the
     rest may follow it; `domains` is the [[domain]] tables."""
-    queue_port = reserve_port()
-    return f"""
-[node]
-id = 1
-hostname = "mx2.test"
-data_dir = "data"
-roles = ["ingest", "queue", "delivery"]
-
-[smtp]
-listen = ["127.0.0.1:0"]
-
-[queue]
-listen = "127.0.0.1:{queue_port}"
-peers = ["1@127.0.0.1:{queue_port}"]
-
-[http]
-listen = "127.0.0.1:0"
-
+    return node_tables("data", reserve_port()) + f"""
 [delivery]
 retry_initial = "1s"
 retry_max = "2s"

@@ -27,7 +27,7 @@ class RecordingHandler : public SessionHandler {
   bool async = false;
   bool hold = false;
 
-  void Decide(const ConnectionInfo& connection, const SmtpSession& session,
+  void Decide(const ConnectionInfo& connection, SmtpSession& session,
               std::function<void(const Verdict&)> respond) override {
     Verdict verdict = Verdict::Accept();
     {
