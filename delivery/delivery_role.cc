@@ -1,5 +1,6 @@
 #include "delivery/delivery_role.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -17,6 +18,7 @@
 #include "common/socket.h"
 #include "common/status.h"
 #include "common/units.h"
+#include "delivery/delays.h"
 #include "delivery/dsn.h"
 #include "delivery/mx_selection.h"
 #include "delivery/smtp_client.h"
@@ -51,6 +53,20 @@ double SecondsSince(int64_t ms, absl::Time now) {
   return ms == 0 ? 0 : absl::ToDoubleSeconds(now - absl::FromUnixMillis(ms));
 }
 
+// The delay fields of a log line about `leased` at `now` (delivery/delays.h).
+Delays DelaysOf(const queue::LeasedEntry& leased, absl::Time now, const AttemptTimes& times) {
+  const absl::Time committed = absl::FromUnixMillis(leased.enqueue_ms());
+  const int64_t arrival_ms = leased.entry().envelope().arrival_ms();
+  return ComputeDelays(arrival_ms == 0 ? committed : absl::FromUnixMillis(arrival_ms), committed,
+                       now, times);
+}
+
+bool IsIpLiteral(const std::string& host) {
+  unsigned char buffer[16];
+  return inet_pton(AF_INET, host.c_str(), buffer) == 1 ||
+         inet_pton(AF_INET6, host.c_str(), buffer) == 1;
+}
+
 // What a delayed-delivery DSN reports for an entry that waits on its domain: the status of the
 // domain's last failure ("451 4.3.0 ..." gives 4.3.0) and its text.
 DsnRecipient WaitingCause(const std::string& last_error) {
@@ -72,6 +88,51 @@ DsnRecipient WaitingCause(const std::string& last_error) {
 
 }  // namespace
 
+std::string_view DnsLookupTypeLabel(DnsLookupType type) {
+  return type == DnsLookupType::kMx ? "mx" : "address";
+}
+
+std::string_view DnsLookupResultLabel(DnsLookupResult result) {
+  switch (result) {
+    case DnsLookupResult::kOk:
+      return "ok";
+    case DnsLookupResult::kNxDomain:
+      return "nxdomain";
+    case DnsLookupResult::kNoData:
+      return "nodata";
+    case DnsLookupResult::kError:
+      return "error";
+  }
+  return "error";
+}
+
+std::string_view ReplyStageLabel(size_t stage) {
+  return stage == kConnectStage ? "connect" : SmtpStageLabel(static_cast<SmtpStage>(stage));
+}
+
+std::vector<double> AttemptBounds() {
+  return {0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600};
+}
+
+void DeliveryCounters::CountDns(DnsLookupType type, const absl::Status& status) {
+  if (absl::IsCancelled(status)) {
+    return;
+  }
+  const DnsLookupResult result = status.ok()          ? DnsLookupResult::kOk
+                                 : IsNxDomain(status) ? DnsLookupResult::kNxDomain
+                                 : IsNoData(status)   ? DnsLookupResult::kNoData
+                                                      : DnsLookupResult::kError;
+  dns_lookups[static_cast<size_t>(type)][static_cast<size_t>(result)].fetch_add(
+      1, std::memory_order_relaxed);
+}
+
+// One message's result from a connection, with the connection setup it waited for (zero when
+// the connection was set up before the message joined it).
+struct DeliveryRole::Attempt {
+  MessageResult result;
+  absl::Duration connection_setup;
+};
+
 // ---------------------------------------------------------------------------------------------
 // Job: the entries of one domain leased together, until each is completed. Loop thread.
 
@@ -85,8 +146,8 @@ class DeliveryRole::Job {
   }
 
   void Start();
-  // A connection has finished; `results` answer some of this job's entries.
-  void ConnectionFinished(Connection* connection, std::vector<MessageResult> results,
+  // A connection has finished; `attempts` answer some of this job's entries.
+  void ConnectionFinished(Connection* connection, std::vector<Attempt> attempts,
                           const std::string& remote_host);
   const std::string& domain() const { return domain_; }
   DeliveryRole& role() { return *role_; }
@@ -105,22 +166,25 @@ class DeliveryRole::Job {
  private:
   void Routed(const Route& route);
   const queue::LeasedEntry* Find(const std::string& id) const;
-  // Completions, each queued in `items_` and sent when the job ends.
+  // Completions, each queued in `items_` and sent when the job ends. `times`: what the attempt
+  // spent on a connection, for the log line's delays.
   // `cause`: what a delayed-delivery DSN would report (status, diagnostic or reason).
   void Retry(const queue::LeasedEntry& leased, const std::string& error, const DsnRecipient& cause,
-             std::vector<std::string> remaining = {});
+             const AttemptTimes& times, std::vector<std::string> remaining = {});
   // Adds the delayed-delivery DSN to a retry, once per entry (DESIGN §3.2, [delivery]
   // delay_warning), when the entry is that old.
   void WarnOfDelay(const queue::LeasedEntry& leased, const DsnRecipient& cause,
-                   const std::vector<std::string>& remaining, queue::CompletionItem& item);
+                   const std::vector<std::string>& remaining, const AttemptTimes& times,
+                   queue::CompletionItem& item);
   // The same without the age check: the queue leased the entry for its warning.
   void AddDelayWarning(const queue::LeasedEntry& leased, const DsnRecipient& cause,
-                       const std::vector<std::string>& remaining, queue::CompletionItem& item);
+                       const std::vector<std::string>& remaining, const AttemptTimes& times,
+                       queue::CompletionItem& item);
   // An entry leased only for its warning (DISPOSITION_DELAY_WARNING): no delivery attempt.
   void WarnOnly(const queue::LeasedEntry& leased);
   void Bounce(const queue::LeasedEntry& leased, const std::string& status,
-              const std::string& reason);
-  void Complete(const queue::LeasedEntry& leased, const MessageResult& result,
+              const std::string& reason, const AttemptTimes& times = {});
+  void Complete(const queue::LeasedEntry& leased, const Attempt& attempt,
                 const std::string& remote_host);
   void MaybeDone();
 
@@ -131,6 +195,9 @@ class DeliveryRole::Job {
   std::vector<std::unique_ptr<Connection>> connections_;
   size_t open_connections_ = 0;
   std::optional<Route> route_;  // set once routed for delivery
+  // When routing started (its DNS is part of the first connections' setup); taken by the first
+  // OpenConnections.
+  std::optional<absl::Time> setup_from_;
   // Entries to deliver that no connection has taken yet, oldest first; connections take them
   // `share_` at a time, so that the backlog spreads over every connection the domain may have.
   std::deque<const queue::LeasedEntry*> pending_;
@@ -145,15 +212,17 @@ class DeliveryRole::Job {
 
 class DeliveryRole::Connection {
  public:
-  // `entries`: the first share; more are taken from the job between messages.
+  // `entries`: the first share; more are taken from the job between messages. `setup_start`:
+  // where this connection's setup time starts counting (its job's routing, or now).
   Connection(Job* job, std::vector<RouteHost> hosts, std::vector<const queue::LeasedEntry*> entries,
-             TlsPolicy tls)
+             TlsPolicy tls, absl::Time setup_start)
       : job_(job),
         role_(job->role()),
         loop_(*role_.loop_),
         hosts_(std::move(hosts)),
         entries_(std::move(entries)),
         tls_policy_(tls),
+        setup_start_(setup_start),
         io_op_([this](const Completion& c) { OnIo(c); }),
         send_op_([this](const Completion& c) { OnSent(c); }),
         timer_op_([this](const Completion& c) { OnTimer(c); }) {}
@@ -171,6 +240,9 @@ class DeliveryRole::Connection {
     phase_ = Phase::kResolving;
     const RouteHost& host = hosts_[host_index_];
     role_.resolver_->LookupAddresses(host.host, [this](AddressResult result) {
+      if (!IsIpLiteral(hosts_[host_index_].host)) {
+        role_.counters_.CountDns(DnsLookupType::kAddress, result.status);
+      }
       if (!result.status.ok()) {
         last_error_ =
             fmt::format("{}: {}", hosts_[host_index_].host, std::string(result.status.message()));
@@ -212,6 +284,7 @@ class DeliveryRole::Connection {
 
   void ConnectFailed(const std::string& why) {
     role_.counters_.connection_failures.fetch_add(1, std::memory_order_relaxed);
+    role_.counters_.CountReply(kConnectStage, ReplyClass::kNone);
     last_error_ = fmt::format("connect to {} ({}): {}", hosts_[host_index_].host, remote_, why);
     Log().Info("connection failed", {{"domain", job_->domain()}, {"error", last_error_}});
     fd_.Reset();
@@ -254,10 +327,15 @@ class DeliveryRole::Connection {
     // io_uring waits for readiness itself on a blocking socket (common/event_loop.h).
     fcntl(fd_.get(), F_SETFL, fcntl(fd_.get(), F_GETFL) & ~O_NONBLOCK);
     role_.counters_.connections.fetch_add(1, std::memory_order_relaxed);
+    role_.counters_.connections_active.fetch_add(1, std::memory_order_relaxed);
+    established_ = true;
     phase_ = Phase::kSmtp;
     ClientOptions options;
     options.helo_name = role_.config_.node.hostname;
     options.tls = tls_policy_;
+    options.on_reply = [counters = &role_.counters_](SmtpStage stage, int code) {
+      counters->CountReply(static_cast<size_t>(stage), ReplyClassOf(code));
+    };
     const absl::Time now = absl::Now();
     client_ = std::make_unique<SmtpClient>(options, now);
     for (const queue::LeasedEntry* leased : entries_) {
@@ -327,6 +405,12 @@ class DeliveryRole::Connection {
   void Pump() {
     if (phase_ != Phase::kSmtp) {
       return;
+    }
+    if (!ready_at_.has_value() && client_->ready_at().has_value()) {
+      // Every message the connection has now waited for its setup; the ones it takes later
+      // did not.
+      ready_at_ = client_->ready_at();
+      setup_entries_ = entries_.size();
     }
     const absl::Time now = absl::Now();
     if (!finish_requested_ && client_->idle()) {
@@ -471,6 +555,7 @@ class DeliveryRole::Connection {
       MessageResult result;
       result.id = leased->entry().id();
       result.failure = ConnectionFailure::kConnectionLost;
+      result.started = result.finished = absl::Now();
       for (const queue::Recipient& recipient : leased->entry().envelope().recipients()) {
         RecipientResult recipient_result;
         recipient_result.address = recipient.address();
@@ -509,8 +594,29 @@ class DeliveryRole::Connection {
     }
     finished_ = true;
     fd_.Reset();
+    if (established_) {
+      role_.counters_.connections_active.fetch_sub(1, std::memory_order_relaxed);
+    }
     const std::string remote = host_index_ < hosts_.size() ? hosts_[host_index_].host : "";
-    job_->ConnectionFinished(this, std::move(results_), remote);
+    job_->ConnectionFinished(this, TakeAttempts(), remote);
+  }
+
+  // The results with the setup each waited for: until the session was ready, or, when it never
+  // was, until now (a failed setup is all the time such an attempt took).
+  std::vector<Attempt> TakeAttempts() {
+    const absl::Duration setup = ready_at_.value_or(absl::Now()) - setup_start_;
+    std::vector<Attempt> attempts;
+    attempts.reserve(results_.size());
+    for (MessageResult& result : results_) {
+      const auto it = std::find_if(entries_.begin(), entries_.end(), [&](const auto* leased) {
+        return leased->entry().id() == result.id;
+      });
+      const bool waited =
+          !ready_at_.has_value() || static_cast<size_t>(it - entries_.begin()) < setup_entries_;
+      attempts.push_back({std::move(result), waited ? setup : absl::ZeroDuration()});
+    }
+    results_.clear();
+    return attempts;
   }
 
   Job* const job_;
@@ -519,7 +625,11 @@ class DeliveryRole::Connection {
   const std::vector<RouteHost> hosts_;
   std::vector<const queue::LeasedEntry*> entries_;  // every entry this connection took
   const TlsPolicy tls_policy_;
-  bool finish_requested_ = false;  // QUIT is due once the client is idle
+  const absl::Time setup_start_;
+  std::optional<absl::Time> ready_at_;  // when the SMTP session was ready for transactions
+  size_t setup_entries_ = 0;            // entries_ taken before then
+  bool established_ = false;            // TCP connected: counted in connections_active
+  bool finish_requested_ = false;       // QUIT is due once the client is idle
   Phase phase_ = Phase::kResolving;
   size_t host_index_ = 0;
   std::vector<std::string> addresses_;
@@ -572,6 +682,7 @@ void DeliveryRole::Job::Start() {
     MaybeDone();
     return;
   }
+  setup_from_ = absl::Now();
   if (policy_ && !policy_->primary.empty()) {
     Routed(RouteToPrimaries(policy_->primary));
     return;
@@ -581,6 +692,7 @@ void DeliveryRole::Job::Start() {
   options.smtp_port = role_->config_.delivery.smtp_port;
   options.shuffle_seed = role_->next_sequence_.load();
   role_->resolver_->LookupMx(domain_, [this, options](MxResult mx) {
+    role_->counters_.CountDns(DnsLookupType::kMx, mx.status);
     if (mx.status.ok()) {
       MxLookup lookup;
       lookup.status = MxLookupStatus::kRecords;
@@ -601,6 +713,7 @@ void DeliveryRole::Job::Start() {
     }
     // No MX: RFC 5321 §5.1's implicit MX, if the domain has an address.
     role_->resolver_->LookupAddresses(domain_, [this, options](AddressResult addresses) {
+      role_->counters_.CountDns(DnsLookupType::kAddress, addresses.status);
       MxLookup lookup;
       if (addresses.status.ok()) {
         lookup.status = MxLookupStatus::kNoMxButAddress;
@@ -616,6 +729,8 @@ void DeliveryRole::Job::Start() {
 
 void DeliveryRole::Job::Routed(const Route& route) {
   started_ = true;
+  // A failed routing: its DNS is the attempt's connection setup.
+  const AttemptTimes routing{.connection_setup = absl::Now() - setup_from_.value_or(absl::Now())};
   for (queue::LeasedEntry& leased : entries_) {
     if (leased.lease().disposition() != queue::DISPOSITION_DELIVER &&
         leased.lease().disposition() != queue::DISPOSITION_UNSPECIFIED) {
@@ -630,11 +745,11 @@ void DeliveryRole::Job::Routed(const Route& route) {
         // RFC 3463: unable to route; a DNS failure is a directory server failure.
         cause.status = route.kind == Route::Kind::kWeAreBestMx ? "4.4.4" : "4.4.3";
         cause.reason = route.reason;
-        Retry(leased, route.reason, cause);
+        Retry(leased, route.reason, cause, routing);
         break;
       }
       case Route::Kind::kPermanentFailure:
-        Bounce(leased, route.enhanced_status, route.reason);
+        Bounce(leased, route.enhanced_status, route.reason, routing);
         break;
     }
   }
@@ -666,9 +781,11 @@ void DeliveryRole::Job::OpenConnections() {
   const TlsPolicy tls = policy_ && policy_->tls == DomainTls::kRequired ? TlsPolicy::kRequired
                                                                         : TlsPolicy::kOpportunistic;
   const size_t first = connections_.size();
+  const absl::Time setup_start = setup_from_.value_or(absl::Now());
+  setup_from_.reset();
   while (!pending_.empty() && role_->domain_connections_[domain_] < limit) {
     connections_.push_back(
-        std::make_unique<Connection>(this, route_->hosts, TakeShare(share_), tls));
+        std::make_unique<Connection>(this, route_->hosts, TakeShare(share_), tls, setup_start));
     ++open_connections_;
     ++role_->domain_connections_[domain_];
   }
@@ -706,7 +823,8 @@ const queue::LeasedEntry* DeliveryRole::Job::Find(const std::string& id) const {
 }
 
 void DeliveryRole::Job::Retry(const queue::LeasedEntry& leased, const std::string& error,
-                              const DsnRecipient& cause, std::vector<std::string> remaining) {
+                              const DsnRecipient& cause, const AttemptTimes& times,
+                              std::vector<std::string> remaining) {
   queue::CompletionItem& item = items_.emplace_back();
   item.set_id(leased.entry().id());
   item.set_lease_token(leased.lease().token());
@@ -715,19 +833,20 @@ void DeliveryRole::Job::Retry(const queue::LeasedEntry& leased, const std::strin
   for (const std::string& address : remaining) {
     retry.add_remaining_recipients(address);
   }
-  WarnOfDelay(leased, cause, remaining, item);
+  WarnOfDelay(leased, cause, remaining, times, item);
   role_->counters_.deferred.fetch_add(1, std::memory_order_relaxed);
-  Log().Info("deferred",
-             {{"id", IdText(leased.entry().id())},
-              {"domain", domain_},
-              {"attempts", leased.attempts() + 1},
-              {"delay", SecondsSince(leased.entry().envelope().arrival_ms(), absl::Now())},
-              {"error", error}});
+  const Delays delays = DelaysOf(leased, absl::Now(), times);
+  Log().Info("deferred", {{"id", IdText(leased.entry().id())},
+                          {"domain", domain_},
+                          {"attempts", leased.attempts() + 1},
+                          {"delay", RoundedSeconds(delays.total)},
+                          {"delays", FormatDelays(delays)},
+                          {"error", error}});
 }
 
 void DeliveryRole::Job::WarnOfDelay(const queue::LeasedEntry& leased, const DsnRecipient& cause,
                                     const std::vector<std::string>& remaining,
-                                    queue::CompletionItem& item) {
+                                    const AttemptTimes& times, queue::CompletionItem& item) {
   const DeliveryConfig& config = role_->config_.delivery;
   const absl::Time now = absl::Now();
   const absl::Time arrival = absl::FromUnixMillis(leased.enqueue_ms());
@@ -735,7 +854,7 @@ void DeliveryRole::Job::WarnOfDelay(const queue::LeasedEntry& leased, const DsnR
       now - arrival < config.delay_warning) {
     return;
   }
-  AddDelayWarning(leased, cause, remaining, item);
+  AddDelayWarning(leased, cause, remaining, times, item);
 }
 
 void DeliveryRole::Job::WarnOnly(const queue::LeasedEntry& leased) {
@@ -743,12 +862,12 @@ void DeliveryRole::Job::WarnOnly(const queue::LeasedEntry& leased) {
   item.set_id(leased.entry().id());
   item.set_lease_token(leased.lease().token());
   item.mutable_retry()->set_error(leased.last_error());
-  AddDelayWarning(leased, WaitingCause(leased.last_error()), {}, item);
+  AddDelayWarning(leased, WaitingCause(leased.last_error()), {}, AttemptTimes{}, item);
 }
 
 void DeliveryRole::Job::AddDelayWarning(const queue::LeasedEntry& leased, const DsnRecipient& cause,
                                         const std::vector<std::string>& remaining,
-                                        queue::CompletionItem& item) {
+                                        const AttemptTimes& times, queue::CompletionItem& item) {
   const DeliveryConfig& config = role_->config_.delivery;
   const absl::Time now = absl::Now();
   const absl::Time arrival = absl::FromUnixMillis(leased.enqueue_ms());
@@ -775,14 +894,17 @@ void DeliveryRole::Job::AddDelayWarning(const queue::LeasedEntry& leased, const 
     *item.add_dsn() = std::move(*dsn);
     role_->counters_.dsns.fetch_add(1, std::memory_order_relaxed);
   }
+  const Delays delays = DelaysOf(leased, now, times);
   Log().Info("delay warning", {{"id", IdText(leased.entry().id())},
                                {"domain", domain_},
                                {"status", cause.status},
-                               {"dsn", dsn.has_value()}});
+                               {"dsn", dsn.has_value()},
+                               {"delay", RoundedSeconds(delays.total)},
+                               {"delays", FormatDelays(delays)}});
 }
 
 void DeliveryRole::Job::Bounce(const queue::LeasedEntry& leased, const std::string& status,
-                               const std::string& reason) {
+                               const std::string& reason, const AttemptTimes& times) {
   const absl::Time now = absl::Now();
   DsnReport report;
   report.id = role_->NewId();
@@ -806,16 +928,24 @@ void DeliveryRole::Job::Bounce(const queue::LeasedEntry& leased, const std::stri
     role_->counters_.dsns.fetch_add(1, std::memory_order_relaxed);
   }
   role_->counters_.bounced.fetch_add(1, std::memory_order_relaxed);
+  const Delays delays = DelaysOf(leased, now, times);
   Log().Info("bounced", {{"id", IdText(leased.entry().id())},
                          {"domain", domain_},
                          {"status", status},
                          {"dsn", item.dsn_size() > 0},
+                         {"delay", RoundedSeconds(delays.total)},
+                         {"delays", FormatDelays(delays)},
                          {"reason", reason}});
 }
 
-void DeliveryRole::Job::Complete(const queue::LeasedEntry& leased, const MessageResult& result,
+void DeliveryRole::Job::Complete(const queue::LeasedEntry& leased, const Attempt& attempt,
                                  const std::string& remote_host) {
   const absl::Time now = absl::Now();
+  const MessageResult& result = attempt.result;
+  const AttemptTimes times{.connection_setup = attempt.connection_setup,
+                           .transmission = result.finished - result.started};
+  const double attempt_seconds = absl::ToDoubleSeconds(times.connection_setup + times.transmission);
+  const Delays delays = DelaysOf(leased, now, times);
   std::vector<std::string> temporary;
   std::string temporary_error;
   DsnRecipient temporary_cause;
@@ -849,7 +979,8 @@ void DeliveryRole::Job::Complete(const queue::LeasedEntry& leased, const Message
   }
   if (!temporary.empty()) {
     // Only the failed recipients stay, when some were done with.
-    Retry(leased, temporary_error, temporary_cause,
+    role_->counters_.attempt_deferred_seconds.Observe(attempt_seconds);
+    Retry(leased, temporary_error, temporary_cause, times,
           temporary.size() == result.recipients.size() ? std::vector<std::string>{}
                                                        : std::move(temporary));
   } else {
@@ -861,18 +992,22 @@ void DeliveryRole::Job::Complete(const queue::LeasedEntry& leased, const Message
       role_->counters_.delivered.fetch_add(1, std::memory_order_relaxed);
       role_->counters_.time_in_queue_seconds.Observe(
           SecondsSince(leased.entry().envelope().arrival_ms(), now));
-      Log().Info("delivered",
-                 {{"id", IdText(leased.entry().id())},
-                  {"domain", domain_},
-                  {"relay", remote_host},
-                  {"recipients", delivered},
-                  {"delay", SecondsSince(leased.entry().envelope().arrival_ms(), now)}});
+      role_->counters_.attempt_delivered_seconds.Observe(attempt_seconds);
+      Log().Info("delivered", {{"id", IdText(leased.entry().id())},
+                               {"domain", domain_},
+                               {"relay", remote_host},
+                               {"recipients", delivered},
+                               {"delay", RoundedSeconds(delays.total)},
+                               {"delays", FormatDelays(delays)}});
     } else {
       item.mutable_bounced()->set_error(permanent_error);
       role_->counters_.bounced.fetch_add(1, std::memory_order_relaxed);
+      role_->counters_.attempt_bounced_seconds.Observe(attempt_seconds);
       Log().Info("bounced", {{"id", IdText(leased.entry().id())},
                              {"domain", domain_},
                              {"relay", remote_host},
+                             {"delay", RoundedSeconds(delays.total)},
+                             {"delays", FormatDelays(delays)},
                              {"reason", permanent_error}});
     }
   }
@@ -888,11 +1023,11 @@ void DeliveryRole::Job::Complete(const queue::LeasedEntry& leased, const Message
 }
 
 void DeliveryRole::Job::ConnectionFinished(Connection* /*connection*/,
-                                           std::vector<MessageResult> results,
+                                           std::vector<Attempt> attempts,
                                            const std::string& remote_host) {
-  for (const MessageResult& result : results) {
-    if (const queue::LeasedEntry* leased = Find(result.id)) {
-      Complete(*leased, result, remote_host);
+  for (const Attempt& attempt : attempts) {
+    if (const queue::LeasedEntry* leased = Find(attempt.result.id)) {
+      Complete(*leased, attempt, remote_host);
     }
   }
   --open_connections_;

@@ -7,6 +7,7 @@
 // every entry in batches: delivered, retry later (the domain backs off), or bounced with the
 // RFC 3464 DSN queued in the same command.
 
+#include <array>
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
@@ -14,6 +15,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <unordered_map>
 #include <vector>
@@ -26,11 +28,31 @@
 #include "common/event_loop.h"
 #include "common/metrics.h"
 #include "common/tls.h"
+#include "delivery/smtp_client.h"
 #include "queue/queue_client.h"
 
 namespace backstop::delivery {
 
-// Counters for /status and logs; any thread.
+// The DNS lookups of routing and connecting: backstop_delivery_dns_lookups_total{type,result}.
+// kAddress is one A + AAAA pair: the resolver asks both at once and answers once (OK when
+// either has addresses). IP literals are no lookup and are not counted.
+enum class DnsLookupType : uint8_t { kMx, kAddress };
+inline constexpr size_t kDnsLookupTypes = 2;
+enum class DnsLookupResult : uint8_t { kOk, kNxDomain, kNoData, kError };
+inline constexpr size_t kDnsLookupResults = 4;
+std::string_view DnsLookupTypeLabel(DnsLookupType type);        // "mx", "address"
+std::string_view DnsLookupResultLabel(DnsLookupResult result);  // "ok", "nxdomain", ...
+
+// backstop_delivery_primary_replies_total{stage}: the SmtpStage of a reply, or this one for a
+// connection attempt that failed before any reply (refused, unreachable, timed out).
+inline constexpr size_t kConnectStage = kSmtpStages;
+inline constexpr size_t kReplyStages = kSmtpStages + 1;
+std::string_view ReplyStageLabel(size_t stage);  // SmtpStageLabel, or "connect"
+
+// Seconds: 10 ms .. 10 min (the longest SMTP timeout is the end of data's 10 minutes).
+std::vector<double> AttemptBounds();
+
+// Counters for /metrics and /status; any thread.
 struct DeliveryCounters {
   std::atomic<uint64_t> leased{0};
   std::atomic<uint64_t> delivered{0};
@@ -39,9 +61,26 @@ struct DeliveryCounters {
   std::atomic<uint64_t> dsns{0};
   std::atomic<uint64_t> connections{0};
   std::atomic<uint64_t> connection_failures{0};
+  std::atomic<int64_t> connections_active{0};  // established and not closed yet
+  // [stage][ReplyClass]: replies of the primaries by the command they answer (kReplyStages).
+  std::array<std::array<std::atomic<uint64_t>, kReplyClasses>, kReplyStages> primary_replies{};
+  // [DnsLookupType][DnsLookupResult].
+  std::array<std::array<std::atomic<uint64_t>, kDnsLookupResults>, kDnsLookupTypes> dns_lookups{};
+  // One message's attempt on a connection (its share of the connection setup, c, plus its
+  // transmission, d; see delivery/delays.h), by how the entry was completed.
+  metrics::Histogram attempt_delivered_seconds{AttemptBounds()};
+  metrics::Histogram attempt_deferred_seconds{AttemptBounds()};
+  metrics::Histogram attempt_bounced_seconds{AttemptBounds()};
   // Arrival at ingest → delivered to the primary, per delivered entry: 1 s .. 5 days.
   metrics::Histogram time_in_queue_seconds{
       {1, 10, 60, 300, 900, 3600, 6 * 3600, 24 * 3600, 2 * 24 * 3600, 5 * 24 * 3600}};
+
+  void CountReply(size_t stage, ReplyClass reply_class) {
+    primary_replies[stage][static_cast<size_t>(reply_class)].fetch_add(1,
+                                                                       std::memory_order_relaxed);
+  }
+  // A lookup's answer; Cancelled (we are stopping) is no answer and not counted.
+  void CountDns(DnsLookupType type, const absl::Status& status);
 };
 
 // Owns the queue client, the lease thread (blocking gRPC calls: Lease, Extend, Complete), and the
@@ -66,6 +105,7 @@ class DeliveryRole {
  private:
   class Job;
   class Connection;
+  struct Attempt;
   friend class Job;
   friend class Connection;
 

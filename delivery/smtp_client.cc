@@ -20,19 +20,6 @@ enum class SmtpClient::Phase : uint8_t {
   kClosed,
 };
 
-enum class SmtpClient::Expect : uint8_t {
-  kGreeting,
-  kEhlo,
-  kHelo,
-  kStartTls,
-  kMail,
-  kRcpt,
-  kData,
-  kDataEnd,
-  kRset,
-  kQuit,
-};
-
 struct SmtpClient::Transaction {
   queue::QueueEntry entry;
   std::string data;  // the DATA form, until it is sent
@@ -44,6 +31,7 @@ struct SmtpClient::Transaction {
   size_t next_rcpt = 0;
   size_t accepted_count = 0;
   bool discarding = false;  // DATA got 354 with no recipient: an empty message ends it
+  absl::Time started;       // when MAIL was produced
 };
 
 namespace {
@@ -229,6 +217,63 @@ std::string_view ConnectionFailureName(ConnectionFailure failure) {
   return "unknown";
 }
 
+std::string_view SmtpStageLabel(SmtpStage stage) {
+  switch (stage) {
+    case SmtpStage::kGreeting:
+      return "greeting";
+    case SmtpStage::kEhlo:
+      return "ehlo";
+    case SmtpStage::kHelo:
+      return "helo";
+    case SmtpStage::kStartTls:
+      return "starttls";
+    case SmtpStage::kMail:
+      return "mail";
+    case SmtpStage::kRcpt:
+      return "rcpt";
+    case SmtpStage::kData:
+      return "data";
+    case SmtpStage::kDataEnd:
+      return "data_end";
+    case SmtpStage::kRset:
+      return "rset";
+    case SmtpStage::kQuit:
+      return "quit";
+  }
+  return "unknown";
+}
+
+ReplyClass ReplyClassOf(int code) {
+  switch (code / 100) {
+    case 2:
+      return ReplyClass::k2xx;
+    case 3:
+      return ReplyClass::k3xx;
+    case 4:
+      return ReplyClass::k4xx;
+    case 5:
+      return ReplyClass::k5xx;
+    default:
+      return ReplyClass::kNone;
+  }
+}
+
+std::string_view ReplyClassLabel(ReplyClass reply_class) {
+  switch (reply_class) {
+    case ReplyClass::k2xx:
+      return "2xx";
+    case ReplyClass::k3xx:
+      return "3xx";
+    case ReplyClass::k4xx:
+      return "4xx";
+    case ReplyClass::k5xx:
+      return "5xx";
+    case ReplyClass::kNone:
+      return "none";
+  }
+  return "none";
+}
+
 std::string_view SmtpClient::ExpectName(Expect expect) {
   switch (expect) {
     case Expect::kGreeting:
@@ -269,7 +314,7 @@ void SmtpClient::AddMessage(queue::QueueEntry entry, absl::Time now) {
         std::move(entry),
         failure_ == ConnectionFailure::kNone ? ConnectionFailure::kConnectionLost : failure_,
         RecipientOutcome::kTemporaryFailure, MakeReply(451, "4.4.2", "the connection was closing"),
-        ReplySource::kClient);
+        ReplySource::kClient, now);
     return;
   }
   queued_.push_back(std::move(entry));
@@ -436,20 +481,26 @@ void SmtpClient::ParseInput(absl::Time now) {
 }
 
 void SmtpClient::ProtocolError(std::string_view what, absl::Time now) {
-  (void)now;
   Fail(ConnectionFailure::kProtocolError, RecipientOutcome::kTemporaryFailure,
        MakeReply(451, "4.5.0", fmt::format("protocol error: {}", what)), ReplySource::kClient,
-       Goodbye::kDrop);
+       Goodbye::kDrop, now);
+}
+
+void SmtpClient::ReportReply(int code) {
+  if (options_.on_reply && !pending_.empty()) {
+    options_.on_reply(pending_.front().expect, code);
+  }
 }
 
 void SmtpClient::OnReply(const Reply& reply, absl::Time now) {
+  ReportReply(reply.code);
   bool greeting_or_quit = !pending_.empty() && (pending_.front().expect == Expect::kGreeting ||
                                                 pending_.front().expect == Expect::kQuit);
   if (reply.code == 421 && !greeting_or_quit) {
     // The server is closing the channel (RFC 5321 §3.8), in reply to any command or unasked:
     // whatever is unanswered fails with its words, and nothing more is sent but QUIT.
     Fail(ConnectionFailure::kConnectionLost, RecipientOutcome::kTemporaryFailure, reply,
-         ReplySource::kServer, Goodbye::kQuit);
+         ReplySource::kServer, Goodbye::kQuit, now);
     return;
   }
   if (pending_.empty()) {
@@ -501,7 +552,7 @@ void SmtpClient::OnGreeting(const Reply& reply, absl::Time now) {
     case 4:
     case 5:
       Fail(ConnectionFailure::kGreetingRejected, OutcomeOf(reply.code), reply, ReplySource::kServer,
-           Goodbye::kQuit);
+           Goodbye::kQuit, now);
       return;
     default:
       ProtocolError(fmt::format("unexpected greeting \"{}\"", reply.OneLine()), now);
@@ -519,7 +570,7 @@ void SmtpClient::OnEhlo(const Reply& reply, absl::Time now) {
       return;
     case 4:
       Fail(ConnectionFailure::kHeloRejected, RecipientOutcome::kTemporaryFailure, reply,
-           ReplySource::kServer, Goodbye::kQuit);
+           ReplySource::kServer, Goodbye::kQuit, now);
       return;
     default:
       ProtocolError(fmt::format("unexpected reply to EHLO \"{}\"", reply.OneLine()), now);
@@ -535,7 +586,7 @@ void SmtpClient::OnHelo(const Reply& reply, absl::Time now) {
   // Even a 5xx stays temporary: a server refusing our name is a configuration problem that
   // an operator fixes, not a reason to bounce the whole backlog.
   Fail(ConnectionFailure::kHeloRejected, RecipientOutcome::kTemporaryFailure, reply,
-       ReplySource::kServer, Goodbye::kQuit);
+       ReplySource::kServer, Goodbye::kQuit, now);
 }
 
 void SmtpClient::AfterHello(absl::Time now) {
@@ -546,10 +597,11 @@ void SmtpClient::AfterHello(absl::Time now) {
   if (!tls_active_ && options_.tls == TlsPolicy::kRequired) {
     Fail(ConnectionFailure::kTlsFailure, RecipientOutcome::kTemporaryFailure,
          MakeReply(451, "4.7.4", "TLS required but not offered"), ReplySource::kClient,
-         Goodbye::kQuit);
+         Goodbye::kQuit, now);
     return;
   }
   session_ready_ = true;
+  ready_at_ = now;
   StartNextMessage(now);
 }
 
@@ -563,10 +615,11 @@ void SmtpClient::OnStartTls(const Reply& reply, absl::Time now) {
     Fail(ConnectionFailure::kTlsFailure, RecipientOutcome::kTemporaryFailure,
          MakeReply(451, "4.7.4",
                    fmt::format("TLS required but STARTTLS was refused: {}", reply.OneLine())),
-         ReplySource::kClient, Goodbye::kQuit);
+         ReplySource::kClient, Goodbye::kQuit, now);
     return;
   }
   session_ready_ = true;  // opportunistic: carry on in plaintext
+  ready_at_ = now;
   StartNextMessage(now);
 }
 
@@ -581,17 +634,15 @@ void SmtpClient::TlsEstablished(absl::Time now) {
 }
 
 void SmtpClient::TlsFailed(std::string_view error, absl::Time now) {
-  (void)now;
   if (phase_ == Phase::kClosed) {
     return;
   }
   Fail(ConnectionFailure::kTlsFailure, RecipientOutcome::kTemporaryFailure,
        MakeReply(451, "4.7.5", fmt::format("TLS handshake failed: {}", error)),
-       ReplySource::kClient, Goodbye::kDrop);
+       ReplySource::kClient, Goodbye::kDrop, now);
 }
 
 void SmtpClient::ConnectionLost(absl::Time now) {
-  (void)now;
   if (phase_ == Phase::kClosed) {
     return;
   }
@@ -601,8 +652,10 @@ void SmtpClient::ConnectionLost(absl::Time now) {
   }
   std::string waiting =
       pending_.empty() ? "" : fmt::format(" waiting for {}", ExpectName(pending_.front().expect));
+  ReportReply(0);
   Fail(ConnectionFailure::kConnectionLost, RecipientOutcome::kTemporaryFailure,
-       MakeReply(451, "4.4.2", "connection lost" + waiting), ReplySource::kClient, Goodbye::kDrop);
+       MakeReply(451, "4.4.2", "connection lost" + waiting), ReplySource::kClient, Goodbye::kDrop,
+       now);
 }
 
 void SmtpClient::OnTimer(absl::Time now) {
@@ -620,9 +673,12 @@ void SmtpClient::OnTimer(absl::Time now) {
   std::string what = phase_ == Phase::kTlsHandshake
                          ? std::string("the TLS handshake")
                          : std::string(ExpectName(pending_.front().expect));
+  if (phase_ == Phase::kSession) {
+    ReportReply(0);
+  }
   Fail(ConnectionFailure::kTimeout, RecipientOutcome::kTemporaryFailure,
        MakeReply(451, "4.4.2", fmt::format("timeout waiting for {}", what)), ReplySource::kClient,
-       Goodbye::kDrop);
+       Goodbye::kDrop, now);
 }
 
 std::optional<Reply> SmtpClient::RefusalOf(const queue::QueueEntry& entry, size_t data_size) const {
@@ -699,7 +755,7 @@ void SmtpClient::StartNextMessage(absl::Time now) {
     if (std::optional<Reply> refusal = RefusalOf(entry, data_size)) {
       // Never sent: nothing to reset on the server.
       FailMessage(std::move(entry), ConnectionFailure::kNone, OutcomeOf(refusal->code), *refusal,
-                  ReplySource::kClient);
+                  ReplySource::kClient, now);
       continue;
     }
     transaction_ = std::make_unique<Transaction>();
@@ -707,6 +763,7 @@ void SmtpClient::StartNextMessage(absl::Time now) {
     transaction.entry = std::move(entry);
     transaction.data = std::move(data);
     transaction.pipelined = extensions_.pipelining;
+    transaction.started = now;
     size_t count = static_cast<size_t>(transaction.entry.envelope().recipients_size());
     transaction.results.resize(count);
     transaction.decided.assign(count, false);
@@ -840,6 +897,8 @@ void SmtpClient::FinishTransaction(AfterTransaction after, absl::Time now) {
   MessageResult result;
   result.id = transaction.entry.id();
   result.recipients = std::move(transaction.results);
+  result.started = transaction.started;
+  result.finished = now;
   results_.push_back(std::move(result));
   transaction_.reset();
   if (after == AfterTransaction::kRset) {
@@ -856,14 +915,17 @@ void SmtpClient::OnRset(const Reply& reply, absl::Time now) {
   }
   Fail(ConnectionFailure::kProtocolError, RecipientOutcome::kTemporaryFailure,
        MakeReply(451, "4.5.0", fmt::format("RSET refused: {}", reply.OneLine())),
-       ReplySource::kClient, Goodbye::kQuit);
+       ReplySource::kClient, Goodbye::kQuit, now);
 }
 
 void SmtpClient::FailMessage(queue::QueueEntry entry, ConnectionFailure failure,
-                             RecipientOutcome outcome, const Reply& reply, ReplySource source) {
+                             RecipientOutcome outcome, const Reply& reply, ReplySource source,
+                             absl::Time now) {
   MessageResult result;
   result.id = entry.id();
   result.failure = failure;
+  result.started = now;
+  result.finished = now;
   for (const queue::Recipient& recipient : entry.envelope().recipients()) {
     result.recipients.push_back({recipient.address(), outcome, source, reply});
   }
@@ -871,7 +933,7 @@ void SmtpClient::FailMessage(queue::QueueEntry entry, ConnectionFailure failure,
 }
 
 void SmtpClient::Fail(ConnectionFailure failure, RecipientOutcome outcome, const Reply& reply,
-                      ReplySource source, Goodbye goodbye) {
+                      ReplySource source, Goodbye goodbye, absl::Time now) {
   failure_ = failure;
   if (transaction_) {
     Transaction& transaction = *transaction_;
@@ -887,11 +949,13 @@ void SmtpClient::Fail(ConnectionFailure failure, RecipientOutcome outcome, const
     result.id = transaction.entry.id();
     result.recipients = std::move(transaction.results);
     result.failure = failure;
+    result.started = transaction.started;
+    result.finished = now;
     results_.push_back(std::move(result));
     transaction_.reset();
   }
   while (!queued_.empty()) {
-    FailMessage(std::move(queued_.front()), failure, outcome, reply, source);
+    FailMessage(std::move(queued_.front()), failure, outcome, reply, source, now);
     queued_.pop_front();
   }
   pending_.clear();

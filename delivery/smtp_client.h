@@ -43,6 +43,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -61,6 +62,32 @@ enum class TlsPolicy : uint8_t {
   kRequired,       // no STARTTLS offered, refused or failed: temporary failure, stays queued
 };
 
+// The command a server reply answers (or the greeting). Label values of
+// backstop_delivery_primary_replies_total{stage}: SmtpStageLabel.
+enum class SmtpStage : uint8_t {
+  kGreeting,
+  kEhlo,
+  kHelo,
+  kStartTls,
+  kMail,
+  kRcpt,
+  kData,
+  kDataEnd,
+  kRset,
+  kQuit,
+};
+inline constexpr size_t kSmtpStages = 10;
+// "greeting", "ehlo", "helo", "starttls", "mail", "rcpt", "data", "data_end", "rset", "quit".
+std::string_view SmtpStageLabel(SmtpStage stage);
+
+// The class of a reply code; kNone for a reply that never came (timeout, connection lost).
+enum class ReplyClass : uint8_t { k2xx, k3xx, k4xx, k5xx, kNone };
+inline constexpr size_t kReplyClasses = 5;
+// 0 (no reply) and codes outside 200..599 are kNone.
+ReplyClass ReplyClassOf(int code);
+// "2xx", "3xx", "4xx", "5xx", "none".
+std::string_view ReplyClassLabel(ReplyClass reply_class);
+
 // RFC 5321 §4.5.3.2 timeouts: each runs from the moment the command was produced (for the data
 // block: from the last reported write progress; for the end of data: from the moment the last
 // data byte was reported sent).
@@ -77,6 +104,10 @@ struct ClientOptions {
   absl::Duration data_end_timeout = absl::Minutes(10);
   absl::Duration rset_timeout = absl::Minutes(5);
   absl::Duration quit_timeout = absl::Minutes(5);
+  // Optional, for metrics: called with every reply the server gives to one of our commands (or
+  // its greeting), and with code 0 once for the reply awaited when the connection is lost or
+  // times out. Unsolicited replies and the TLS handshake are not reported.
+  std::function<void(SmtpStage stage, int code)> on_reply;
 };
 
 // What EHLO advertised (all false/0 after HELO).
@@ -133,6 +164,11 @@ struct MessageResult {
   std::string id;                           // QueueEntry.id of the message
   std::vector<RecipientResult> recipients;  // in envelope order
   ConnectionFailure failure = ConnectionFailure::kNone;
+  // The message's transmission (Postfix's delays "d"): from its MAIL command (or our decision to
+  // refuse it) to the reply that decided it. A message that never started (the connection
+  // failed first) has started == finished, the time of the failure.
+  absl::Time started;
+  absl::Time finished;
 };
 
 // One SMTP client connection. Owns the messages handed to it until their results are taken, the
@@ -175,6 +211,9 @@ class SmtpClient {
   // the server sent after its 220 in plaintext was discarded (RFC 3207 §4.2).
   bool tls_requested() const;
   bool tls_active() const { return tls_active_; }
+  // When greeting, EHLO/HELO and STARTTLS were done and transactions could start; nullopt
+  // until then (and for good if the session never got there).
+  std::optional<absl::Time> ready_at() const { return ready_at_; }
   // Ready for another message and none queued: the shell may add one or Finish().
   bool idle() const;
   // The session is over: send the output, then close the connection.
@@ -189,7 +228,7 @@ class SmtpClient {
  private:
   struct Transaction;
   enum class Phase : uint8_t;
-  enum class Expect : uint8_t;
+  using Expect = SmtpStage;
   enum class AfterTransaction : uint8_t { kNextMessage, kRset };
   enum class Goodbye : uint8_t { kQuit, kDrop };
   struct Pending {
@@ -222,9 +261,11 @@ class SmtpClient {
   void SendRcptOrData(absl::Time now);
   void FinishTransaction(AfterTransaction after, absl::Time now);
   void Fail(ConnectionFailure failure, RecipientOutcome outcome, const Reply& reply,
-            ReplySource source, Goodbye goodbye);
+            ReplySource source, Goodbye goodbye, absl::Time now);
   void FailMessage(queue::QueueEntry entry, ConnectionFailure failure, RecipientOutcome outcome,
-                   const Reply& reply, ReplySource source);
+                   const Reply& reply, ReplySource source, absl::Time now);
+  // The on_reply hook for the reply awaited first, if any.
+  void ReportReply(int code);
   void ArmDeadline(absl::Time now);
   absl::Duration TimeoutFor(Expect expect) const;
   static std::string_view ExpectName(Expect expect);
@@ -242,7 +283,8 @@ class SmtpClient {
   bool esmtp_ = false;
   bool tls_active_ = false;
   bool finish_requested_ = false;
-  bool session_ready_ = false;  // EHLO/HELO and STARTTLS are done: transactions may start
+  bool session_ready_ = false;          // EHLO/HELO and STARTTLS are done: transactions may start
+  std::optional<absl::Time> ready_at_;  // when session_ready_ became true
   bool quit_sent_ = false;
   ConnectionFailure failure_ = ConnectionFailure::kNone;
   absl::Time deadline_ = absl::InfiniteFuture();

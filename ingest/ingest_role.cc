@@ -1,6 +1,7 @@
 #include "ingest/ingest_role.h"
 
 #include <algorithm>
+#include <cmath>
 #include <map>
 #include <utility>
 
@@ -443,11 +444,12 @@ void IngestRole::Commit(const FilterInput& transaction,
             counters_.recipients.fetch_add(recipient_count, std::memory_order_relaxed);
             counters_.message_bytes.Observe(static_cast<double>(size));
             counters_.commit_seconds.Observe(delay);
+            // Postfix-like delay: here, end of data → the 250 (the quorum commit).
             Log().Info("received", {{"ids", id_list},
                                     {"from", from},
                                     {"client", client},
                                     {"size", size},
-                                    {"commit_delay", delay}});
+                                    {"delay", std::round(delay * 100) / 100}});
             respond(Verdict::AcceptWith(
                 Reply{250, "2.0.0", {fmt::format("Ok: queued as {}", id_list)}}));
             return;

@@ -272,6 +272,68 @@ void RegisterMetrics(metrics::Metrics& metrics, const queue::QueueRole* queue_ro
             .Help("From the arrival at ingest to the delivery to the primary")
             .Register(registry)
             .Add({}, c.time_in_queue_seconds.bounds()));
+    auto& active = gauge("backstop_delivery_connections_active",
+                         "SMTP connections toward primaries established and not closed yet");
+    auto& attempt_family =
+        prometheus::BuildHistogram()
+            .Name("backstop_delivery_attempt_duration_seconds")
+            .Help(
+                "One message's delivery attempt: the setup of its connection (DNS, connect, "
+                "greeting, EHLO, STARTTLS; 0 on a reused connection) plus its transaction, by "
+                "how the entry was completed")
+            .Register(registry);
+    auto attempts = std::make_shared<std::vector<std::unique_ptr<metrics::HistogramMirror>>>();
+    for (const auto& [result, histogram] : {std::pair<const char*, const metrics::Histogram*>{
+                                                "delivered", &c.attempt_delivered_seconds},
+                                            {"deferred", &c.attempt_deferred_seconds},
+                                            {"bounced", &c.attempt_bounced_seconds}}) {
+      attempts->push_back(std::make_unique<metrics::HistogramMirror>(
+          *histogram, attempt_family.Add({{"result", result}}, histogram->bounds())));
+    }
+    auto& replies = prometheus::BuildCounter()
+                        .Name("backstop_delivery_primary_replies_total")
+                        .Help(
+                            "Replies of the primaries by the command they answer (stage) and "
+                            "class; none = no reply (connection refused, lost or timed out)")
+                        .Register(registry);
+    auto& dns = prometheus::BuildCounter()
+                    .Name("backstop_delivery_dns_lookups_total")
+                    .Help(
+                        "DNS lookups of delivery routing: MX, and address (A and AAAA asked "
+                        "together), by result")
+                    .Register(registry);
+    metrics.OnScrape([&, attempts] {
+      active.Set(static_cast<double>(c.connections_active.load()));
+      for (const auto& mirror : *attempts) {
+        mirror->Sync();
+      }
+      // Series appear once they count something: the label sets stay few and bounded.
+      for (size_t stage = 0; stage < delivery::kReplyStages; ++stage) {
+        for (size_t reply_class = 0; reply_class < delivery::kReplyClasses; ++reply_class) {
+          const uint64_t count = c.primary_replies[stage][reply_class].load();
+          if (count > 0) {
+            metrics::AdvanceTo(
+                replies.Add({{"stage", std::string(delivery::ReplyStageLabel(stage))},
+                             {"class", std::string(delivery::ReplyClassLabel(
+                                           static_cast<delivery::ReplyClass>(reply_class)))}}),
+                static_cast<double>(count));
+          }
+        }
+      }
+      for (size_t type = 0; type < delivery::kDnsLookupTypes; ++type) {
+        for (size_t result = 0; result < delivery::kDnsLookupResults; ++result) {
+          const uint64_t count = c.dns_lookups[type][result].load();
+          if (count > 0) {
+            metrics::AdvanceTo(
+                dns.Add({{"type", std::string(delivery::DnsLookupTypeLabel(
+                                      static_cast<delivery::DnsLookupType>(type)))},
+                         {"result", std::string(delivery::DnsLookupResultLabel(
+                                        static_cast<delivery::DnsLookupResult>(result)))}}),
+                static_cast<double>(count));
+          }
+        }
+      }
+    });
     metrics.OnScrape([&, time_in_queue] {
       time_in_queue->Sync();
       metrics::AdvanceTo(delivered, static_cast<double>(c.delivered.load()));

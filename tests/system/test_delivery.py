@@ -627,3 +627,40 @@ primary = ["127.0.0.1:{primary_port}"]
         assert len(primary.per_connection) >= count // 100
     finally:
         primary.stop()
+
+
+def parse_delays(entry):
+    """The four parts of a log line's Postfix-like `delays` ("a/b/c/d", two decimals each)."""
+    parts = entry["delays"].split("/")
+    assert len(parts) == 4 and all(re.fullmatch(r"\d+\.\d\d", p) for p in parts), entry
+    return [float(p) for p in parts]
+
+
+def test_log_lines_carry_postfix_like_delay_fields(backstop, primary_port):
+    primary = Primary(primary_port, data_delay=0.5)  # down at first; slow to take the data
+    node = backstop(delivery_config(primary_port))
+    with smtplib.SMTP(*smtp_address(node)) as client:
+        _, reply = client.ehlo("client.test")
+        client.mail("s@sender.test")
+        client.rcpt("alice@example.test")
+        code, reply = client.data(b"From: s@sender.test\r\nSubject: delays\r\n\r\nx\r\n")
+        assert code == 250
+    (message_id,) = queued_ids(reply.decode())
+    received = node.wait_for_log(lambda e: e.get("msg") == "received", what="the reception")
+    assert received["ids"] == message_id
+    assert 0 <= received["delay"] < 30  # end of data → the 250
+    deferred = node.wait_for_log(lambda e: e.get("msg") == "deferred", what="a deferral")
+    assert deferred["id"] == message_id
+    assert abs(sum(parse_delays(deferred)) - deferred["delay"]) <= 0.03, deferred
+    primary.start()
+    try:
+        primary.wait_for(1)
+        delivered = node.wait_for_log(lambda e: e.get("msg") == "delivered", what="a delivery")
+    finally:
+        primary.stop()
+    assert delivered["id"] == message_id
+    a, b, c, d = parse_delays(delivered)
+    assert abs(a + b + c + d - delivered["delay"]) <= 0.03, delivered
+    # It waited in the queue through at least one retry interval (1 s) before this attempt.
+    assert b >= 0.9, delivered
+    assert d >= 0.45, delivered  # the transmission: MAIL → the (delayed) reply to the data

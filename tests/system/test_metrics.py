@@ -4,11 +4,19 @@ with the series the dashboards rely on moving with real traffic."""
 import os
 import smtplib
 import subprocess
+import time
 
 from conftest import REPO
+from test_delivery import Primary, dnsmasq, mx_config, primary_port, wait_queue_empty  # noqa: F401
 from test_ingest import smtp_address, standalone_with
 
 PROMTOOL = os.environ.get("PROMTOOL", str(REPO / "build/tools/promtool"))
+
+
+def promtool_check(page):
+    check = subprocess.run([PROMTOOL, "check", "metrics"], input=page, capture_output=True,
+                           text=True, timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
 
 
 def scrape(node):
@@ -42,9 +50,7 @@ def test_metrics_page_is_valid_and_counts_traffic(backstop):
                       what="domain seeding")
     content_type, page = scrape(node)
     assert content_type == "text/plain; version=0.0.4; charset=utf-8"
-    check = subprocess.run([PROMTOOL, "check", "metrics"], input=page, capture_output=True,
-                           text=True, timeout=60)
-    assert check.returncode == 0, check.stdout + check.stderr
+    promtool_check(page)
     values = series(page)
     assert values["backstop_queue_is_leader"] == 1
     assert values["backstop_queue_has_leader"] == 1
@@ -78,3 +84,51 @@ def test_metrics_page_is_valid_and_counts_traffic(backstop):
     assert values["process_resident_memory_bytes"] > 1e6
     assert values["process_open_fds"] > 3
     assert values["process_cpu_seconds_total"] > 0
+
+
+def test_delivery_series_count_attempts_replies_and_dns(backstop, primary_port, dnsmasq):
+    # example.test's MX is the recording primary; down.test's MX has an address where nothing
+    # listens (connection refused).
+    primary = Primary(primary_port).start()
+    try:
+        dns = dnsmasq("--mx-host=example.test,mx1.example.test,10",
+                      "--host-record=mx1.example.test,127.0.0.1",
+                      "--mx-host=down.test,mx1.down.test,10",
+                      "--host-record=mx1.down.test,127.0.0.3")
+        node = backstop(mx_config(dns.port, primary_port, ["example.test", "down.test"]))
+        with smtplib.SMTP(*smtp_address(node)) as client:
+            for i in range(2):
+                assert client.sendmail("s@sender.test", ["alice@example.test"],
+                                       b"From: s@sender.test\r\nSubject: %d\r\n\r\nx\r\n"
+                                       % i) == {}
+            assert client.sendmail("s@sender.test", ["carol@down.test"],
+                                   b"From: s@sender.test\r\nSubject: down\r\n\r\nx\r\n") == {}
+        primary.wait_for(2)
+        deadline = time.monotonic() + 30
+        while True:  # the completions reach the counters just after the primary's reply
+            _, page = scrape(node)
+            values = series(page)
+            if (values.get('backstop_delivery_results_total{result="delivered"}') == 2 and
+                    values.get('backstop_delivery_results_total{result="deferred"}', 0) >= 1):
+                break
+            assert time.monotonic() < deadline, page
+            time.sleep(0.1)
+    finally:
+        primary.stop()
+    promtool_check(page)
+    assert values['backstop_delivery_results_total{result="delivered"}'] == 2
+    assert values['backstop_delivery_results_total{result="deferred"}'] >= 1
+    # One observation per message attempt: setup (when it opened the connection) + transaction.
+    assert values['backstop_delivery_attempt_duration_seconds_count{result="delivered"}'] == 2
+    assert values['backstop_delivery_attempt_duration_seconds_sum{result="delivered"}'] > 0
+    assert values['backstop_delivery_attempt_duration_seconds_count{result="deferred"}'] >= 1
+    assert values['backstop_delivery_primary_replies_total{class="2xx",stage="greeting"}'] >= 1
+    assert values['backstop_delivery_primary_replies_total{class="2xx",stage="ehlo"}'] >= 1
+    assert values['backstop_delivery_primary_replies_total{class="3xx",stage="data"}'] == 2
+    assert values['backstop_delivery_primary_replies_total{class="2xx",stage="data_end"}'] == 2
+    assert values['backstop_delivery_primary_replies_total{class="none",stage="connect"}'] >= 1
+    assert values['backstop_delivery_dns_lookups_total{result="ok",type="mx"}'] >= 2
+    assert values['backstop_delivery_dns_lookups_total{result="ok",type="address"}'] >= 2
+    assert values["backstop_delivery_connections_total"] >= 1
+    assert values["backstop_delivery_connection_failures_total"] >= 1
+    assert values["backstop_delivery_connections_active"] >= 0

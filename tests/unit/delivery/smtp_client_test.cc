@@ -1,6 +1,7 @@
 #include "delivery/smtp_client.h"
 
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -822,6 +823,100 @@ TEST(ConnectionFailureNameTest, NamesEveryFailure) {
   EXPECT_EQ(ConnectionFailureName(ConnectionFailure::kConnectionLost), "connection lost");
   EXPECT_EQ(ConnectionFailureName(ConnectionFailure::kTimeout), "timeout");
   EXPECT_EQ(ConnectionFailureName(ConnectionFailure::kProtocolError), "protocol error");
+}
+
+TEST_F(SmtpClientTest, ReportsEachReplyWithTheStageItAnswers) {
+  ClientOptions options = Options();
+  std::vector<std::pair<SmtpStage, int>> replies;
+  options.on_reply = [&replies](SmtpStage stage, int code) { replies.emplace_back(stage, code); };
+  SmtpClient client(options, now_);
+  Greet(client, kPipeliningEhlo);
+  client.AddMessage(Entry("id1", "a@b.c", {"bob@example.com", "carol@example.com"}), now_);
+  client.TakeOutput();
+  client.Feed("250 ok\r\n250 ok\r\n550 5.1.1 unknown\r\n354 go\r\n", now_);
+  client.Feed("250 2.0.0 queued\r\n", now_);
+  EXPECT_EQ(replies, (std::vector<std::pair<SmtpStage, int>>{{SmtpStage::kGreeting, 220},
+                                                             {SmtpStage::kEhlo, 250},
+                                                             {SmtpStage::kMail, 250},
+                                                             {SmtpStage::kRcpt, 250},
+                                                             {SmtpStage::kRcpt, 550},
+                                                             {SmtpStage::kData, 354},
+                                                             {SmtpStage::kDataEnd, 250}}));
+}
+
+TEST_F(SmtpClientTest, ReportsTheAwaitedReplyOnceAsMissingWhenTheConnectionIsLost) {
+  ClientOptions options = Options();
+  std::vector<std::pair<SmtpStage, int>> replies;
+  options.on_reply = [&replies](SmtpStage stage, int code) { replies.emplace_back(stage, code); };
+  SmtpClient client(options, now_);
+  Greet(client, kPipeliningEhlo);
+  client.AddMessage(Entry("id1", "a@b.c", {"bob@example.com"}), now_);
+  client.TakeOutput();
+  replies.clear();
+  client.ConnectionLost(now_);  // MAIL, RCPT and DATA unanswered: one missing reply, to MAIL
+  EXPECT_EQ(replies, (std::vector<std::pair<SmtpStage, int>>{{SmtpStage::kMail, 0}}));
+}
+
+TEST_F(SmtpClientTest, ReportsATimeoutAsAMissingReply) {
+  ClientOptions options = Options();
+  std::vector<std::pair<SmtpStage, int>> replies;
+  options.on_reply = [&replies](SmtpStage stage, int code) { replies.emplace_back(stage, code); };
+  SmtpClient client(options, now_);
+  client.OnTimer(now_ + absl::Seconds(50));
+  EXPECT_EQ(replies, (std::vector<std::pair<SmtpStage, int>>{{SmtpStage::kGreeting, 0}}));
+}
+
+TEST_F(SmtpClientTest, ReadyAtIsWhenTheSessionCouldStartTransactions) {
+  SmtpClient client(Options(TlsPolicy::kNone), now_);
+  EXPECT_FALSE(client.ready_at().has_value());
+  client.Feed("220 mx1.example.com ESMTP\r\n", now_ + absl::Seconds(1));
+  EXPECT_FALSE(client.ready_at().has_value());
+  client.Feed(kLockStepEhlo, now_ + absl::Seconds(2));
+  EXPECT_EQ(client.ready_at(), now_ + absl::Seconds(2));
+}
+
+TEST_F(SmtpClientTest, MessageResultSpansItsTransactionOnly) {
+  SmtpClient client(Options(), now_);
+  Greet(client, kLockStepEhlo);
+  client.AddMessage(Entry("id1", "a@b.c", {"bob@example.com"}), now_);
+  client.AddMessage(Entry("id2", "a@b.c", {"bob@example.com"}), now_);
+  const auto send_one = [&client](absl::Time start) {
+    client.Feed("250 ok\r\n", start + absl::Seconds(1));
+    client.Feed("250 ok\r\n", start + absl::Seconds(2));
+    client.Feed("354 go\r\n", start + absl::Seconds(3));
+    client.Feed("250 queued\r\n", start + absl::Seconds(4));
+  };
+  send_one(now_);
+  send_one(now_ + absl::Seconds(4));
+  std::vector<MessageResult> results = client.TakeResults();
+  ASSERT_EQ(results.size(), 2u);
+  EXPECT_EQ(results[0].started, now_);
+  EXPECT_EQ(results[0].finished, now_ + absl::Seconds(4));
+  // The second waited for the first: its transaction starts with its MAIL.
+  EXPECT_EQ(results[1].started, now_ + absl::Seconds(4));
+  EXPECT_EQ(results[1].finished, now_ + absl::Seconds(8));
+}
+
+TEST_F(SmtpClientTest, MessageThatNeverStartedSpansNoTime) {
+  SmtpClient client(Options(), now_);
+  client.AddMessage(Entry("id1", "a@b.c", {"bob@example.com"}), now_);
+  client.ConnectionLost(now_ + absl::Seconds(7));
+  std::vector<MessageResult> results = client.TakeResults();
+  ASSERT_EQ(results.size(), 1u);
+  EXPECT_EQ(results[0].started, now_ + absl::Seconds(7));
+  EXPECT_EQ(results[0].finished, now_ + absl::Seconds(7));
+}
+
+TEST(ReplyClassTest, ClassifiesCodesAndNoReply) {
+  EXPECT_EQ(ReplyClassOf(250), ReplyClass::k2xx);
+  EXPECT_EQ(ReplyClassOf(354), ReplyClass::k3xx);
+  EXPECT_EQ(ReplyClassOf(421), ReplyClass::k4xx);
+  EXPECT_EQ(ReplyClassOf(554), ReplyClass::k5xx);
+  EXPECT_EQ(ReplyClassOf(0), ReplyClass::kNone);
+  EXPECT_EQ(ReplyClassOf(699), ReplyClass::kNone);
+  EXPECT_EQ(ReplyClassLabel(ReplyClassOf(451)), "4xx");
+  EXPECT_EQ(ReplyClassLabel(ReplyClass::kNone), "none");
+  EXPECT_EQ(SmtpStageLabel(SmtpStage::kDataEnd), "data_end");
 }
 
 }  // namespace
