@@ -24,7 +24,7 @@ APT_PACKAGES := \
   libspdlog-dev libfmt-dev libcli11-dev libabsl-dev \
   libgtest-dev libgmock-dev libbenchmark-dev \
   python3 python3-pytest python3-pytest-xdist python3-aiosmtpd python3-dnslib \
-  swaks libnet-ssleay-perl libio-socket-ssl-perl dnsmasq-base dnsutils openssl curl
+  swaks libnet-ssleay-perl libio-socket-ssl-perl dnsmasq-base dnsutils openssl curl python3-yaml
 # Only `make fmt` and `make lint` need these.
 LINT_PACKAGES := clang-format-16 clang-tidy-16
 # Only `make fuzz` needs these (clang with the libFuzzer runtime).
@@ -60,7 +60,7 @@ endef
 
 deps:
 	$(call apt_install,$(APT_PACKAGES))
-	@$(MAKE) --no-print-directory build/tools/promtool
+	@$(MAKE) --no-print-directory build/tools/promtool build/tools/k8s-validate/.installed
 
 # promtool (metrics checks in the system tests) from Debian's prometheus package, unpacked
 # without installing the Prometheus service.
@@ -72,6 +72,16 @@ build/tools/promtool:
 	       || { echo "cannot download Debian's prometheus package (for promtool)"; exit 1; }; } \
 	  && dpkg -x prometheus_*.deb root
 	ln -sf prometheus-deb/root/usr/bin/promtool build/tools/promtool
+
+# Kubernetes API schemas for tests/deploy (npm's kubernetes-models), local to build/tools. The
+# manifests render with kustomize 4+ or `kubectl kustomize` (kubectl 1.21+), found on PATH.
+K8S_MODELS := kubernetes-models@5.1.0 @kubernetes-models/prometheus-operator@6.0.0
+build/tools/k8s-validate/.installed:
+	@command -v npm >/dev/null || { $(SUDO) apt-get update -qq \
+	  && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends nodejs npm; }
+	@mkdir -p build/tools/k8s-validate && echo '{"private": true}' > build/tools/k8s-validate/package.json
+	cd build/tools/k8s-validate && npm install --no-audit --no-fund --loglevel=error $(K8S_MODELS)
+	@touch $@
 
 deps-lint:
 	$(call apt_install,$(LINT_PACKAGES))
@@ -94,7 +104,7 @@ test: build
 	BACKSTOP_BIN=$(abspath $(BACKSTOP)) BACKSTOPCTL_BIN=$(abspath $(BACKSTOPCTL)) \
 	  BACKSTOP_LOADGEN=$(abspath $(BUILD_DIR)/bench/backstop-queue-loadgen) \
 	  PROMTOOL=$(abspath build/tools/promtool) \
-	  $(PYTHON) -m pytest tests/system -n $(JOBS) -p no:cacheprovider
+	  $(PYTHON) -m pytest tests/system tests/deploy -n $(JOBS) -p no:cacheprovider
 
 bench: build
 	@for b in $(BUILD_DIR)/bench/*_bench; do [ -x "$$b" ] || continue; "$$b" || exit 1; done
