@@ -83,11 +83,17 @@ def policy_problems(objects):
             problems.append(f"{name}: no PodDisruptionBudget")
         if not [p for p in policies if matches(p["spec"]["podSelector"], pod_labels)]:
             problems.append(f"{name}: no NetworkPolicy")
+        if not spec.get("securityContext", {}).get("runAsNonRoot"):
+            problems.append(f"{name}: pods may run as root")
         secret_volumes = {v["name"] for v in spec.get("volumes", []) if "secret" in v}
         for container in spec.get("containers", []) + spec.get("initContainers", []):
             where = f"{name} container {container['name']}"
             if ":latest" in container["image"] or ":" not in container["image"]:
                 problems.append(f"{where}: image {container['image']} has no pinned tag")
+            security = container.get("securityContext", {})
+            if security.get("allowPrivilegeEscalation") is not False or \
+                    not security.get("readOnlyRootFilesystem"):
+                problems.append(f"{where}: privilege escalation or a writable root filesystem")
             for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
                 if probe not in container:
                     problems.append(f"{where}: no {probe}")
@@ -162,12 +168,15 @@ def test_policy_checks_catch_each_violation(rendered):
     container["volumeMounts"].append({"name": "cluster-tls", "mountPath": "/x/ca.crt",
                                       "subPath": "ca.crt"})
     queue["spec"]["podManagementPolicy"] = "OrderedReady"
+    del pod_spec(queue)["securityContext"]["runAsNonRoot"]
+    container["securityContext"]["readOnlyRootFilesystem"] = False
     one(objects, "Service", "backstop-ingest")["spec"]["externalTrafficPolicy"] = "Cluster"
     objects.remove(one(objects, "PodDisruptionBudget", "backstop-queue"))
     problems = "\n".join(policy_problems(objects))
     for expected in ["no livenessProbe", "memory request != limit", "mounted with subPath",
                      "not Parallel", "without externalTrafficPolicy: Local",
-                     "StatefulSet/backstop-queue: no PodDisruptionBudget"]:
+                     "StatefulSet/backstop-queue: no PodDisruptionBudget",
+                     "pods may run as root", "a writable root filesystem"]:
         assert expected in problems
 
 
