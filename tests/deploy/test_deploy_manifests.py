@@ -20,6 +20,9 @@ EXPECTED_VOTERS = {"dev": 3, "prod": 5}
 RECOMMENDED_LABELS = ["app.kubernetes.io/name", "app.kubernetes.io/instance",
                       "app.kubernetes.io/part-of", "app.kubernetes.io/managed-by"]
 WORKLOADS = {"StatefulSet", "Deployment"}
+# The only labels an immutable field (a workload's selector, a volumeClaimTemplate) may carry:
+# a changing one, such as the version, would make the next apply fail.
+STABLE_LABELS = {"app.kubernetes.io/name", "app.kubernetes.io/component"}
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +79,15 @@ def policy_problems(objects):
         for label in ("app.kubernetes.io/component", "app.kubernetes.io/version"):
             if label not in pod_labels or label not in workload["metadata"]["labels"]:
                 problems.append(f"{name}: no {label} on it or its pods")
+        immutable = dict(workload["spec"]["selector"]["matchLabels"])
+        for claim in workload["spec"].get("volumeClaimTemplates", []):
+            immutable.update(claim["metadata"].get("labels", {}))
+        if set(immutable) - STABLE_LABELS:
+            problems.append(f"{name}: selector or volumeClaimTemplate labelled with "
+                            f"{sorted(set(immutable) - STABLE_LABELS)}")
+        tags = {c["image"].rpartition(":")[2] for c in spec.get("containers", [])}
+        if tags != {pod_labels.get("app.kubernetes.io/version")}:
+            problems.append(f"{name}: app.kubernetes.io/version is not the image tag {tags}")
         annotations = template["metadata"].get("annotations", {})
         if annotations.get("prometheus.io/scrape") != "true" or "prometheus.io/port" not in annotations:
             problems.append(f"{name}: no Prometheus scrape annotations")
@@ -170,13 +182,19 @@ def test_policy_checks_catch_each_violation(rendered):
     queue["spec"]["podManagementPolicy"] = "OrderedReady"
     del pod_spec(queue)["securityContext"]["runAsNonRoot"]
     container["securityContext"]["readOnlyRootFilesystem"] = False
+    claim_labels = queue["spec"]["volumeClaimTemplates"][0]["metadata"]["labels"]
+    claim_labels["app.kubernetes.io/version"] = "0.1.0"
+    delivery = one(objects, "Deployment", "backstop-delivery")
+    pod_spec(delivery)["containers"][0]["image"] = "registry.example.net/backstop:0.2.0"
     one(objects, "Service", "backstop-ingest")["spec"]["externalTrafficPolicy"] = "Cluster"
     objects.remove(one(objects, "PodDisruptionBudget", "backstop-queue"))
     problems = "\n".join(policy_problems(objects))
     for expected in ["no livenessProbe", "memory request != limit", "mounted with subPath",
                      "not Parallel", "without externalTrafficPolicy: Local",
                      "StatefulSet/backstop-queue: no PodDisruptionBudget",
-                     "pods may run as root", "a writable root filesystem"]:
+                     "pods may run as root", "a writable root filesystem",
+                     "volumeClaimTemplate labelled with ['app.kubernetes.io/version']",
+                     "backstop-delivery: app.kubernetes.io/version is not the image tag"]:
         assert expected in problems
 
 
