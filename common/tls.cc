@@ -49,14 +49,6 @@ absl::Status ContextError(const std::string& what) {
   return absl::InvalidArgumentError(what + ": " + DrainErrors());
 }
 
-absl::StatusOr<int64_t> NotAfter(const X509* certificate) {
-  struct tm tm {};
-  if (ASN1_TIME_to_tm(X509_get0_notAfter(certificate), &tm) != 1) {
-    return ContextError("reading the certificate's notAfter");
-  }
-  return static_cast<int64_t>(timegm(&tm));
-}
-
 // Creates `*ctx` with the settings common to both roles.
 absl::Status NewSslContext(const SSL_METHOD* method, int max_version, SSL_CTX** ctx) {
   ERR_clear_error();
@@ -82,6 +74,14 @@ bool IsIpLiteral(const std::string& name) {
 }
 
 }  // namespace
+
+absl::StatusOr<int64_t> NotAfter(const X509* certificate) {
+  struct tm tm {};
+  if (ASN1_TIME_to_tm(X509_get0_notAfter(certificate), &tm) != 1) {
+    return ContextError("reading the certificate's notAfter");
+  }
+  return static_cast<int64_t>(timegm(&tm));
+}
 
 Context::~Context() {
   SSL_CTX_free(ctx_);

@@ -21,8 +21,12 @@
 struct bio_st;
 struct ssl_ctx_st;
 struct ssl_st;
+struct x509_st;
 
 namespace backstop::tls {
+
+// Not-after of `certificate`, in seconds since the epoch.
+absl::StatusOr<int64_t> NotAfter(const struct x509_st* certificate);
 
 struct ServerContextOptions {
   std::string cert_file;  // PEM chain, leaf first

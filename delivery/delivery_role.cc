@@ -1061,22 +1061,9 @@ DeliveryRole::DeliveryRole(const Config& config)
 }
 
 absl::StatusOr<std::unique_ptr<DeliveryRole>> DeliveryRole::Start(
-    const Config& config, std::shared_ptr<grpc::Channel> queue_channel) {
+    const Config& config, const queue::QueueConnection& queue) {
   std::unique_ptr<DeliveryRole> role(new DeliveryRole(config));
-  if (queue_channel) {
-    role->client_ = queue::QueueClient::ForChannel(std::move(queue_channel), absl::Seconds(30));
-  } else {
-    queue::QueueClientOptions options;
-    for (const HostPort& endpoint : config.queue.endpoints) {
-      options.endpoints.push_back(endpoint.ToString());
-    }
-    if (options.endpoints.empty()) {
-      for (const QueuePeer& peer : config.queue.peers) {
-        options.endpoints.push_back(peer.address.ToString());
-      }
-    }
-    ASSIGN_OR_RETURN(role->client_, queue::QueueClient::Create(options));
-  }
+  ASSIGN_OR_RETURN(role->client_, queue::ConnectToQueue(config, queue, absl::Seconds(30)));
   // Opportunistic STARTTLS toward MX hosts (RFC 7435): encrypted, not authenticated.
   ASSIGN_OR_RETURN(role->tls_, tls::Context::Client({.ca_file = "", .verify_peer = false}));
   ASSIGN_OR_RETURN(role->loop_, EventLoop::Create());

@@ -88,10 +88,9 @@ struct DeliveryCounters {
 // thread.
 class DeliveryRole {
  public:
-  // `queue_channel`: the in-process channel to this process's voter, or null for the network
-  // ([queue] endpoints, else peers).
-  static absl::StatusOr<std::unique_ptr<DeliveryRole>> Start(
-      const Config& config, std::shared_ptr<grpc::Channel> queue_channel);
+  // `queue`: how to reach the queue (queue_client.h ConnectToQueue).
+  static absl::StatusOr<std::unique_ptr<DeliveryRole>> Start(const Config& config,
+                                                             const queue::QueueConnection& queue);
   // Stops leasing, closes the connections (their entries' leases expire and they are leased
   // again: late, never lost) and joins the threads.
   ~DeliveryRole();

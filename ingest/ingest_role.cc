@@ -75,8 +75,8 @@ std::shared_ptr<const IngestRole::EtrnClients> IngestRole::MakeEtrnClients(const
   return clients;
 }
 
-absl::StatusOr<std::unique_ptr<IngestRole>> IngestRole::Start(
-    const Config& config, std::shared_ptr<grpc::Channel> queue_channel) {
+absl::StatusOr<std::unique_ptr<IngestRole>> IngestRole::Start(const Config& config,
+                                                              const queue::QueueConnection& queue) {
   std::unique_ptr<IngestRole> role(new IngestRole(config));
   // An unreadable recipients file at startup is a configuration error.
   ASSIGN_OR_RETURN(role->relay_policy_, RelayPolicy::Load(config.domains, nullptr));
@@ -87,21 +87,7 @@ absl::StatusOr<std::unique_ptr<IngestRole>> IngestRole::Start(
     RETURN_IF_ERROR(role->tls_->Reload());
   }
 
-  if (queue_channel) {
-    role->client_ = queue::QueueClient::ForChannel(std::move(queue_channel), role->commit_timeout_);
-  } else {
-    queue::QueueClientOptions options;
-    options.call_deadline = role->commit_timeout_;
-    for (const HostPort& endpoint : config.queue.endpoints) {
-      options.endpoints.push_back(endpoint.ToString());
-    }
-    if (options.endpoints.empty()) {
-      for (const QueuePeer& peer : config.queue.peers) {
-        options.endpoints.push_back(peer.address.ToString());
-      }
-    }
-    ASSIGN_OR_RETURN(role->client_, queue::QueueClient::Create(options));
-  }
+  ASSIGN_OR_RETURN(role->client_, queue::ConnectToQueue(config, queue, role->commit_timeout_));
   queue::QueueClient* client = role->client_.get();
   role->chain_ = role->BuildChain(config, role->relay_policy_);
   role->handoff_ = std::make_unique<QueueHandoff>(

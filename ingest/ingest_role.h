@@ -53,10 +53,9 @@ struct IngestCounters {
 // (greylist, daily sessions) on the queue_checks_ pool.
 class IngestRole : public SessionHandler {
  public:
-  // `queue_channel`: the in-process channel to this process's own voter, or null to reach the
-  // voters of `[queue] endpoints` (or, when that is empty, `[queue] peers`) over the network.
-  static absl::StatusOr<std::unique_ptr<IngestRole>> Start(
-      const Config& config, std::shared_ptr<grpc::Channel> queue_channel);
+  // `queue`: how to reach the queue (queue_client.h ConnectToQueue).
+  static absl::StatusOr<std::unique_ptr<IngestRole>> Start(const Config& config,
+                                                           const queue::QueueConnection& queue);
   ~IngestRole() override;
 
   // SIGHUP: the filter chain (relay domains, recipient lists, filters) and the TLS certificate.

@@ -4,6 +4,7 @@
 #include <utility>
 #include <vector>
 
+#include "queue/cluster_tls.h"
 #include "queue/message_id.h"
 
 namespace backstop::queue {
@@ -26,8 +27,21 @@ void AddMembers(const std::vector<raft::NodeId>& ids, const QueueNode& node,
 
 }  // namespace
 
-AdminServiceImpl::AdminServiceImpl(QueueNode* node)
-    : node_(node), address_book_([node](raft::NodeId id) { return node->PeerAddress(id); }) {}
+AdminServiceImpl::AdminServiceImpl(QueueNode* node, AdminAccess access)
+    : node_(node),
+      address_book_([node](raft::NodeId id) { return node->PeerAddress(id); }),
+      access_(access) {}
+
+grpc::ServerUnaryReactor* AdminServiceImpl::RefuseNonAdmin(
+    grpc::CallbackServerContext* context) const {
+  const grpc::Status allowed = AuthorizeAdmin(*context, access_ == AdminAccess::kAdminCertificate);
+  if (allowed.ok()) {
+    return nullptr;
+  }
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(allowed);
+  return reactor;
+}
 
 grpc::ServerUnaryReactor* AdminServiceImpl::Reply(grpc::CallbackServerContext* context,
                                                   const absl::Status& status) const {
@@ -39,6 +53,9 @@ grpc::ServerUnaryReactor* AdminServiceImpl::Reply(grpc::CallbackServerContext* c
 grpc::ServerUnaryReactor* AdminServiceImpl::Propose(grpc::CallbackServerContext* context,
                                                     Command command,
                                                     std::function<void(CommandResult&)> fill) {
+  if (grpc::ServerUnaryReactor* refused = RefuseNonAdmin(context)) {
+    return refused;
+  }
   return ProposeAndReply(context, node_, &address_book_, std::move(command), std::move(fill));
 }
 
@@ -70,6 +87,9 @@ grpc::ServerUnaryReactor* AdminServiceImpl::GetClusterStatus(
 grpc::ServerUnaryReactor* AdminServiceImpl::TransferLeadership(
     grpc::CallbackServerContext* context, const admin::TransferLeadershipRequest* request,
     admin::TransferLeadershipResponse* /*response*/) {
+  if (grpc::ServerUnaryReactor* refused = RefuseNonAdmin(context)) {
+    return refused;
+  }
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   node_->TransferLeadership(raft::NodeId(request->to()), FinishWhenDone(context, reactor));
   return reactor;
@@ -78,6 +98,9 @@ grpc::ServerUnaryReactor* AdminServiceImpl::TransferLeadership(
 grpc::ServerUnaryReactor* AdminServiceImpl::AddVoter(grpc::CallbackServerContext* context,
                                                      const admin::AddVoterRequest* request,
                                                      admin::AddVoterResponse* /*response*/) {
+  if (grpc::ServerUnaryReactor* refused = RefuseNonAdmin(context)) {
+    return refused;
+  }
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   node_->AddVoter(VoterAddress{raft::NodeId(request->id()), request->address()},
                   FinishWhenDone(context, reactor));
@@ -87,6 +110,9 @@ grpc::ServerUnaryReactor* AdminServiceImpl::AddVoter(grpc::CallbackServerContext
 grpc::ServerUnaryReactor* AdminServiceImpl::RemoveVoter(grpc::CallbackServerContext* context,
                                                         const admin::RemoveVoterRequest* request,
                                                         admin::RemoveVoterResponse* /*response*/) {
+  if (grpc::ServerUnaryReactor* refused = RefuseNonAdmin(context)) {
+    return refused;
+  }
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   node_->ProposeConfChange(
       raft::ConfChange{raft::ConfChangeType::kRemove, raft::NodeId(request->id())}, "",

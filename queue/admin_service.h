@@ -16,12 +16,19 @@
 
 namespace backstop::queue {
 
+// Who may make the calls that change the queue or the cluster (reads are open to every caller
+// the server accepts).
+enum class AdminAccess : uint8_t {
+  kOpen,              // plaintext: anyone who can connect (loopback and tests)
+  kAdminCertificate,  // mTLS: a client certificate marked for admin use (cluster_tls.h)
+};
+
 // Thread-safe (gRPC calls the handlers on its own threads); borrows the node, which must
 // outlive the server that serves this service. Member addresses come from the node
 // (QueueNode::PeerAddress).
 class AdminServiceImpl final : public admin::AdminService::CallbackService {
  public:
-  explicit AdminServiceImpl(QueueNode* node);
+  AdminServiceImpl(QueueNode* node, AdminAccess access);
 
   grpc::ServerUnaryReactor* GetClusterStatus(grpc::CallbackServerContext* context,
                                              const admin::GetClusterStatusRequest* request,
@@ -79,6 +86,9 @@ class AdminServiceImpl final : public admin::AdminService::CallbackService {
   grpc::ServerUnaryReactor* Propose(grpc::CallbackServerContext* context, Command command,
                                     std::function<void(CommandResult&)> fill);
   // Answers a membership or leadership call once the node is done with it.
+  // Null when the caller may change things; else the reactor, already finished with
+  // PERMISSION_DENIED.
+  grpc::ServerUnaryReactor* RefuseNonAdmin(grpc::CallbackServerContext* context) const;
   QueueNode::StatusDone FinishWhenDone(grpc::CallbackServerContext* context,
                                        grpc::ServerUnaryReactor* reactor) const;
   grpc::ServerUnaryReactor* Reply(grpc::CallbackServerContext* context,
@@ -86,6 +96,7 @@ class AdminServiceImpl final : public admin::AdminService::CallbackService {
 
   QueueNode* const node_;
   const AddressBook address_book_;
+  const AdminAccess access_;
 };
 
 }  // namespace backstop::queue

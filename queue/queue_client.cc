@@ -50,6 +50,26 @@ std::unique_ptr<QueueClient> QueueClient::ForChannel(std::shared_ptr<grpc::Chann
   return client;
 }
 
+absl::StatusOr<std::unique_ptr<QueueClient>> ConnectToQueue(const Config& config,
+                                                            const QueueConnection& connection,
+                                                            absl::Duration call_deadline) {
+  if (connection.in_process != nullptr) {
+    return QueueClient::ForChannel(connection.in_process, call_deadline);
+  }
+  QueueClientOptions options;
+  options.credentials = connection.credentials;
+  options.call_deadline = call_deadline;
+  for (const HostPort& endpoint : config.queue.endpoints) {
+    options.endpoints.push_back(endpoint.ToString());
+  }
+  if (options.endpoints.empty()) {
+    for (const QueuePeer& peer : config.queue.peers) {
+      options.endpoints.push_back(peer.address.ToString());
+    }
+  }
+  return QueueClient::Create(options);
+}
+
 size_t QueueClient::EndpointFor(const std::string& address) {
   std::lock_guard lock(endpoints_mutex_);
   for (size_t i = 0; i < endpoints_.size(); ++i) {

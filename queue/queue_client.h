@@ -23,6 +23,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/config.h"
 #include "proto/queue.grpc.pb.h"
 
 namespace backstop::queue {
@@ -82,5 +83,19 @@ class QueueClient {
   std::vector<std::unique_ptr<Endpoint>> endpoints_;  // guarded by endpoints_mutex_; append-only
   std::atomic<size_t> current_{0};                    // the endpoint believed to lead
 };
+
+// How a role of this process reaches the queue.
+struct QueueConnection {
+  // This process's own voter (the embedded default), or null for the network.
+  std::shared_ptr<grpc::Channel> in_process;
+  // For the network: mTLS from [cluster_tls], or plaintext.
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
+};
+
+// A client over the in-process channel when there is one, else over the network to the voters
+// of `[queue] endpoints` (or, when that is empty, `[queue] peers`).
+absl::StatusOr<std::unique_ptr<QueueClient>> ConnectToQueue(const Config& config,
+                                                            const QueueConnection& connection,
+                                                            absl::Duration call_deadline);
 
 }  // namespace backstop::queue

@@ -14,7 +14,8 @@
 
 namespace backstop::queue {
 
-absl::StatusOr<std::unique_ptr<QueueRole>> QueueRole::Start(const Config& config) {
+absl::StatusOr<std::unique_ptr<QueueRole>> QueueRole::Start(const Config& config,
+                                                            const ClusterCredentials& credentials) {
   auto role = std::unique_ptr<QueueRole>(new QueueRole());
   const raft::NodeId self(config.node.id);
   std::vector<VoterAddress> voters;
@@ -24,6 +25,7 @@ absl::StatusOr<std::unique_ptr<QueueRole>> QueueRole::Start(const Config& config
 
   RaftTransportOptions transport_options;
   transport_options.self = self;
+  transport_options.credentials = credentials.channel();
   role->transport_ =
       std::make_unique<RaftTransport>(transport_options, [raw = role.get()](raft::Message message) {
         std::lock_guard lock(raw->node_mutex_);
@@ -50,12 +52,13 @@ absl::StatusOr<std::unique_ptr<QueueRole>> QueueRole::Start(const Config& config
   QueueNode* node = role->node_.get();
   role->service_ = std::make_unique<QueueServiceImpl>(
       node, [node](raft::NodeId id) { return node->PeerAddress(id); });
-  role->admin_service_ = std::make_unique<AdminServiceImpl>(node);
+  role->admin_service_ = std::make_unique<AdminServiceImpl>(
+      node, credentials.mutual_tls() ? AdminAccess::kAdminCertificate : AdminAccess::kOpen);
 
   grpc::ServerBuilder builder;
   int port = 0;
   const std::string listen = config.queue.listen.ToString();
-  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(listen, credentials.server(), &port);
   builder.SetMaxReceiveMessageSize(kMaxGrpcMessageBytes);
   builder.SetMaxSendMessageSize(kMaxGrpcMessageBytes);
   builder.RegisterService(role->transport_->service());

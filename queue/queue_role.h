@@ -16,6 +16,7 @@
 #include "absl/status/statusor.h"
 #include "common/config.h"
 #include "queue/admin_service.h"
+#include "queue/cluster_tls.h"
 #include "queue/grpc_metrics.h"
 #include "queue/queue_node.h"
 #include "queue/queue_service.h"
@@ -32,7 +33,10 @@ namespace backstop::queue {
 // changes across restarts.
 class QueueRole {
  public:
-  static absl::StatusOr<std::unique_ptr<QueueRole>> Start(const Config& config);
+  // The server and the peer channels use `credentials` (which must outlive the role): mTLS
+  // from [cluster_tls], or plaintext.
+  static absl::StatusOr<std::unique_ptr<QueueRole>> Start(const Config& config,
+                                                          const ClusterCredentials& credentials);
   // Stops the server (cancelling peer streams) and then the node.
   ~QueueRole();
   QueueRole(const QueueRole&) = delete;

@@ -119,6 +119,18 @@ std::string StatusJson(const Config& config, const queue::QueueRole* queue_role,
   return json;
 }
 
+// With the queue in this process (and no other endpoints named), its in-process channel; else
+// the network, over the cluster credentials.
+queue::QueueConnection QueueConnectionFor(const Config& config, queue::QueueRole* queue_role,
+                                          const queue::ClusterCredentials& credentials) {
+  queue::QueueConnection connection;
+  if (queue_role != nullptr && config.queue.endpoints.empty()) {
+    connection.in_process = queue_role->InProcessChannel();
+  }
+  connection.credentials = credentials.channel();
+  return connection;
+}
+
 void LogWarnings(const log::Logger& logger, const Config& config) {
   for (const std::string& warning : config.warnings) {
     logger.Warn("configuration warning", {{"detail", warning}});
@@ -184,9 +196,20 @@ int Serve(const Flags& flags) {
                                     {"roles", RoleList(config.node.roles)},
                                     {"config", flags.config_path}});
 
+  absl::StatusOr<std::unique_ptr<queue::ClusterCredentials>> cluster_credentials =
+      queue::ClusterCredentials::Load(config.cluster_tls);
+  if (!cluster_credentials.ok()) {
+    std::cerr << "backstop: " << cluster_credentials.status().message() << "\n";
+    logger.Error("cannot load the cluster TLS certificates",
+                 {{"error", std::string(cluster_credentials.status().message())}});
+    return kExitUsage;
+  }
+  const queue::ClusterCredentials& credentials = **cluster_credentials;
+
   std::unique_ptr<queue::QueueRole> queue_role;
   if (config.node.roles.Has(Role::kQueue)) {
-    absl::StatusOr<std::unique_ptr<queue::QueueRole>> started = queue::QueueRole::Start(config);
+    absl::StatusOr<std::unique_ptr<queue::QueueRole>> started =
+        queue::QueueRole::Start(config, credentials);
     if (!started.ok()) {
       std::cerr << "backstop: " << started.status().message() << "\n";
       logger.Error("cannot start the queue role",
@@ -201,13 +224,8 @@ int Serve(const Flags& flags) {
   std::unique_ptr<ingest::IngestRole> ingest_role;
   std::atomic<bool> draining{false};
   if (config.node.roles.Has(Role::kIngest)) {
-    // With the queue in this process (and no other endpoints named), the in-process channel.
-    std::shared_ptr<grpc::Channel> channel;
-    if (queue_role != nullptr && config.queue.endpoints.empty()) {
-      channel = queue_role->InProcessChannel();
-    }
-    absl::StatusOr<std::unique_ptr<ingest::IngestRole>> started =
-        ingest::IngestRole::Start(config, std::move(channel));
+    absl::StatusOr<std::unique_ptr<ingest::IngestRole>> started = ingest::IngestRole::Start(
+        config, QueueConnectionFor(config, queue_role.get(), credentials));
     if (!started.ok()) {
       std::cerr << "backstop: " << started.status().message() << "\n";
       logger.Error("cannot start the ingest role",
@@ -221,12 +239,8 @@ int Serve(const Flags& flags) {
   }
   std::unique_ptr<delivery::DeliveryRole> delivery_role;
   if (config.node.roles.Has(Role::kDelivery)) {
-    std::shared_ptr<grpc::Channel> channel;
-    if (queue_role != nullptr && config.queue.endpoints.empty()) {
-      channel = queue_role->InProcessChannel();
-    }
-    absl::StatusOr<std::unique_ptr<delivery::DeliveryRole>> started =
-        delivery::DeliveryRole::Start(config, std::move(channel));
+    absl::StatusOr<std::unique_ptr<delivery::DeliveryRole>> started = delivery::DeliveryRole::Start(
+        config, QueueConnectionFor(config, queue_role.get(), credentials));
     if (!started.ok()) {
       std::cerr << "backstop: " << started.status().message() << "\n";
       logger.Error("cannot start the delivery role",
@@ -298,6 +312,11 @@ int Serve(const Flags& flags) {
           logger.Error("TLS certificate reload failed; keeping the previous one",
                        {{"error", std::string(status.message())}});
         }
+      }
+      if (const absl::Status status = (*cluster_credentials)->Reload(config.cluster_tls);
+          !status.ok()) {
+        logger.Error("cluster TLS reload failed; keeping the certificates in force",
+                     {{"error", std::string(status.message())}});
       }
       logger.Info("configuration reloaded",
                   {{"path", flags.config_path}, {"domains", config.domains.size()}});

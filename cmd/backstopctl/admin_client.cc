@@ -23,11 +23,24 @@ std::string Endpoint(const Options& options) {
   return "127.0.0.1:7025";
 }
 
+ClusterTlsConfig TlsFiles(const Options& options) {
+  auto pick = [](const std::string& flag, const char* variable) -> std::string {
+    if (!flag.empty()) {
+      return flag;
+    }
+    const char* env = std::getenv(variable);
+    return env != nullptr ? env : "";
+  };
+  return ClusterTlsConfig{.ca = pick(options.tls_ca, "BACKSTOP_TLS_CA"),
+                          .cert = pick(options.tls_cert, "BACKSTOP_TLS_CERT"),
+                          .key = pick(options.tls_key, "BACKSTOP_TLS_KEY")};
+}
+
 void PrintError(std::string_view message) {
   std::cerr << "backstopctl: " << message << "\n";
 }
 
-AdminClient::AdminClient(const Options& options) {
+AdminClient::AdminClient(const Options& options) : credentials_(options.credentials) {
   // main validated the timeout already; the fallback only guards a caller that did not.
   absl::StatusOr<absl::Duration> timeout = ParseDuration(options.timeout);
   timeout_ = timeout.ok() ? *timeout : absl::Seconds(10);
@@ -37,7 +50,8 @@ AdminClient::AdminClient(const Options& options) {
 void AdminClient::Connect(const std::string& endpoint) {
   endpoint_ = endpoint;
   stub_ = admin::AdminService::NewStub(grpc::CreateCustomChannel(
-      endpoint, grpc::InsecureChannelCredentials(), queue::QueueChannelArguments()));
+      endpoint, credentials_ != nullptr ? credentials_ : grpc::InsecureChannelCredentials(),
+      queue::QueueChannelArguments()));
 }
 
 std::string AdminClient::LeaderNamed(const grpc::ClientContext& context) {

@@ -12,6 +12,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "absl/time/time.h"
+#include "common/config.h"
 #include "proto/admin.grpc.pb.h"
 
 namespace backstop::ctl {
@@ -26,12 +27,21 @@ struct Options {
   std::string endpoint;  // empty: $BACKSTOP_ENDPOINT, else 127.0.0.1:7025
   std::string output = "table";
   std::string timeout = "10s";  // per call, as ParseDuration reads it
+  // Cluster mTLS files (flags, else $BACKSTOP_TLS_CA / _CERT / _KEY); all empty = plaintext.
+  std::string tls_ca;
+  std::string tls_cert;
+  std::string tls_key;
+  // Built by main from the files above before any command runs.
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
 
   bool json() const { return output == "json"; }
 };
 
 // The endpoint the options name (flag, then environment, then the default).
 std::string Endpoint(const Options& options);
+
+// The cluster TLS files the options name, flags first, then the environment.
+ClusterTlsConfig TlsFiles(const Options& options);
 
 // "backstopctl: <message>" on stderr.
 void PrintError(std::string_view message);
@@ -91,6 +101,7 @@ class AdminClient {
   // Switches to the leader the last refusal named; false when it named none (or this node).
   bool FollowLeader();
 
+  const std::shared_ptr<grpc::ChannelCredentials> credentials_;
   absl::Duration timeout_;
   std::string endpoint_;
   std::unique_ptr<admin::AdminService::Stub> stub_;

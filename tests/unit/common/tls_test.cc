@@ -30,98 +30,22 @@
 
 #include "common/status.h"
 #include "gtest/gtest.h"
+#include "tests/unit/support/test_pki.h"
 
 extern char** environ;
 
 namespace backstop::tls {
 namespace {
 
+using test::CertPem;
+using test::Credentials;
+using test::Issue;
+using test::KeyPem;
+using test::Kind;
+using test::WriteFile;
+
 constexpr char kHostname[] = "mx.example.test";
 constexpr int64_t kDay = 24 * 3600;
-
-struct X509Free {
-  void operator()(X509* x) const { X509_free(x); }
-};
-struct PkeyFree {
-  void operator()(EVP_PKEY* key) const { EVP_PKEY_free(key); }
-};
-
-// A key and its certificate, made by the test (hermetic: no openssl.cnf, no CLI).
-struct Credentials {
-  std::unique_ptr<EVP_PKEY, PkeyFree> key;
-  std::unique_ptr<X509, X509Free> cert;
-};
-
-enum class Kind : uint8_t { kCa, kServer };
-
-void AddExtension(X509* cert, X509* issuer, int nid, const char* value) {
-  X509V3_CTX ctx;
-  X509V3_set_ctx_nodb(&ctx);
-  X509V3_set_ctx(&ctx, issuer, cert, nullptr, nullptr, 0);
-  X509_EXTENSION* extension = X509V3_EXT_conf_nid(nullptr, &ctx, nid, value);
-  ASSERT_NE(extension, nullptr) << value;
-  ASSERT_EQ(X509_add_ext(cert, extension, -1), 1);
-  X509_EXTENSION_free(extension);
-}
-
-// A P-256 key and a certificate for `common_name`, signed by `issuer` (self-signed if null),
-// valid from an hour ago until `not_after`. Servers get `common_name` as their DNS SAN.
-Credentials Issue(Kind kind, const std::string& common_name, const Credentials* issuer,
-                  int64_t not_after) {
-  static long serial = 1;
-  Credentials made;
-  made.key.reset(EVP_EC_gen("P-256"));
-  made.cert.reset(X509_new());
-  X509* cert = made.cert.get();
-  X509_set_version(cert, X509_VERSION_3);
-  ASN1_INTEGER_set(X509_get_serialNumber(cert), serial++);
-  X509_gmtime_adj(X509_getm_notBefore(cert), -3600);
-  ASN1_TIME_set(X509_getm_notAfter(cert), static_cast<time_t>(not_after));
-  X509_set_pubkey(cert, made.key.get());
-  X509_NAME* name = X509_get_subject_name(cert);
-  X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
-                             reinterpret_cast<const unsigned char*>(common_name.c_str()), -1, -1,
-                             0);
-  X509* issuer_cert = issuer != nullptr ? issuer->cert.get() : cert;
-  X509_set_issuer_name(cert, X509_get_subject_name(issuer_cert));
-  if (kind == Kind::kCa) {
-    AddExtension(cert, issuer_cert, NID_basic_constraints, "critical,CA:TRUE");
-    AddExtension(cert, issuer_cert, NID_key_usage, "critical,keyCertSign,cRLSign");
-    AddExtension(cert, issuer_cert, NID_subject_key_identifier, "hash");
-  } else {
-    AddExtension(cert, issuer_cert, NID_basic_constraints, "critical,CA:FALSE");
-    AddExtension(cert, issuer_cert, NID_key_usage, "critical,digitalSignature");
-    AddExtension(cert, issuer_cert, NID_ext_key_usage, "serverAuth");
-    AddExtension(cert, issuer_cert, NID_subject_alt_name, ("DNS:" + common_name).c_str());
-  }
-  EVP_PKEY* signing_key = issuer != nullptr ? issuer->key.get() : made.key.get();
-  EXPECT_GT(X509_sign(cert, signing_key, EVP_sha256()), 0);
-  return made;
-}
-
-std::string CertPem(const Credentials& credentials) {
-  BIO* bio = BIO_new(BIO_s_mem());
-  PEM_write_bio_X509(bio, credentials.cert.get());
-  char* data = nullptr;
-  const long size = BIO_get_mem_data(bio, &data);
-  std::string pem(data, static_cast<size_t>(size));
-  BIO_free(bio);
-  return pem;
-}
-
-std::string KeyPem(const Credentials& credentials) {
-  BIO* bio = BIO_new(BIO_s_mem());
-  PEM_write_bio_PrivateKey(bio, credentials.key.get(), nullptr, nullptr, 0, nullptr, nullptr);
-  char* data = nullptr;
-  const long size = BIO_get_mem_data(bio, &data);
-  std::string pem(data, static_cast<size_t>(size));
-  BIO_free(bio);
-  return pem;
-}
-
-void WriteFile(const std::filesystem::path& path, const std::string& contents) {
-  std::ofstream(path, std::ios::binary | std::ios::trunc) << contents;
-}
 
 // The test PKI, made once: a CA with a server certificate for kHostname, and an unrelated CA
 // with its own certificate for the same name.

@@ -81,7 +81,7 @@ class Voter {
     node_ = *std::move(node);
     service_ = std::make_unique<QueueServiceImpl>(
         node_.get(), [node = node_.get()](raft::NodeId id) { return node->PeerAddress(id); });
-    admin_service_ = std::make_unique<AdminServiceImpl>(node_.get());
+    admin_service_ = std::make_unique<AdminServiceImpl>(node_.get(), AdminAccess::kOpen);
     grpc::ServerBuilder builder;
     builder.AddListeningPort(address(), grpc::InsecureServerCredentials());
     builder.RegisterService(transport_->service());
