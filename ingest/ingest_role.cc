@@ -75,6 +75,11 @@ std::shared_ptr<const IngestRole::EtrnClients> IngestRole::MakeEtrnClients(const
   return clients;
 }
 
+int64_t IngestRole::tls_certificate_not_after() const {
+  const std::shared_ptr<const tls::Context> context = tls_ != nullptr ? tls_->Current() : nullptr;
+  return context != nullptr ? context->certificate_not_after() : 0;
+}
+
 absl::StatusOr<std::unique_ptr<IngestRole>> IngestRole::Start(const Config& config,
                                                               const queue::QueueConnection& queue) {
   std::unique_ptr<IngestRole> role(new IngestRole(config));

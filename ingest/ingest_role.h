@@ -72,6 +72,8 @@ class IngestRole : public SessionHandler {
   const QueueHandoff& handoff() const { return *handoff_; }
   const IngestCounters& counters() const { return counters_; }
   uint64_t tls_established() const { return server_->tls_established(); }
+  // Not-after of the STARTTLS certificate in force (seconds since the epoch), 0 without TLS.
+  int64_t tls_certificate_not_after() const;
   uint64_t tls_failed() const { return server_->tls_failed(); }
   // The outcomes of the filters since startup.
   std::vector<FilterCount> filter_counts() const { return filter_counters_->Snapshot(); }

@@ -25,6 +25,7 @@
 #include "common/status.h"
 #include "delivery/delivery_role.h"
 #include "ingest/ingest_role.h"
+#include "queue/grpc_log.h"
 #include "queue/queue_role.h"
 
 namespace backstop {
@@ -175,6 +176,7 @@ int Serve(const Flags& flags) {
   }
   Config config = *std::move(loaded);
   LogWarnings(logger, config);
+  queue::RouteGrpcLogsToJson();
 
   const sigset_t signals = BlockHandledSignals();
 
@@ -250,7 +252,7 @@ int Serve(const Flags& flags) {
     delivery_role = *std::move(started);
   }
   metrics::Metrics metrics;
-  RegisterMetrics(metrics, queue_role.get(), ingest_role.get(), delivery_role.get());
+  RegisterMetrics(metrics, queue_role.get(), ingest_role.get(), delivery_role.get(), credentials);
   (*http)->Handle("/metrics", [&metrics](const HttpRequest&) {
     return HttpResponse{200, metrics::kContentType, metrics.Render()};
   });

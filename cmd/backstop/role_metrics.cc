@@ -12,8 +12,27 @@ namespace backstop {
 
 void RegisterMetrics(metrics::Metrics& metrics, const queue::QueueRole* queue_role,
                      const ingest::IngestRole* ingest_role,
-                     const delivery::DeliveryRole* delivery_role) {
+                     const delivery::DeliveryRole* delivery_role,
+                     const queue::ClusterCredentials& cluster_credentials) {
   prometheus::Registry& registry = metrics.registry();
+  // Certificates reload on SIGHUP: the page shows the one in force.
+  auto& expiry =
+      prometheus::BuildGauge()
+          .Name("backstop_tls_certificate_expiry_timestamp_seconds")
+          .Help("Not-after of a certificate in force (kind: smtp STARTTLS, cluster mTLS)")
+          .Register(registry);
+  if (cluster_credentials.mutual_tls()) {
+    auto& cluster = expiry.Add({{"kind", "cluster"}});
+    metrics.OnScrape([&cluster, &cluster_credentials] {
+      cluster.Set(static_cast<double>(cluster_credentials.certificate_not_after()));
+    });
+  }
+  if (ingest_role != nullptr && ingest_role->tls_certificate_not_after() != 0) {
+    auto& smtp = expiry.Add({{"kind", "smtp"}});
+    metrics.OnScrape([&smtp, ingest_role] {
+      smtp.Set(static_cast<double>(ingest_role->tls_certificate_not_after()));
+    });
+  }
   auto gauge = [&registry](const std::string& name, const std::string& help) -> prometheus::Gauge& {
     return prometheus::BuildGauge().Name(name).Help(help).Register(registry).Add({});
   };
