@@ -68,6 +68,9 @@ class Voter {
     options.start_mode = start_mode;
     options.data_dir = data_dir_;
     options.tick_interval = absl::Milliseconds(20);
+    // Heartbeats every 20 ms, but an election only after 0.5–1 s of silence: on a loaded
+    // machine (CI, parallel builds) a starved thread must not depose a healthy leader mid-test.
+    options.election_ticks = 25;
     options.on_fatal_error = [this, expected = options_.test_crash !=
                                                TestCrash::kNone](const absl::Status& status) {
       if (!expected) {
