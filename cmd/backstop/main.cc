@@ -17,6 +17,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include "absl/synchronization/mutex.h"
 #include "cmd/backstop/role_metrics.h"
 #include "common/config.h"
 #include "common/http_server.h"
@@ -166,6 +167,9 @@ sigset_t BlockHandledSignals() {
 }
 
 int Serve(const Flags& flags) {
+  // Debian's Abseil checks every absl::Mutex acquisition (gRPC's) for lock-order cycles, a
+  // debugging aid that showed in profiles of the ingest path.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   const log::Logger logger("main");
   absl::StatusOr<Config> loaded = LoadEffectiveConfig(flags);
   if (!loaded.ok()) {
