@@ -4,6 +4,7 @@
 # the Grafana dashboard) without Kubernetes.
 #
 #   deploy/local/cluster.sh start    # generate configs, start, wait until ready, print endpoints
+#   deploy/local/cluster.sh start --plaintext   # the same without cluster mTLS
 #   deploy/local/cluster.sh status   # each process: pid, alive, ready; then the Raft view
 #   deploy/local/cluster.sh stop     # SIGTERM (drain), SIGKILL after 40s; data is kept
 #
@@ -15,6 +16,12 @@
 #   BACKSTOP_LOCAL_DOMAIN   the relay domain [example.test]
 #   BACKSTOP_LOCAL_PRIMARY  its primary MX, host:port [127.0.0.1:2526]; mail waits while down
 #   BACKSTOP_BIN, BACKSTOPCTL_BIN  the binaries [build/release/cmd/...]
+#
+# gRPC between the processes is mTLS ([cluster_tls]) unless started with --plaintext: the first
+# start writes a cluster CA, one node certificate every process shares and an admin client
+# certificate (OU=backstop-admin, for backstopctl's changes) into <state>/tls with the openssl
+# CLI, as the README's "Cluster security (mTLS)" recipe does. Later starts reuse them until one
+# is within a day of expiring.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -29,6 +36,7 @@ queue_nodes=(q1 q2 q3)
 ingest_nodes=(i1 i2)
 delivery_nodes=(d1 d2)
 all_nodes=("${queue_nodes[@]}" "${ingest_nodes[@]}" "${delivery_nodes[@]}")
+tls="$dir/tls"
 
 # Node n of each role: its id, its ports.
 index() { echo "${1:1}"; }
@@ -63,8 +71,52 @@ endpoint_list() {
   echo "$list"
 }
 
-write_config() { # node
-  local node="$1" role
+# The README's recipe: an EC P-256 CA, and certificates it signs.
+issue_certificate() { # name subject extended-key-usage
+  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+    -keyout "$1.key" -out "$1.csr" -subj "$2" 2>/dev/null
+  printf 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=%s\n' \
+    "$3" > "$1.ext"
+  openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -days 365 \
+    -extfile "$1.ext" -out "$1.crt" 2>/dev/null
+  rm -f "$1.csr" "$1.ext"
+}
+
+# Keeps the certificates of an earlier start unless one is missing or expires within a day.
+make_certificates() {
+  command -v openssl >/dev/null || { echo "openssl missing (or start with --plaintext)" >&2; exit 1; }
+  local name fresh=1
+  for name in ca node admin; do
+    openssl x509 -checkend 86400 -noout -in "$tls/$name.crt" >/dev/null 2>&1 || fresh=0
+  done
+  [ "$fresh" = 1 ] && return
+  rm -rf "$tls"
+  mkdir -p "$tls"
+  (
+    cd "$tls"
+    umask 077
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+      -keyout ca.key -out ca.crt -subj "/CN=Backstop local cluster CA" \
+      -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
+      2>/dev/null
+    issue_certificate node "/CN=backstop-node" serverAuth,clientAuth
+    issue_certificate admin "/CN=local-admin/OU=backstop-admin" clientAuth
+  ) || { echo "could not write the certificates into $tls" >&2; exit 1; }
+}
+
+# Whether the running (or last started) cluster uses mTLS: its configurations say.
+mutual_tls() { grep -q '^\[cluster_tls\]' "$dir/q1/backstop.toml" 2>/dev/null; }
+
+# backstopctl's TLS flags for this cluster: the admin certificate, or none in plaintext.
+ctl_tls_flags() {
+  ctl_tls=()
+  if mutual_tls; then
+    ctl_tls=(--tls-ca "$tls/ca.crt" --tls-cert "$tls/admin.crt" --tls-key "$tls/admin.key")
+  fi
+}
+
+write_config() { # node mode (mtls or plaintext)
+  local node="$1" mode="$2" role
   role="$(role_of "$node")"
   {
     echo "[node]"
@@ -102,6 +154,13 @@ write_config() { # node
     echo "name = \"$domain\""
     echo "primary = [\"$primary\"]"
     echo "recipients = []"
+    if [ "$mode" = mtls ]; then
+      echo
+      echo "[cluster_tls]"
+      echo "ca = \"$tls/ca.crt\""
+      echo "cert = \"$tls/node.crt\""
+      echo "key = \"$tls/node.key\""
+    fi
   } > "$dir/$node/backstop.toml"
 }
 
@@ -137,12 +196,28 @@ print_endpoints() {
     printf 'HTTP %-9s %-3s http://127.0.0.1:%s/metrics  /status /readyz /livez\n' \
       "$(role_of "$node")" "$node" "$(http_port "$node")"
   done
-  echo "backstopctl:          BACKSTOP_ENDPOINT=127.0.0.1:$(grpc_port q1) $backstopctl cluster status"
+  ctl_tls_flags
+  if mutual_tls; then
+    echo "backstopctl (admin):  $backstopctl --endpoint 127.0.0.1:$(grpc_port q1) ${ctl_tls[*]} cluster status"
+    echo "  or in a shell:      export BACKSTOP_ENDPOINT=127.0.0.1:$(grpc_port q1) BACKSTOP_TLS_CA=$tls/ca.crt BACKSTOP_TLS_CERT=$tls/admin.crt BACKSTOP_TLS_KEY=$tls/admin.key"
+    echo "cluster mTLS:         CA $tls/ca.crt, node certificate $tls/node.crt, admin $tls/admin.crt"
+  else
+    echo "backstopctl:          BACKSTOP_ENDPOINT=127.0.0.1:$(grpc_port q1) $backstopctl cluster status"
+    echo "cluster gRPC:         plaintext (--plaintext)"
+  fi
   echo "Prometheus config:    $dir/prometheus.yml (relay domain $domain, primary $primary)"
 }
 
 start() {
-  local node
+  local node mode=mtls
+  case "${1:-}" in
+    '') ;;
+    --plaintext) mode=plaintext ;;
+    *)
+      echo "usage: $0 start [--plaintext]" >&2
+      exit 2
+      ;;
+  esac
   [ -x "$backstop" ] || { echo "no backstop binary at $backstop (run: make build)" >&2; exit 1; }
   for node in "${all_nodes[@]}"; do
     if alive "$node"; then
@@ -150,9 +225,10 @@ start() {
       exit 1
     fi
   done
+  if [ "$mode" = mtls ]; then make_certificates; fi
   for node in "${all_nodes[@]}"; do
     mkdir -p "$dir/$node/data"
-    write_config "$node"
+    write_config "$node" "$mode"
   done
   prometheus_config
   # Voters first, together (like podManagementPolicy: Parallel), then the clients.
@@ -198,7 +274,9 @@ status() {
   done
   if [ -x "$backstopctl" ] && alive q1; then
     echo
-    "$backstopctl" --endpoint "127.0.0.1:$(grpc_port q1)" --timeout 3s cluster status || ok=1
+    ctl_tls_flags
+    "$backstopctl" --endpoint "127.0.0.1:$(grpc_port q1)" "${ctl_tls[@]}" --timeout 3s \
+      cluster status || ok=1
   fi
   return "$ok"
 }
@@ -233,11 +311,11 @@ stop() {
 }
 
 case "${1:-}" in
-  start) start ;;
+  start) start "${2:-}" ;;
   status) status ;;
   stop) stop ;;
   *)
-    echo "usage: $0 start|status|stop" >&2
+    echo "usage: $0 start [--plaintext]|status|stop" >&2
     exit 2
     ;;
 esac

@@ -1,7 +1,8 @@
 """deploy/grafana/backstop.json and deploy/local/cluster.sh together: the dashboard has the shape
 the issue asks for, and every one of its queries parses and returns data from a real Prometheus
-(with the alert rules loaded) scraping the local 3 + 2 + 2 cluster after some traffic. The same
-run checks the script's start/status/stop and the queue's preStop hook."""
+(with the alert rules loaded) scraping the local 3 + 2 + 2 cluster, mTLS between its processes,
+after some traffic. The same run checks the script's start/status/stop, that the cluster refuses
+plaintext and non-admin changes, and the queue's preStop hook with the admin certificate."""
 
 import json
 import os
@@ -91,20 +92,26 @@ def http_json(url):
         return json.loads(response.read())
 
 
-@pytest.fixture
-def local_cluster(tmp_path):
-    primary_port = reserve_port()
-    primary = Primary(port=primary_port).start()
-    base = free_port_base()
+def cluster_script(tmp_path, base, primary_port):
+    """Runs deploy/local/cluster.sh COMMAND [ARGS] against a cluster in tmp_path/cluster."""
     env = dict(os.environ, BACKSTOP_LOCAL_DIR=str(tmp_path / "cluster"),
                BACKSTOP_LOCAL_PORT=str(base),
                BACKSTOP_LOCAL_PRIMARY=f"127.0.0.1:{primary_port}",
                BACKSTOP_BIN=BACKSTOP_BIN, BACKSTOPCTL_BIN=BACKSTOPCTL_BIN)
 
-    def run(command):
-        return subprocess.run([str(CLUSTER), command], env=env, capture_output=True, text=True,
+    def run(*command):
+        return subprocess.run([str(CLUSTER), *command], env=env, capture_output=True, text=True,
                               timeout=120)
 
+    return run
+
+
+@pytest.fixture
+def local_cluster(tmp_path):
+    primary_port = reserve_port()
+    primary = Primary(port=primary_port).start()
+    base = free_port_base()
+    run = cluster_script(tmp_path, base, primary_port)
     started = run("start")
     try:
         assert started.returncode == 0, started.stdout + started.stderr
@@ -158,10 +165,33 @@ def test_dashboard_queries_return_data_from_the_local_cluster(local_cluster, pro
     assert f"127.0.0.1:{base + 11}" in output and f"127.0.0.1:{base + 12}" in output
     assert f"http://127.0.0.1:{base + 121}/metrics" in output
 
+    # mTLS by default: certificates from the script's own CA, and backstopctl told how to use
+    # the admin one.
+    tls = local_cluster["dir"] / "tls"
+    for node in ("q1", "i1", "d2"):
+        config = (local_cluster["dir"] / node / "backstop.toml").read_text()
+        assert f'[cluster_tls]\nca = "{tls}/ca.crt"\ncert = "{tls}/node.crt"' in config
+    assert f"--tls-ca {tls}/ca.crt --tls-cert {tls}/admin.crt --tls-key {tls}/admin.key" in output
+    assert f"BACKSTOP_TLS_CERT={tls}/admin.crt" in output
+
     status = local_cluster["run"]("status")
     assert status.returncode == 0, status.stdout + status.stderr
     assert status.stdout.count(" ready\n") == 7
     assert "voters    1,2,3" in status.stdout
+
+    def backstopctl(node, certificate, *command):
+        flags = [] if certificate is None else [
+            "--tls-ca", str(tls / "ca.crt"), "--tls-cert", str(tls / f"{certificate}.crt"),
+            "--tls-key", str(tls / f"{certificate}.key")]
+        return subprocess.run([BACKSTOPCTL_BIN, "--endpoint", f"127.0.0.1:{base + node}",
+                               "--timeout", "5s", *flags, *command], capture_output=True,
+                              text=True, timeout=30, env={"PATH": os.environ["PATH"]})
+
+    # Plaintext fails the handshake; a node certificate may read but not change the cluster.
+    assert backstopctl(1, None, "cluster", "status").returncode == 1
+    assert backstopctl(1, "node", "cluster", "status").returncode == 0
+    denied = backstopctl(1, "node", "cluster", "transfer-leader")
+    assert denied.returncode == 1 and "OU=backstop-admin" in denied.stderr
 
     send_traffic(base, 5)
     local_cluster["primary"].wait_for(10)
@@ -198,11 +228,19 @@ def test_dashboard_queries_return_data_from_the_local_cluster(local_cluster, pro
                timeout=30, what="recording rules")
     assert scalar(prometheus, "backstop:queue_voters:count") == 3
     assert query(prometheus, 'ALERTS{alertstate="firing"}') == []
+    # Every process reports its mTLS certificate, about a year (365 days) away.
+    expiry = query(prometheus, 'backstop_tls_certificate_expiry_timestamp_seconds{kind="cluster"}'
+                               ' - time()')
+    assert len(expiry) == 7
+    assert all(360 * 86400 < float(e["value"][1]) <= 365 * 86400 for e in expiry)
 
-    # The preStop hook moves leadership off the leader, and is a no-op on a follower.
+    # The preStop hook moves leadership off the leader, and is a no-op on a follower. Like the
+    # queue container, it finds the admin certificate through BACKSTOP_TLS_*.
     leader = http_json(f"http://127.0.0.1:{base + 101}/status")["queue"]["leader_id"]
     follower = next(i for i in (1, 2, 3) if i != leader)
-    env = dict(os.environ, PATH=f"{os.path.dirname(BACKSTOPCTL_BIN)}:{os.environ['PATH']}")
+    env = dict(os.environ, PATH=f"{os.path.dirname(BACKSTOPCTL_BIN)}:{os.environ['PATH']}",
+               BACKSTOP_TLS_CA=str(tls / "ca.crt"), BACKSTOP_TLS_CERT=str(tls / "admin.crt"),
+               BACKSTOP_TLS_KEY=str(tls / "admin.key"))
     for node in (follower, leader):
         subprocess.run(["sh", str(DEPLOY / "prestop.sh")], check=True, timeout=30,
                        env=dict(env, BACKSTOP_QUEUE_PORT=str(base + node)))
@@ -215,3 +253,21 @@ def test_dashboard_queries_return_data_from_the_local_cluster(local_cluster, pro
         return view["leader_id"] not in (0, leader) and view["leader_id"]
 
     wait_until(new_leader, timeout=15, what="leadership handed over by preStop")
+
+
+def test_local_cluster_runs_plaintext_on_request(tmp_path):
+    run = cluster_script(tmp_path, free_port_base(), reserve_port())
+    started = run("start", "--plaintext")
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        assert "cluster gRPC:         plaintext" in started.stdout
+        assert "--tls-" not in started.stdout
+        assert "[cluster_tls]" not in (tmp_path / "cluster/q1/backstop.toml").read_text()
+        assert not (tmp_path / "cluster/tls").exists()
+        status = run("status")
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert "voters    1,2,3" in status.stdout
+    finally:
+        stopped = run("stop")
+    assert stopped.returncode == 0, stopped.stderr
+    assert run("start", "--bogus").returncode == 2

@@ -23,6 +23,12 @@ WORKLOADS = {"StatefulSet", "Deployment"}
 # The only labels an immutable field (a workload's selector, a volumeClaimTemplate) may carry:
 # a changing one, such as the version, would make the next apply fail.
 STABLE_LABELS = {"app.kubernetes.io/name", "app.kubernetes.io/component"}
+# Cluster mTLS: every pod holds a node certificate; only the queue pods hold the admin client
+# certificate (OU=backstop-admin), for the preStop hook's backstopctl.
+CLUSTER_TLS_SECRET = "backstop-cluster-tls"
+ADMIN_TLS_SECRET = "backstop-admin-tls"
+ADMIN_WORKLOAD = "StatefulSet/backstop-queue"
+BACKSTOPCTL_TLS_ENV = ("BACKSTOP_TLS_CA", "BACKSTOP_TLS_CERT", "BACKSTOP_TLS_KEY")
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +64,45 @@ def quantity(value):
         if text.endswith(suffix):
             return float(text[:-len(suffix)]) * factor
     return float(text)
+
+
+def secret_mounts(spec, container, secret):
+    """The container's mounts of volumes backed by `secret`."""
+    volumes = {v["name"] for v in spec.get("volumes", [])
+               if v.get("secret", {}).get("secretName") == secret}
+    return [m for m in container.get("volumeMounts", []) if m["name"] in volumes]
+
+
+def tls_problems(name, spec):
+    """Cluster mTLS rules for one workload's pods: the node certificate everywhere, read-only;
+    the admin certificate, and backstopctl's BACKSTOP_TLS_* pointing at it, only in the queue."""
+    problems = []
+    admin_volumes = [v["name"] for v in spec.get("volumes", [])
+                     if v.get("secret", {}).get("secretName") == ADMIN_TLS_SECRET]
+    if name != ADMIN_WORKLOAD and admin_volumes:
+        problems.append(f"{name}: holds the admin certificate ({ADMIN_TLS_SECRET})")
+    for container in spec.get("containers", []):
+        where = f"{name} container {container['name']}"
+        cluster = secret_mounts(spec, container, CLUSTER_TLS_SECRET)
+        admin = secret_mounts(spec, container, ADMIN_TLS_SECRET)
+        if not cluster:
+            problems.append(f"{where}: does not mount {CLUSTER_TLS_SECRET}")
+        problems += [f"{where}: Secret volume {m['name']} mounted writable"
+                     for m in cluster + admin if not m.get("readOnly")]
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        if name != ADMIN_WORKLOAD:
+            if set(BACKSTOPCTL_TLS_ENV) & set(env):
+                problems.append(f"{where}: sets backstopctl's BACKSTOP_TLS_* outside the queue")
+            continue
+        if not admin:
+            problems.append(f"{where}: does not mount {ADMIN_TLS_SECRET} (preStop needs it)")
+            continue
+        expected = {"BACKSTOP_TLS_CA": f"{cluster[0]['mountPath']}/ca.crt" if cluster else None,
+                    "BACKSTOP_TLS_CERT": f"{admin[0]['mountPath']}/tls.crt",
+                    "BACKSTOP_TLS_KEY": f"{admin[0]['mountPath']}/tls.key"}
+        problems += [f"{where}: {key} is {env.get(key)}, not {value}"
+                     for key, value in expected.items() if env.get(key) != value]
+    return problems
 
 
 def policy_problems(objects):
@@ -97,6 +142,7 @@ def policy_problems(objects):
             problems.append(f"{name}: no NetworkPolicy")
         if not spec.get("securityContext", {}).get("runAsNonRoot"):
             problems.append(f"{name}: pods may run as root")
+        problems += tls_problems(name, spec)
         secret_volumes = {v["name"] for v in spec.get("volumes", []) if "secret" in v}
         for container in spec.get("containers", []) + spec.get("initContainers", []):
             where = f"{name} container {container['name']}"
@@ -188,14 +234,58 @@ def test_policy_checks_catch_each_violation(rendered):
     pod_spec(delivery)["containers"][0]["image"] = "registry.example.net/backstop:0.2.0"
     one(objects, "Service", "backstop-ingest")["spec"]["externalTrafficPolicy"] = "Cluster"
     objects.remove(one(objects, "PodDisruptionBudget", "backstop-queue"))
+    # Admin rights on an ingest pod; the node certificate missing from delivery; the queue's
+    # backstopctl pointed at the node certificate instead of the admin one.
+    ingest = pod_spec(one(objects, "Deployment", "backstop-ingest"))
+    ingest["volumes"].append({"name": "admin", "secret": {"secretName": "backstop-admin-tls"}})
+    ingest["containers"][0]["env"].append({"name": "BACKSTOP_TLS_CERT", "value": "/x/tls.crt"})
+    delivery_spec = pod_spec(delivery)
+    delivery_spec["containers"][0]["volumeMounts"] = [
+        m for m in delivery_spec["containers"][0]["volumeMounts"] if m["name"] != "cluster-tls"]
+    for variable in container["env"]:
+        if variable["name"] == "BACKSTOP_TLS_CERT":
+            variable["value"] = "/etc/backstop/tls/cluster/tls.crt"
     problems = "\n".join(policy_problems(objects))
     for expected in ["no livenessProbe", "memory request != limit", "mounted with subPath",
                      "not Parallel", "without externalTrafficPolicy: Local",
                      "StatefulSet/backstop-queue: no PodDisruptionBudget",
                      "pods may run as root", "a writable root filesystem",
                      "volumeClaimTemplate labelled with ['app.kubernetes.io/version']",
-                     "backstop-delivery: app.kubernetes.io/version is not the image tag"]:
+                     "backstop-delivery: app.kubernetes.io/version is not the image tag",
+                     "Deployment/backstop-ingest: holds the admin certificate",
+                     "backstop-ingest container backstop: sets backstopctl's BACKSTOP_TLS_*",
+                     "backstop-delivery container backstop: does not mount backstop-cluster-tls",
+                     "BACKSTOP_TLS_CERT is /etc/backstop/tls/cluster/tls.crt, not "
+                     "/etc/backstop/tls/admin/tls.crt"]:
         assert expected in problems
+
+
+def test_policy_checks_want_the_admin_certificate_mounted_read_only_in_the_queue(rendered):
+    objects = copy.deepcopy(rendered[("dev", ())])
+    container = pod_spec(one(objects, "StatefulSet", "backstop-queue"))["containers"][0]
+    admin = next(m for m in container["volumeMounts"] if m["name"] == "admin-tls")
+    admin["readOnly"] = False
+    assert "StatefulSet/backstop-queue container backstop: Secret volume admin-tls mounted " \
+        "writable" in policy_problems(objects)
+    container["volumeMounts"].remove(admin)
+    assert "StatefulSet/backstop-queue container backstop: does not mount backstop-admin-tls " \
+        "(preStop needs it)" in policy_problems(objects)
+
+
+def test_cluster_tls_files_lie_in_the_mounted_secret(rendered):
+    """The [cluster_tls] paths of the shared configuration name the files of the
+    backstop-cluster-tls Secret where every workload mounts it."""
+    objects = rendered[("prod", ())]
+    config_map = next(c for c in by_kind(objects, "ConfigMap"))
+    text = config_map["data"]["backstop.toml"]
+    table = re.search(r"^\[cluster_tls\][^\n]*\n((?:\w+ = .*\n)+)", text, re.M)
+    assert table, "no [cluster_tls] in backstop.toml"
+    paths = dict(re.findall(r'^(\w+) = "([^"]+)"', table.group(1), re.M))
+    for workload in [o for o in objects if o["kind"] in WORKLOADS]:
+        spec = pod_spec(workload)
+        mount = secret_mounts(spec, spec["containers"][0], CLUSTER_TLS_SECRET)[0]["mountPath"]
+        assert paths == {"ca": f"{mount}/ca.crt", "cert": f"{mount}/tls.crt",
+                         "key": f"{mount}/tls.key"}, workload["metadata"]["name"]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
