@@ -9,8 +9,10 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
+#include <initializer_list>
 #include <limits>
 #include <optional>
+#include <string_view>
 #include <utility>
 
 #include "absl/strings/cord.h"
@@ -83,6 +85,14 @@ absl::Status AresStatus(int ares_status, int type, const std::string& name) {
       // Malformed answers, FORMERR, NOTIMP, out of memory: nothing that proves absence.
       return absl::UnavailableError(what + ares_strerror(ares_status));
   }
+}
+
+// c-ares 1.18 parses an answer that holds no record of the type asked for (only a CNAME, say:
+// what a resolver returns for an alias whose target has none) as a success without records.
+// That is NODATA (RFC 2308 §2.2), which callers act on (an MX lookup falls back to the implicit
+// MX); an empty success they could only treat as a temporary failure, forever.
+absl::Status NoRecords(int type, const std::string& name) {
+  return AresStatus(ARES_ENODATA, type, name);
 }
 
 // c-ares returns names without the trailing dot, and the root as "".
@@ -227,6 +237,10 @@ struct MxQuery : TypedQuery<MxResult> {
       result.records.push_back(MxRecord{reply->priority, NormalizeName(reply->host)});
     }
     ares_free_data(replies);
+    if (result.records.empty()) {
+      Fail(NoRecords(type, name));
+      return;
+    }
     std::stable_sort(
         result.records.begin(), result.records.end(),
         [](const MxRecord& a, const MxRecord& b) { return a.preference < b.preference; });
@@ -251,6 +265,7 @@ struct AddressQuery : TypedQuery<AddressResult> {
       return;
     }
     std::vector<std::string>& out = type == ns_t_a ? ipv4 : ipv6;
+    const size_t before = out.size();
     for (char** entry = host->h_addr_list; *entry != nullptr; ++entry) {
       char text[INET6_ADDRSTRLEN];
       if (inet_ntop(host->h_addrtype, *entry, text, sizeof(text)) != nullptr) {
@@ -258,6 +273,9 @@ struct AddressQuery : TypedQuery<AddressResult> {
       }
     }
     ares_free_hostent(host);
+    if (out.size() == before) {
+      errors.push_back(NoRecords(type, name));
+    }
   }
 
   void Finish() override {
@@ -301,6 +319,9 @@ struct PtrQuery : TypedQuery<NamesResult> {
       result.names.push_back(NormalizeName(host->h_name));
     }
     ares_free_hostent(host);
+    if (result.names.empty()) {
+      Fail(NoRecords(type, name));
+    }
   }
 
   IpAddress address;
@@ -324,10 +345,58 @@ struct TxtQuery : TypedQuery<TxtResult> {
       result.texts.back().append(reinterpret_cast<const char*>(chunk->txt), chunk->length);
     }
     ares_free_data(chunks);
+    if (result.texts.empty()) {
+      Fail(NoRecords(type, name));
+    }
   }
 };
 
+// Runs `query` as the Resolver would once c-ares has answered each of its parts successfully.
+template <typename Result>
+Result Convert(TypedQuery<Result>& query, const std::string& name,
+               std::initializer_list<std::pair<int, std::string_view>> answers) {
+  Result out;
+  query.callback = [&out](Result result) { out = std::move(result); };
+  query.name = name;
+  for (const auto& [type, answer] : answers) {
+    query.Take(type, ARES_SUCCESS, reinterpret_cast<const unsigned char*>(answer.data()),
+               static_cast<int>(std::min<size_t>(answer.size(), std::numeric_limits<int>::max())));
+  }
+  query.Finish();
+  query.Deliver();
+  return out;
+}
+
 }  // namespace
+
+namespace dns_internal {
+
+MxResult MxFromAnswer(const std::string& name, std::string_view answer) {
+  MxQuery query(nullptr);
+  return Convert(query, name, {{ns_t_mx, answer}});
+}
+
+AddressResult AddressesFromAnswers(const std::string& name, std::string_view a_answer,
+                                   std::string_view aaaa_answer) {
+  AddressQuery query(nullptr);
+  return Convert(query, name, {{ns_t_a, a_answer}, {ns_t_aaaa, aaaa_answer}});
+}
+
+NamesResult PtrFromAnswer(const std::string& ip, std::string_view answer) {
+  const absl::StatusOr<IpAddress> address = ParseIp(ip);
+  if (!address.ok()) {
+    return NamesResult{address.status(), {}};
+  }
+  PtrQuery query(nullptr, *address);
+  return Convert(query, ip, {{ns_t_ptr, answer}});
+}
+
+TxtResult TxtFromAnswer(const std::string& name, std::string_view answer) {
+  TxtQuery query(nullptr);
+  return Convert(query, name, {{ns_t_txt, answer}});
+}
+
+}  // namespace dns_internal
 
 // ---------------------------------------------------------------------------------------------
 // Watches: the Operations through which the loop tells us about c-ares' sockets and timeouts.

@@ -22,6 +22,7 @@
 #include <initializer_list>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
@@ -83,6 +84,18 @@ struct TxtResult {
   // One string per TXT record (its character-strings concatenated, RFC 7208 §3.3).
   std::vector<std::string> texts;
 };
+
+namespace dns_internal {
+// What a lookup reports for raw DNS answers (every part answered, as c-ares hands answers to the
+// Resolver), converted by the very code the Resolver runs. For the fuzz target
+// tests/fuzz/dns_answer_fuzz.cc, so that hostile answers reach our conversion without a DNS
+// server; `name` only appears in error messages, `ip` is the address a PTR lookup asked about.
+MxResult MxFromAnswer(const std::string& name, std::string_view answer);
+AddressResult AddressesFromAnswers(const std::string& name, std::string_view a_answer,
+                                   std::string_view aaaa_answer);
+NamesResult PtrFromAnswer(const std::string& ip, std::string_view answer);
+TxtResult TxtFromAnswer(const std::string& name, std::string_view answer);
+}  // namespace dns_internal
 
 struct ResolverOptions {
   // IP literals with ports; empty = the servers (and options) of /etc/resolv.conf.

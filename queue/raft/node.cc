@@ -26,6 +26,22 @@ absl::Time ClusterTimeOf(absl::Time t) {
   return absl::FromUnixMicros(absl::ToUnixMicros(t));
 }
 
+// Whether an append's entries follow its `index` one by one, with terms that never fall below
+// `log_term` (nor below the entry before) nor rise above the sender's term: every correct
+// leader's do. Anything else (a corrupt or forged message) would write a log with holes or with
+// terms out of order, so it is dropped unanswered, like a message for someone else.
+bool WellFormedEntries(const Message& m) {
+  Term previous = m.log_term;
+  for (size_t i = 0; i < m.entries.size(); ++i) {
+    const Entry& entry = m.entries[i];
+    if (entry.index != m.index + (i + 1) || entry.term < previous || entry.term > m.term) {
+      return false;
+    }
+    previous = entry.term;
+  }
+  return true;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Node>> Node::Create(const NodeOptions& options,
@@ -358,7 +374,7 @@ void Node::Send(Message message) {
 }
 
 void Node::Step(const Message& m) {
-  if (m.to != options_.id || m.from.IsNone() || m.from == options_.id) {
+  if (m.to != options_.id || m.from.IsNone() || m.from == options_.id || !WellFormedEntries(m)) {
     return;
   }
   const bool vote_request = m.type == MessageType::kVote || m.type == MessageType::kPreVote;

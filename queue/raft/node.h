@@ -107,8 +107,9 @@ class Node {
   // Advances logical time by one tick. `now` is the caller's wall clock (never read by the node
   // except to stamp entries it creates as leader).
   void Tick(absl::Time now);
-  // Handles a message from a peer. Messages addressed to another node, or from ourselves, are
-  // ignored; stale ones are answered or dropped as Raft prescribes.
+  // Handles a message from a peer. Messages addressed to another node, or from ourselves, or
+  // appends whose entries no correct leader sends (not contiguous after `index`, terms out of
+  // order) are ignored; stale ones are answered or dropped as Raft prescribes.
   void Step(const Message& message);
   // Leader only: appends entries holding `payloads`, stamped with the cluster time. Returns the
   // index of the last one. FailedPrecondition when not the leader (the message names the known

@@ -191,6 +191,20 @@ def backstop(tmp_path):
     yield start
     for process in started:
         process.stop()
+    for process in started:
+        report = sanitizer_report(process.stderr_path)
+        assert not report, f"sanitizer report in {process.stderr_path}:\n{report}"
+
+
+# What ASan, LSan, UBSan and TSan print (`make test-asan` runs this suite on an ASan+UBSan build).
+SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
+                     "WARNING: ThreadSanitizer")
+
+
+def sanitizer_report(stderr_path):
+    """The sanitizer findings in a process's stderr, or "" when there are none."""
+    text = stderr_path.read_text(errors="replace") if stderr_path.exists() else ""
+    return text if any(marker in text for marker in SANITIZER_MARKERS) else ""
 
 
 def run_backstop(*args, timeout=30):

@@ -648,5 +648,46 @@ TEST(ResolverNamesTest, RejectsNonAddress) {
   EXPECT_TRUE(absl::IsInvalidArgument(DnsblQueryName("1.2.3", "zen.example").status()));
 }
 
+// A resolver's answer to `<type> alias.example` whose answer section holds only
+// "alias.example CNAME host.example": the alias's target has no record of the type.
+std::string CnameOnlyAnswer(uint8_t type) {
+  std::string packet("\x12\x34\x81\x80\x00\x01\x00\x01\x00\x00\x00\x00", 12);
+  packet += std::string(
+      "\x05"
+      "alias"
+      "\x07"
+      "example\x00",
+      15);
+  packet += std::string("\x00", 1) + static_cast<char>(type) + std::string("\x00\x01", 2);
+  packet += std::string("\xc0\x0c\x00\x05\x00\x01\x00\x00\x00\x3c\x00\x0e", 12);
+  packet += std::string(
+      "\x04"
+      "host"
+      "\x07"
+      "example\x00",
+      14);
+  return packet;
+}
+
+TEST(AnswerConversionTest, MxAnswerWithOnlyACnameIsNoData) {
+  const MxResult result = dns_internal::MxFromAnswer("alias.example", CnameOnlyAnswer(15));
+  EXPECT_TRUE(IsNoData(result.status)) << result.status;
+  EXPECT_THAT(result.records, IsEmpty());
+  EXPECT_FALSE(result.null_mx);
+}
+
+TEST(AnswerConversionTest, TxtAnswerWithOnlyACnameIsNoData) {
+  const TxtResult result = dns_internal::TxtFromAnswer("alias.example", CnameOnlyAnswer(16));
+  EXPECT_TRUE(IsNoData(result.status)) << result.status;
+  EXPECT_THAT(result.texts, IsEmpty());
+}
+
+TEST(AnswerConversionTest, AddressAnswersWithOnlyACnameAreNoData) {
+  const AddressResult result =
+      dns_internal::AddressesFromAnswers("alias.example", CnameOnlyAnswer(1), CnameOnlyAnswer(28));
+  EXPECT_TRUE(IsNoData(result.status)) << result.status;
+  EXPECT_THAT(result.addresses, IsEmpty());
+}
+
 }  // namespace
 }  // namespace backstop

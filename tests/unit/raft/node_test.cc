@@ -198,6 +198,25 @@ TEST_F(SoloNodeTest, CommitsUpToLastNewEntryNotLeaderCommit) {
   EXPECT_EQ(node_->commit(), LogIndex(2));
 }
 
+TEST_F(SoloNodeTest, IgnoresAppendWhoseEntriesDoNotFollowItsIndex) {
+  Init(3);
+  node_->Step(Append(2, 1, 1, 1, {E(2, 1), E(7, 1)}, 7));
+  EXPECT_TRUE(FlushMessages().empty());
+  EXPECT_EQ(node_->last_index(), LogIndex(1));
+  EXPECT_EQ(node_->commit(), LogIndex(1));
+  EXPECT_EQ(storage_.LastIndex(), LogIndex(1));
+}
+
+TEST_F(SoloNodeTest, IgnoresAppendWhoseEntryTermsAreOutOfOrder) {
+  Init(3);
+  node_->Step(Append(2, 3, 1, 1, {E(2, 3), E(3, 2)}, 0));  // falls back to an older term
+  node_->Step(Append(2, 3, 1, 1, {E(2, 4)}, 0));           // above the sender's own term
+  node_->Step(Append(2, 3, 1, 2, {E(2, 1)}, 0));           // below the term at `index`
+  EXPECT_TRUE(FlushMessages().empty());
+  EXPECT_EQ(node_->last_index(), LogIndex(1));
+  EXPECT_EQ(node_->term(), Term(1));
+}
+
 TEST_F(SoloNodeTest, GrantsAtMostOneVotePerTerm) {
   Init(3);
   node_->Step(VoteReq(2, 2, 1, 1));
