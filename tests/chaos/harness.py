@@ -64,7 +64,13 @@ FAULT_KINDS = (
     "kill_ingest",         # kill -9 of an ingest process, restarted
     "kill_delivery",       # kill -9 of a delivery process, restarted
     "primary_down",        # the primary stops listening for a while
+    "disk_fault",          # a voter's disk fails (EIO on write or fsync, ENOSPC): it must stop
+                           # at once (fail-stop); restarted on a healthy disk
 )
+DISK_FAULTS = ("write_error", "sync_error", "nospace")
+# Test-only (queue/fault_injection.h): each voter follows the file "fault" in its working
+# directory.
+FAULT_FILE = "fault"
 
 
 def log(*parts):
@@ -186,8 +192,13 @@ class LoadGenerator:
             if delay > 0:
                 if self.stopping.wait(delay):
                     return
-            address = chooser.choice(self.ingest_addresses())
-            outcome, detail = self._send(seq, address)
+            addresses = self.ingest_addresses()
+            chooser.shuffle(addresses)
+            # Like a sending MTA with two MX hosts: the next one when a connection fails.
+            for address in addresses:
+                outcome, detail = self._send(seq, address)
+                if outcome != FAILED_BEFORE_DATA:
+                    break
             with self.lock:
                 self.outcomes[seq] = (outcome, detail, time.monotonic())
 
@@ -419,8 +430,12 @@ listen = "127.0.0.1:0"
     def stop_all(self):
         for node_id in list(self.paused):
             self.resume(node_id)
-        for process in self.processes.values():
-            process.stop()
+        # In parallel: each one drains on SIGTERM for a moment.
+        stoppers = [threading.Thread(target=p.stop) for p in self.processes.values()]
+        for stopper in stoppers:
+            stopper.start()
+        for stopper in stoppers:
+            stopper.join()
         for proxy in self.proxies.values():
             proxy.close()
 
@@ -440,6 +455,7 @@ class FaultInjector:
         self.events = []  # (monotonic time, kind, detail), for the report and the 451 windows
         self.rejoined_by_snapshot = 0
         self.bag = []
+        self.failures = []  # a fault that did not have the effect it must have
 
     def note(self, kind, detail):
         self.injected[kind] += 1
@@ -464,6 +480,7 @@ class FaultInjector:
             "cut": self.rng.uniform(2.0, 6.0),
             "mode": self.rng.choice((REFUSE, BLACKHOLE)),
             "in_commit_delay": self.rng.uniform(0.0, 0.005),
+            "disk_fault": self.rng.choice(DISK_FAULTS),
         }
         getattr(self, kind)(draw)
         return kind
@@ -545,6 +562,25 @@ class FaultInjector:
     def kill_delivery(self, draw):
         self._kill_restart("kill_delivery", draw["delivery"], draw)
 
+    def disk_fault(self, draw):
+        node_id = draw["voter"]
+        process = self.cluster.processes[node_id]
+        fault_file = process.workdir / FAULT_FILE
+        fault_file.write_text(draw["disk_fault"] + "\n")
+        self.note("disk_fault", {"node": node_id, "fault": draw["disk_fault"]})
+        try:
+            # It fails at its next write: at once under load.
+            code = process.proc.wait(timeout=30)
+            if code != -signal.SIGABRT:
+                self.failures.append(f"voter {node_id} with {draw['disk_fault']} exited {code}")
+        except subprocess.TimeoutExpired:
+            self.failures.append(f"voter {node_id} with {draw['disk_fault']} kept running")
+            self.cluster.kill(node_id)
+        process.stop()
+        fault_file.unlink()
+        time.sleep(draw["down"])
+        self.cluster.restart(node_id)
+
     def primary_down(self, draw):
         self.primary.down()
         self.note("primary_down", {"seconds": round(draw["down"] * 2, 2)})
@@ -578,6 +614,8 @@ def run(workdir, seconds, seed, rate=30, gap=(2.0, 5.0), kinds=FAULT_KINDS, repo
     summary (a dict); summary["ok"] says whether every check passed."""
     workdir = workdir.resolve() if hasattr(workdir, "resolve") else workdir
     log(f"chaos seed {seed} ({seconds}s); replay with --seed {seed}")
+    saved_fault_env = os.environ.get("BACKSTOP_FAULT_FILE")
+    os.environ["BACKSTOP_FAULT_FILE"] = FAULT_FILE  # relative: each process's own directory
     primary = Primary(reserve_port())
     primary.up()
     cluster = Cluster(workdir, primary.port)
@@ -611,9 +649,10 @@ def run(workdir, seconds, seed, rate=30, gap=(2.0, 5.0), kinds=FAULT_KINDS, repo
                 log("warning: voters not all caught up before the next fault")
             injector.step()
         load.stop()
-        log("load stopped; draining")
+        log("load stopped")
         if not cluster.wait_healthy(timeout=90):
             log("warning: voters not all caught up at the end")
+        log("voters caught up; draining")
 
         outcomes = dict(load.outcomes)
         acked = {seq for seq, (o, _, _) in outcomes.items() if o == OK}
@@ -631,6 +670,7 @@ def run(workdir, seconds, seed, rate=30, gap=(2.0, 5.0), kinds=FAULT_KINDS, repo
             if queued == 0 and acked <= set(arrivals):
                 break
             time.sleep(0.5)
+        log("drained" if queued == 0 else f"not drained: {queued} queued")
         time.sleep(2)  # late duplicates (a delivery whose completion was lost)
         arrivals, unnumbered = primary.snapshot()
         arrived = set(arrivals)
@@ -664,7 +704,8 @@ def run(workdir, seconds, seed, rate=30, gap=(2.0, 5.0), kinds=FAULT_KINDS, repo
             "max": round(delays[-1], 3) if delays else None,
         }
         summary["wiped_voters_rejoined_by_snapshot"] = injector.rejoined_by_snapshot
-        summary["ok"] = (not lost and not unexpected and queued == 0 and len(acked) > 0)
+        summary["fault_effect_failures"] = injector.failures
+        summary["ok"] = (not injector.failures and not lost and not unexpected and queued == 0 and len(acked) > 0)
         return summary
     except BaseException as error:
         summary["ok"] = False
@@ -675,6 +716,10 @@ def run(workdir, seconds, seed, rate=30, gap=(2.0, 5.0), kinds=FAULT_KINDS, repo
             load.stopping.set()
         cluster.stop_all()
         primary.down()
+        if saved_fault_env is None:
+            os.environ.pop("BACKSTOP_FAULT_FILE", None)
+        else:
+            os.environ["BACKSTOP_FAULT_FILE"] = saved_fault_env
         summary["workdir"] = str(workdir)
         printable = {k: v for k, v in summary.items() if k != "fault_log"}
         log("chaos summary:", json.dumps(printable, indent=1))
