@@ -325,13 +325,16 @@ listen = "127.0.0.1:0"
         workdir.mkdir(exist_ok=True)
         config_path = workdir / "backstop.toml"
         config_path.write_text(self.config_for(node_id, join))
+        log_path = workdir / "backstop.log"
+        earlier = len(log_path.read_text().splitlines()) if log_path.exists() else 0
         process = BackstopProcess(workdir, config_path, [])
         process.wait_started()
         if node_id in INGESTS:
-            entry = process.wait_for_log(
-                lambda e: e.get("msg") == "smtp listening" and "address" in e,
-                what="smtp listening")
-            host, port = entry["address"].rsplit(":", 1)
+            # The log keeps the earlier incarnations' lines (and their ports): this one's only.
+            listening = [e for e in process.logs()[earlier:] if e.get("msg") == "smtp listening"]
+            if not listening:
+                raise AssertionError(f"ingest {node_id} logged no 'smtp listening'")
+            host, port = listening[-1]["address"].rsplit(":", 1)
             process.smtp = (host, int(port))
         with self.lock:
             self.processes[node_id] = process
@@ -677,12 +680,16 @@ def run(workdir, seconds, seed, rate=30, gap=(2.0, 5.0), kinds=FAULT_KINDS, repo
         lost = sorted(acked - arrived)
         unexpected = sorted(arrived - acked - doubtful)
         outcome_counts = collections.Counter(o for o, _, _ in outcomes.values())
+        # Why the others failed, for a reader of the report (a few of each kind of reason).
+        reasons = collections.Counter(f"{o}: {str(d)[:60]}" for o, d, _ in outcomes.values()
+                                      if o != OK)
         summary.update({
             "faults_injected": sum(injector.injected.values()),
             "faults_by_kind": dict(sorted(injector.injected.items())),
             "messages_sent": len(outcomes),
             "acked": len(acked),
             "outcomes": dict(sorted(outcome_counts.items())),
+            "failure_reasons": dict(reasons.most_common(8)),
             "in_doubt": len(doubtful),
             "in_doubt_arrived": len(doubtful & arrived),
             "arrived_distinct": len(arrived),

@@ -21,7 +21,8 @@ def test_no_acknowledged_message_is_lost_under_seeded_faults(tmp_path):
                           report_path=tmp_path / "chaos-report.json")
     context = f"seed {seed} (replay: CHAOS_SEED={seed}); summary: {summary}"
     assert summary["faults_injected"] >= 5, context
-    assert summary["acked"] > 0, context
+    # Most transactions must get through: a harness that sends nothing proves nothing.
+    assert summary["acked"] >= summary["messages_sent"] // 2, context
     assert summary["lost"] == 0, context
     assert summary["unexpected_arrivals"] == 0, context
     assert summary["queue_left"] == 0, context
