@@ -1,8 +1,9 @@
 #pragma once
 
 // A RocksDB FileSystem wrapper that fails writes or syncs on demand, for the fail-stop tests of
-// the Raft storage now and for chaos tests later. It also counts syncs, so a benchmark can
-// report real fsyncs rather than assumed ones.
+// the Raft storage and, through a fault file a running voter follows (FollowFile,
+// BACKSTOP_FAULT_FILE), for the system and chaos tests. It also counts syncs, so a benchmark
+// can report real fsyncs rather than assumed ones.
 //
 // Thread-safety: every method may be called from any thread; RocksDB calls the file methods
 // from its foreground and background threads while a test flips the fault.

@@ -17,7 +17,6 @@ The same seed replays the same schedule (the kinds, targets, timings and modes o
 which process leads at a given moment is up to the cluster).
 """
 
-import asyncio
 import collections
 import json
 import os
@@ -275,9 +274,10 @@ class Cluster:
 
     # Configuration.
     def _voter_config(self, node_id, join=False):
-        peers = ", ".join(
-            f'"{j}@127.0.0.1:{self.queue_ports[j] if j == node_id else self.proxies[(node_id, j)].port}"'
-            for j in VOTERS)
+        # Itself at its own port, every other voter at the proxy of the link to it.
+        ports = {j: self.queue_ports[j] if j == node_id else self.proxies[(node_id, j)].port
+                 for j in VOTERS}
+        peers = ", ".join(f'"{j}@127.0.0.1:{port}"' for j, port in ports.items())
         return f"""
 [node]
 id = {node_id}
@@ -712,7 +712,8 @@ def run(workdir, seconds, seed, rate=30, gap=(2.0, 5.0), kinds=FAULT_KINDS, repo
         }
         summary["wiped_voters_rejoined_by_snapshot"] = injector.rejoined_by_snapshot
         summary["fault_effect_failures"] = injector.failures
-        summary["ok"] = (not injector.failures and not lost and not unexpected and queued == 0 and len(acked) > 0)
+        summary["ok"] = (not injector.failures and not lost and not unexpected and queued == 0
+                         and len(acked) > 0)
         return summary
     except BaseException as error:
         summary["ok"] = False

@@ -13,6 +13,7 @@ Thread-safe: cut()/heal()/close() from any thread; one thread accepts, two pump 
 
 import select
 import socket
+import struct
 import threading
 
 UP = "up"
@@ -38,7 +39,7 @@ class _Connection:
                 continue
             try:
                 # RST rather than FIN: the peer sees the connection die, not end cleanly.
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             except OSError:
                 pass
             try:

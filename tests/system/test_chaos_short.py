@@ -1,7 +1,8 @@
-"""The chaos harness (tests/chaos) for about 50 s (90 s with the setup and the drain): 3 voters, 2 ingest and 2
-delivery processes under load while a seeded schedule kills, pauses, partitions and wipes; zero
-loss is checked at the end. `make chaos` runs the same harness longer. A failure names its seed:
-CHAOS_SEED=<seed> replays the schedule (here or with make chaos)."""
+"""The chaos harness (tests/chaos) for 50 s (about 90 s with the setup and the drain): 3 voters,
+2 ingest and 2 delivery processes under load while a seeded schedule kills, pauses, partitions,
+wipes and fails disks; zero loss is checked at the end. `make chaos` runs the same harness
+longer. A failure names its seed: CHAOS_SEED=<seed> replays the schedule (here or with make
+chaos)."""
 
 import os
 import random
