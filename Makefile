@@ -33,7 +33,7 @@ LINT_PACKAGES := clang-format-16 clang-tidy-16
 FUZZ_PACKAGES := clang libclang-rt-14-dev
 
 .PHONY: help deps deps-lint deps-fuzz fuzz configure build run test bench bench-queue bench-ingest \
-        bench-drain sim fmt lint \
+        bench-drain sim chaos fmt lint \
         test-asan test-tsan clean
 
 help:
@@ -43,6 +43,7 @@ help:
 	@echo "make bench-ingest  accepted msg/s, primary down: Backstop beside Postfix as a backup MX"
 	@echo "make bench-drain   drain msg/s of a backlog when the primary returns, beside Postfix"
 	@echo "make sim     run the Raft simulator for SEEDS seeds x STEPS steps"
+	@echo "make chaos   CHAOS_SECONDS (600) of seeded faults under load, then zero-loss checks"
 	@echo "make fuzz    run every libFuzzer target for FUZZ_SECONDS (clang, ASan+UBSan)"
 	@echo "make fmt / make lint / make test-asan / make test-tsan / make clean"
 
@@ -136,6 +137,13 @@ FIRST_SEED ?= 1
 STEPS ?= 2000
 sim: build
 	$(BUILD_DIR)/tests/raft_sim --seeds $(SEEDS) --steps $(STEPS) --first-seed $(FIRST_SEED)
+
+# The chaos harness (tests/chaos) for CHAOS_SECONDS; CHAOS_SEED replays a schedule. The
+# summary is printed and written to build/chaos/report.json.
+CHAOS_SECONDS ?= 600
+chaos: build
+	BACKSTOP_BIN=$(abspath $(BACKSTOP)) BACKSTOPCTL_BIN=$(abspath $(BACKSTOPCTL)) \
+	  CHAOS_SECONDS=$(CHAOS_SECONDS) $(PYTHON) tests/chaos/run_chaos.py --report build/chaos/report.json
 
 FORMAT_FILES = $(shell git ls-files '*.h' '*.cc' '*.proto')
 fmt: deps-lint

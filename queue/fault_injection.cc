@@ -1,5 +1,7 @@
 #include "queue/fault_injection.h"
 
+#include <cstdlib>
+#include <fstream>
 #include <string>
 #include <utility>
 
@@ -141,7 +143,53 @@ bool FaultInjectionFileSystem::Hits(FileKind kind) const {
   return true;
 }
 
+void FaultInjectionFileSystem::FollowFile(std::string path) {
+  {
+    std::lock_guard lock(file_mutex_);
+    file_ = std::move(path);
+  }
+  next_poll_.store(1, std::memory_order_release);
+  PollFile();
+}
+
+void FaultInjectionFileSystem::PollFile() {
+  const int64_t due = next_poll_.load(std::memory_order_acquire);
+  const int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                          std::chrono::steady_clock::now().time_since_epoch())
+                          .count();
+  if (due == 0 || now < due) {
+    return;
+  }
+  std::unique_lock lock(file_mutex_, std::try_to_lock);
+  if (!lock.owns_lock()) {
+    return;  // another thread is reading it
+  }
+  next_poll_.store(
+      now + std::chrono::duration_cast<std::chrono::nanoseconds>(kFaultFilePoll).count(),
+      std::memory_order_release);
+  std::ifstream in(file_);
+  std::string word;
+  std::string target_word;
+  in >> word >> target_word;
+  Fault fault = Fault::kNone;
+  if (word == "write_error") {
+    fault = Fault::kWriteError;
+  } else if (word == "sync_error") {
+    fault = Fault::kSyncError;
+  } else if (word == "nospace") {
+    fault = Fault::kNoSpace;
+  }
+  FaultTarget target = FaultTarget::kAllFiles;
+  if (target_word == "wal") {
+    target = FaultTarget::kWalOnly;
+  } else if (target_word == "tables") {
+    target = FaultTarget::kTablesOnly;
+  }
+  Inject(fault, target);
+}
+
 rocksdb::IOStatus FaultInjectionFileSystem::CheckAppend(FileKind kind) {
+  PollFile();
   const Fault fault = FaultOf(state_.load(std::memory_order_acquire));
   if (!Hits(kind) || (fault != Fault::kWriteError && fault != Fault::kNoSpace)) {
     return rocksdb::IOStatus::OK();
@@ -151,6 +199,7 @@ rocksdb::IOStatus FaultInjectionFileSystem::CheckAppend(FileKind kind) {
 }
 
 rocksdb::IOStatus FaultInjectionFileSystem::CheckSync(FileKind kind) {
+  PollFile();
   const Fault fault = FaultOf(state_.load(std::memory_order_acquire));
   if (!Hits(kind) || (fault != Fault::kSyncError && fault != Fault::kNoSpace)) {
     return rocksdb::IOStatus::OK();
@@ -193,6 +242,16 @@ rocksdb::IOStatus FaultInjectionFileSystem::NewDirectory(
     *result = std::make_unique<FaultyDirectory>(this, std::move(*result));
   }
   return status;
+}
+
+std::shared_ptr<rocksdb::FileSystem> FileSystemFromEnvironment() {
+  const char* path = std::getenv(kFaultFileEnvironment);
+  if (path == nullptr || *path == '\0') {
+    return nullptr;
+  }
+  auto file_system = std::make_shared<FaultInjectionFileSystem>(rocksdb::FileSystem::Default());
+  file_system->FollowFile(path);
+  return file_system;
 }
 
 }  // namespace backstop::queue

@@ -1,15 +1,18 @@
 #pragma once
 
 // A RocksDB FileSystem wrapper that fails writes or syncs on demand, for the fail-stop tests of
-// the Raft storage now and for chaos tests later. It also counts syncs, so a benchmark can
-// report real fsyncs rather than assumed ones.
+// the Raft storage and, through a fault file a running voter follows (FollowFile,
+// BACKSTOP_FAULT_FILE), for the system and chaos tests. It also counts syncs, so a benchmark
+// can report real fsyncs rather than assumed ones.
 //
 // Thread-safety: every method may be called from any thread; RocksDB calls the file methods
 // from its foreground and background threads while a test flips the fault.
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 
 #include "rocksdb/file_system.h"
@@ -38,6 +41,13 @@ class FaultInjectionFileSystem final : public rocksdb::FileSystemWrapper {
   // including files opened before the call.
   void Inject(Fault fault, FaultTarget target = FaultTarget::kAllFiles);
   void Clear() { Inject(Fault::kNone); }
+
+  // TEST-ONLY: from now on the fault follows the content of the file at `path`, re-read at
+  // most every kFaultFilePoll when a file operation checks for a fault: "none" (or no file),
+  // "write_error", "sync_error" or "nospace", optionally followed by "wal" or "tables" (the
+  // target; default every file). An unreadable word counts as "none".
+  void FollowFile(std::string path);
+  static constexpr std::chrono::milliseconds kFaultFilePoll{20};
 
   // Number of successful Sync/Fsync calls on writable files since construction.
   uint64_t sync_count() const { return sync_count_.load(std::memory_order_relaxed); }
@@ -72,11 +82,26 @@ class FaultInjectionFileSystem final : public rocksdb::FileSystemWrapper {
   rocksdb::IOStatus Wrap(const std::string& name, rocksdb::IOStatus status,
                          std::unique_ptr<rocksdb::FSWritableFile>* result);
   bool Hits(FileKind kind) const;
+  // Re-reads the followed file if it is time to; cheap otherwise.
+  void PollFile();
 
   // Packed (fault, target) so that both change together.
   std::atomic<uint16_t> state_{0};
   std::atomic<uint64_t> sync_count_{0};
   std::atomic<uint64_t> failures_{0};
+
+  std::mutex file_mutex_;              // one reader of the followed file at a time
+  std::string file_;                   // guarded by file_mutex_; empty = not following
+  std::atomic<int64_t> next_poll_{0};  // steady-clock ns of the next read; 0 = never again
 };
+
+// TEST-ONLY (system and chaos tests): the environment variable naming a fault file. When it is
+// set, a queue voter opens its Raft log database on a FaultInjectionFileSystem that follows
+// that file (see FollowFile), so a test can make one running voter's disk fail.
+inline constexpr char kFaultFileEnvironment[] = "BACKSTOP_FAULT_FILE";
+
+// The file system for the queue's Raft log: a FaultInjectionFileSystem following the file named
+// by kFaultFileEnvironment when that is set, else nullptr (RocksDB's default).
+std::shared_ptr<rocksdb::FileSystem> FileSystemFromEnvironment();
 
 }  // namespace backstop::queue

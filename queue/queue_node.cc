@@ -11,6 +11,7 @@
 
 #include "common/log.h"
 #include "common/status.h"
+#include "queue/fault_injection.h"
 #include "queue/raft/codec.h"
 
 namespace backstop::queue {
@@ -43,7 +44,11 @@ absl::StatusOr<std::unique_ptr<QueueNode>> QueueNode::Start(const QueueNodeOptio
         fmt::format("cannot create data directory {}: {}", options.data_dir, error.message()));
   }
   auto node = std::unique_ptr<QueueNode>(new QueueNode(options, transport));
-  ASSIGN_OR_RETURN(node->database_, Database::Open(options.data_dir + "/raft", DatabaseOptions{}));
+  // FileSystemFromEnvironment: null (RocksDB's own) unless a test names a fault file.
+  ASSIGN_OR_RETURN(node->database_,
+                   Database::Open(options.data_dir + "/raft",
+                                  DatabaseOptions{.extra_families = {},
+                                                  .file_system = FileSystemFromEnvironment()}));
   ASSIGN_OR_RETURN(node->storage_, RocksDbLogStorage::Open(node->database_.get()));
   ASSIGN_OR_RETURN(node->state_machine_,
                    QueueStateMachine::Open(options.data_dir + "/state", options.state_machine));

@@ -3,6 +3,7 @@
 #include <stdlib.h>
 
 #include <filesystem>
+#include <fstream>
 #include <memory>
 #include <string>
 
@@ -102,6 +103,44 @@ TEST_F(FaultInjectionFileSystemTest, DirectoryFsyncFailsOnSyncError) {
   EXPECT_FALSE(dir->Fsync(rocksdb::IOOptions(), nullptr).ok());
   fs_->Inject(Fault::kSyncError, FaultTarget::kWalOnly);
   EXPECT_TRUE(dir->Fsync(rocksdb::IOOptions(), nullptr).ok());
+}
+
+TEST_F(FaultInjectionFileSystemTest, FollowedFileNamesTheFaultAndItsTarget) {
+  auto wal = Create("000001.log");
+  auto table = Create("000002.sst");
+  std::ofstream(dir_ / "fault") << "sync_error wal\n";
+  fs_->FollowFile((dir_ / "fault").string());
+  EXPECT_TRUE(Sync(*wal).IsIOError());
+  EXPECT_TRUE(Sync(*table).ok());
+  EXPECT_TRUE(Append(*wal).ok());
+}
+
+TEST_F(FaultInjectionFileSystemTest, FollowedFileAbsentOrUnknownMeansNoFault) {
+  auto file = Create("000001.log");
+  fs_->FollowFile((dir_ / "absent").string());
+  EXPECT_TRUE(Append(*file).ok());
+  std::ofstream(dir_ / "fault") << "bogus\n";
+  fs_->FollowFile((dir_ / "fault").string());
+  EXPECT_TRUE(Append(*file).ok());
+  EXPECT_TRUE(Sync(*file).ok());
+}
+
+TEST_F(FaultInjectionFileSystemTest, FollowedNoSpaceFailsWithEnospc) {
+  auto file = Create("000001.log");
+  std::ofstream(dir_ / "fault") << "nospace";
+  fs_->FollowFile((dir_ / "fault").string());
+  EXPECT_TRUE(Append(*file).IsNoSpace());
+  EXPECT_EQ(fs_->injected_failures(), 1u);
+}
+
+TEST(FileSystemFromEnvironmentTest, IsRocksDbsOwnUnlessAFaultFileIsNamed) {
+  unsetenv(kFaultFileEnvironment);
+  EXPECT_EQ(FileSystemFromEnvironment(), nullptr);
+  setenv(kFaultFileEnvironment, "/nonexistent/fault", 1);
+  const std::shared_ptr<rocksdb::FileSystem> file_system = FileSystemFromEnvironment();
+  unsetenv(kFaultFileEnvironment);
+  ASSERT_NE(file_system, nullptr);
+  EXPECT_STREQ(file_system->Name(), "BackstopFaultInjectionFileSystem");
 }
 
 }  // namespace
