@@ -18,10 +18,11 @@ namespace backstop::queue {
 
 // Thread-safe (gRPC calls the handlers on its own threads); borrows the node, which must
 // outlive the server that serves this service. Member addresses come from the node
-// (QueueNode::PeerAddress).
+// (QueueNode::PeerAddress), their replication progress from the node's status when it leads.
 class AdminServiceImpl final : public admin::AdminService::CallbackService {
  public:
-  explicit AdminServiceImpl(QueueNode* node);
+  // `hostname`: this node's [node] hostname, reported in ClusterStatus.
+  explicit AdminServiceImpl(QueueNode* node, std::string hostname = "");
 
   grpc::ServerUnaryReactor* GetClusterStatus(grpc::CallbackServerContext* context,
                                              const admin::GetClusterStatusRequest* request,
@@ -85,6 +86,7 @@ class AdminServiceImpl final : public admin::AdminService::CallbackService {
                                   const absl::Status& status) const;
 
   QueueNode* const node_;
+  const std::string hostname_;
   const AddressBook address_book_;
 };
 

@@ -50,7 +50,7 @@ absl::StatusOr<std::unique_ptr<QueueRole>> QueueRole::Start(const Config& config
   QueueNode* node = role->node_.get();
   role->service_ = std::make_unique<QueueServiceImpl>(
       node, [node](raft::NodeId id) { return node->PeerAddress(id); });
-  role->admin_service_ = std::make_unique<AdminServiceImpl>(node);
+  role->admin_service_ = std::make_unique<AdminServiceImpl>(node, config.node.hostname);
 
   grpc::ServerBuilder builder;
   int port = 0;
