@@ -1,5 +1,6 @@
 #include "queue/admin_service.h"
 
+#include <algorithm>
 #include <string>
 #include <utility>
 #include <vector>
@@ -16,19 +17,41 @@ grpc::Status ReadError(const absl::Status& status) {
   return grpc::Status(code, std::string(status.message()));
 }
 
+// `status` is the answering node's: when it leads, each member gets its replication progress.
 void AddMembers(const std::vector<raft::NodeId>& ids, const QueueNode& node,
+                const QueueNodeStatus& status, absl::Time now,
                 google::protobuf::RepeatedPtrField<admin::Member>* members) {
   for (raft::NodeId id : ids) {
     admin::Member* member = members->Add();
     member->set_id(id.value());
     member->set_address(node.PeerAddress(id));
+    if (!status.is_leader) {
+      continue;
+    }
+    if (id == status.id) {
+      member->set_match_index(status.last_index.value());
+      member->set_lag(0);
+      member->set_last_contact_ms(0);
+      continue;
+    }
+    for (const PeerProgress& peer : status.peers) {
+      if (peer.id == id) {
+        member->set_match_index(peer.match.value());
+        member->set_lag(status.LagOf(peer));
+        if (peer.last_contact != absl::InfinitePast()) {
+          member->set_last_contact_ms(
+              std::max<int64_t>(0, absl::ToInt64Milliseconds(now - peer.last_contact)));
+        }
+      }
+    }
   }
 }
 
 }  // namespace
 
-AdminServiceImpl::AdminServiceImpl(QueueNode* node, AdminAccess access)
+AdminServiceImpl::AdminServiceImpl(QueueNode* node, AdminAccess access, std::string hostname)
     : node_(node),
+      hostname_(std::move(hostname)),
       address_book_([node](raft::NodeId id) { return node->PeerAddress(id); }),
       access_(access) {}
 
@@ -79,8 +102,11 @@ grpc::ServerUnaryReactor* AdminServiceImpl::GetClusterStatus(
   response->set_term(status.term.value());
   response->set_commit_index(status.commit.value());
   response->set_applied_index(status.applied.value());
-  AddMembers(status.members.voters, *node_, response->mutable_voters());
-  AddMembers(status.members.learners, *node_, response->mutable_learners());
+  response->set_last_index(status.last_index.value());
+  response->set_hostname(hostname_);
+  const absl::Time now = node_->clock().Now();
+  AddMembers(status.members.voters, *node_, status, now, response->mutable_voters());
+  AddMembers(status.members.learners, *node_, status, now, response->mutable_learners());
   return Reply(context, absl::OkStatus());
 }
 

@@ -25,10 +25,11 @@ enum class AdminAccess : uint8_t {
 
 // Thread-safe (gRPC calls the handlers on its own threads); borrows the node, which must
 // outlive the server that serves this service. Member addresses come from the node
-// (QueueNode::PeerAddress).
+// (QueueNode::PeerAddress), their replication progress from the node's status when it leads.
 class AdminServiceImpl final : public admin::AdminService::CallbackService {
  public:
-  AdminServiceImpl(QueueNode* node, AdminAccess access);
+  // `hostname`: this node's [node] hostname, reported in ClusterStatus.
+  AdminServiceImpl(QueueNode* node, AdminAccess access, std::string hostname = "");
 
   grpc::ServerUnaryReactor* GetClusterStatus(grpc::CallbackServerContext* context,
                                              const admin::GetClusterStatusRequest* request,
@@ -95,6 +96,7 @@ class AdminServiceImpl final : public admin::AdminService::CallbackService {
                                   const absl::Status& status) const;
 
   QueueNode* const node_;
+  const std::string hostname_;
   const AddressBook address_book_;
   const AdminAccess access_;
 };

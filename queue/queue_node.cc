@@ -368,6 +368,82 @@ QueueNodeStatus QueueNode::status() const {
   return status_;
 }
 
+absl::StatusOr<QueueDepth> QueueNode::Depth() const {
+  ASSIGN_OR_RETURN(const std::vector<DomainSummary> summaries, state_machine_->Summaries());
+  QueueDepth depth;
+  for (const DomainSummary& summary : summaries) {
+    depth.messages += summary.queued_messages();
+    depth.bytes += summary.queued_bytes();
+    depth.held += summary.held_messages();
+    depth.leased += summary.leased_messages();
+    depth.domains += 1;
+    depth.domains_down += summary.down() ? 1 : 0;
+    if (summary.oldest_enqueue_ms() > 0) {
+      const absl::Time enqueued = absl::FromUnixMillis(summary.oldest_enqueue_ms());
+      depth.oldest =
+          depth.oldest == absl::InfinitePast() ? enqueued : std::min(depth.oldest, enqueued);
+    }
+  }
+  return depth;
+}
+
+void QueueNode::NoteContact(const raft::Message& message, absl::Time now) {
+  last_contact_[message.from] = now;
+  if (message.from == node_->leader()) {
+    heard_commit_ = std::max(heard_commit_, message.commit);
+  }
+}
+
+QueueNodeStatus QueueNode::CurrentStatus(absl::Time now) const {
+  const bool leads = node_->role() == raft::Role::kLeader;
+  QueueNodeStatus status;
+  status.id = options_.id;
+  status.leader = node_->leader();
+  status.term = node_->term();
+  status.commit = node_->commit();
+  status.applied = node_->applied();
+  status.last_index = node_->last_index();
+  status.role = node_->role();
+  status.is_leader = leads;
+  status.synced_writes = storage_->synced_writes();
+  status.entries_persisted = entries_persisted_;
+  status.members = node_->effective_conf_state();
+  status.leader_commit = std::max(heard_commit_, node_->commit());
+  const auto contact = [this](raft::NodeId id) {
+    auto it = last_contact_.find(id);
+    return it == last_contact_.end() ? absl::InfinitePast() : it->second;
+  };
+  const auto address_of = [this](raft::NodeId id) {
+    auto it = addresses_.find(id);
+    return it == addresses_.end() ? std::string() : it->second;
+  };
+  if (!status.leader.IsNone()) {
+    status.leader_address = address_of(status.leader);
+    status.leader_contact = leads ? now : contact(status.leader);
+  }
+  if (!leads) {
+    return status;
+  }
+  const auto add_peers = [&](const std::vector<raft::NodeId>& ids, bool learners) {
+    for (raft::NodeId id : ids) {
+      const raft::Progress* progress = node_->ProgressOf(id);
+      if (id == options_.id || progress == nullptr) {
+        continue;
+      }
+      status.peers.push_back(PeerProgress{
+          .id = id,
+          .address = address_of(id),
+          .is_learner = learners,
+          .match = progress->match,
+          .last_contact = contact(id),
+      });
+    }
+  };
+  add_peers(status.members.voters, false);
+  add_peers(status.members.learners, true);
+  return status;
+}
+
 std::string QueueNode::PeerAddress(raft::NodeId id) const {
   std::lock_guard lock(mutex_);
   auto it = addresses_.find(id);
@@ -418,10 +494,12 @@ void QueueNode::Run() {
     const absl::Time now = options_.clock->Now();
     for (raft::Message& message : messages) {
       node_->Step(message);
+      NoteContact(message, now);
     }
     messages.clear();
     for (IncomingSnapshot& snapshot : incoming) {
       node_->Step(snapshot.message);
+      NoteContact(snapshot.message, now);
       installing_.push_back(std::move(snapshot));
     }
     incoming.clear();
@@ -465,17 +543,7 @@ void QueueNode::Run() {
                                  "applied; retry"));
     }
     std::lock_guard lock(mutex_);
-    status_ = QueueNodeStatus{
-        .id = options_.id,
-        .leader = node_->leader(),
-        .term = node_->term(),
-        .commit = node_->commit(),
-        .applied = node_->applied(),
-        .is_leader = node_->role() == raft::Role::kLeader,
-        .synced_writes = storage_->synced_writes(),
-        .entries_persisted = entries_persisted_,
-        .members = node_->effective_conf_state(),
-    };
+    status_ = CurrentStatus(now);
   }
   const absl::Status stopping = absl::UnavailableError("queue node is shutting down");
   {

@@ -93,16 +93,57 @@ struct QueueNodeOptions {
   std::function<void(const absl::Status&)> on_fatal_error;
 };
 
+// The leader's view of another member's log (from its Raft progress tracker).
+struct PeerProgress {
+  raft::NodeId id;
+  std::string address;  // gRPC host:port, "" if unknown
+  bool is_learner = false;
+  raft::LogIndex match;  // the highest entry known to be in its log
+  // When a message from it last arrived here (node clock); InfinitePast = not since start.
+  absl::Time last_contact = absl::InfinitePast();
+};
+
 struct QueueNodeStatus {
   raft::NodeId id;
   raft::NodeId leader;
+  std::string leader_address;  // "" if unknown
   raft::Term term;
   raft::LogIndex commit;
   raft::LogIndex applied;
+  raft::LogIndex last_index;  // the last entry of this node's log
+  raft::Role role = raft::Role::kFollower;
   bool is_leader = false;
   uint64_t synced_writes = 0;  // fsyncs of the Raft log
   uint64_t entries_persisted = 0;
   raft::ConfState members;  // the configuration in force (latest in the log)
+  // Leader only: every other member, voters then learners, by id; empty elsewhere.
+  std::vector<PeerProgress> peers;
+  // The leader's commit index as far as this node has heard it (a follower learns it from the
+  // leader's appends and heartbeats; on the leader, its own).
+  raft::LogIndex leader_commit;
+  // When a message from the leader last arrived here; on the leader, the time of this status.
+  // InfinitePast = none from the current leader.
+  absl::Time leader_contact = absl::InfinitePast();
+
+  // Leader: entries of its log that `peer` does not have yet.
+  uint64_t LagOf(const PeerProgress& peer) const {
+    return last_index > peer.match ? last_index.value() - peer.match.value() : 0;
+  }
+  // Entries the leader has committed (as far as known) that this node has not applied yet.
+  uint64_t Lag() const {
+    return leader_commit > applied ? leader_commit.value() - applied.value() : 0;
+  }
+};
+
+// What is queued, summed over every destination domain (the state machine's summaries).
+struct QueueDepth {
+  uint64_t messages = 0;
+  uint64_t bytes = 0;
+  uint64_t held = 0;
+  uint64_t leased = 0;
+  uint64_t domains = 0;
+  uint64_t domains_down = 0;
+  absl::Time oldest = absl::InfinitePast();  // the oldest entry's enqueue time; none: past
 };
 
 class QueueNode final : public SnapshotReceiver {
@@ -153,6 +194,8 @@ class QueueNode final : public SnapshotReceiver {
 
   // Any thread.
   QueueNodeStatus status() const;
+  // Any thread; reads the state machine's domain records (one per destination domain).
+  absl::StatusOr<QueueDepth> Depth() const;
   // For /metrics; thread-safe.
   const metrics::Histogram& commit_seconds() const { return commit_seconds_; }
   const metrics::Histogram& fsync_seconds() const { return storage_->fsync_seconds(); }
@@ -162,6 +205,8 @@ class QueueNode final : public SnapshotReceiver {
   std::string PeerAddress(raft::NodeId id) const;
   // Read-only queries; any thread.
   const QueueStateMachine& state_machine() const { return *state_machine_; }
+  // The clock of the node's timestamps (QueueNodeStatus contacts); any thread.
+  const Clock& clock() const { return *options_.clock; }
 
  private:
   struct Proposal {
@@ -228,6 +273,11 @@ class QueueNode final : public SnapshotReceiver {
   // before a restart or inside a snapshot) into the transport and PeerAddress.
   absl::Status LoadAddressBook();
   void SetAddress(raft::NodeId id, const std::string& address);
+  // Raft thread, after stepping `message`: when its sender was last heard, and the commit
+  // index the leader sent.
+  void NoteContact(const raft::Message& message, absl::Time now);
+  // Raft thread, mutex_ held: the status of this round, published for status().
+  QueueNodeStatus CurrentStatus(absl::Time now) const;
   void FailPending(const absl::Status& status);
   void Fatal(const absl::Status& status);
 
@@ -249,6 +299,10 @@ class QueueNode final : public SnapshotReceiver {
   uint64_t entries_persisted_ = 0;       // Raft thread only
   std::vector<CatchUp> catching_up_;     // Raft thread only
   std::vector<Transfer> transfers_;      // Raft thread only
+  // When the last message from each peer arrived, and the highest commit index the leader
+  // sent (QueueNodeStatus::leader_contact, leader_commit); Raft thread only.
+  std::map<raft::NodeId, absl::Time> last_contact_;
+  raft::LogIndex heard_commit_;
 
   mutable std::mutex mutex_;
   std::condition_variable wake_;

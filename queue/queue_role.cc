@@ -53,7 +53,8 @@ absl::StatusOr<std::unique_ptr<QueueRole>> QueueRole::Start(const Config& config
   role->service_ = std::make_unique<QueueServiceImpl>(
       node, [node](raft::NodeId id) { return node->PeerAddress(id); });
   role->admin_service_ = std::make_unique<AdminServiceImpl>(
-      node, credentials.mutual_tls() ? AdminAccess::kAdminCertificate : AdminAccess::kOpen);
+      node, credentials.mutual_tls() ? AdminAccess::kAdminCertificate : AdminAccess::kOpen,
+      config.node.hostname);
 
   grpc::ServerBuilder builder;
   int port = 0;

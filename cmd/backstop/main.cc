@@ -19,6 +19,7 @@
 
 #include "absl/synchronization/mutex.h"
 #include "cmd/backstop/role_metrics.h"
+#include "cmd/backstop/status_page.h"
 #include "common/config.h"
 #include "common/http_server.h"
 #include "common/log.h"
@@ -33,6 +34,15 @@ namespace backstop {
 namespace {
 
 constexpr std::string_view kVersion = BACKSTOP_VERSION;
+
+BuildInfo Build() {
+  return BuildInfo{
+      .version = BACKSTOP_PROJECT_VERSION,
+      .commit = BACKSTOP_GIT_COMMIT,
+      .build_type = BACKSTOP_BUILD_TYPE,
+      .compiler = BACKSTOP_COMPILER,
+  };
+}
 
 // Exit codes: 0 clean exit, 1 runtime failure, 2 bad flags or configuration.
 constexpr int kExitFailure = 1;
@@ -79,46 +89,6 @@ absl::StatusOr<Config> LoadEffectiveConfig(const Flags& flags) {
     ASSIGN_OR_RETURN(overrides.roles, ParseRoles(flags.roles));
   }
   return LoadConfigFile(flags.config_path, overrides);
-}
-
-// The /status document (DESIGN §3.5): node_id, roles, and the queue's Raft view. Node id and
-// roles are fixed for the life of the process (a reload does not change them).
-std::string StatusJson(const Config& config, const queue::QueueRole* queue_role,
-                       const ingest::IngestRole* ingest_role) {
-  std::string json = fmt::format("{{\"node_id\":{},\"version\":", config.node.id);
-  log::AppendJsonString(json, kVersion);
-  json.append(",\"roles\":[");
-  bool first = true;
-  for (Role role : config.node.roles.ToVector()) {
-    json.append(first ? "" : ",");
-    log::AppendJsonString(json, RoleName(role));
-    first = false;
-  }
-  json.append("]");
-  if (queue_role != nullptr) {
-    const queue::QueueNodeStatus status = queue_role->status();
-    json.append(fmt::format(
-        ",\"queue\":{{\"leader_id\":{},\"is_leader\":{},\"term\":{},\"commit_index\":{},"
-        "\"applied_index\":{},\"synced_writes\":{},\"entries_persisted\":{}}}",
-        status.leader.value(), status.is_leader, status.term.value(), status.commit.value(),
-        status.applied.value(), status.synced_writes, status.entries_persisted));
-  }
-  if (ingest_role != nullptr) {
-    json.append(",\"ingest\":{\"listen\":[");
-    first = true;
-    for (const std::string& address : ingest_role->listen_addresses()) {
-      json.append(first ? "" : ",");
-      log::AppendJsonString(json, address);
-      first = false;
-    }
-    json.append(
-        fmt::format("],\"active_connections\":{},\"append_rpcs\":{},"
-                    "\"entries_appended\":{}}}",
-                    ingest_role->active_connections(), ingest_role->handoff().rpcs(),
-                    ingest_role->handoff().entries_sent()));
-  }
-  json.append("}\n");
-  return json;
 }
 
 // With the queue in this process (and no other endpoints named), its in-process channel; else
@@ -261,9 +231,11 @@ int Serve(const Flags& flags) {
     return HttpResponse{200, metrics::kContentType, metrics.Render()};
   });
   // A copy: the handler runs on HTTP threads while a reload replaces `config`.
-  (*http)->Handle("/status", [startup_config = config, role = queue_role.get(),
+  (*http)->Handle("/status", [startup_config = config, build = Build(), role = queue_role.get(),
                               ingest = ingest_role.get()](const HttpRequest&) {
-    return HttpResponse{200, "application/json", StatusJson(startup_config, role, ingest)};
+    return HttpResponse{
+        200, "application/json",
+        StatusJson(CollectStatus(startup_config, build, role, ingest, absl::Now()))};
   });
   (*http)->Handle("/readyz", [role = queue_role.get(), ingest = ingest_role.get(),
                               &draining](const HttpRequest&) {

@@ -52,13 +52,24 @@ int Status(const Options& options) {
   return kExitOk;
 }
 
-// The answering node does not report replication progress per member (the admin API has no
-// such field), so the table has no match or lag column.
+// Replication progress is known only to the leader: when a follower answers, the leader it
+// names is asked too (its answer then fills the table), else the progress columns stay empty.
 int Members(const Options& options) {
   AdminClient client(options);
   admin::ClusterStatus status;
   if (!GetStatus(client, &status)) {
     return kExitFailure;
+  }
+  if (status.leader_id() != status.node_id() && !status.leader_address().empty()) {
+    Options at_leader = options;
+    at_leader.endpoint = status.leader_address();
+    AdminClient leader(at_leader);
+    admin::ClusterStatus leader_status;
+    if (leader.Call(&admin::AdminService::Stub::GetClusterStatus, admin::GetClusterStatusRequest(),
+                    &leader_status, absl::ZeroDuration(), AdminClient::OnError::kQuiet) &&
+        leader_status.leader_id() == leader_status.node_id()) {
+      status = std::move(leader_status);
+    }
   }
   struct Row {
     const admin::Member* member;
@@ -74,22 +85,33 @@ int Members(const Options& options) {
   std::sort(rows.begin(), rows.end(),
             [](const Row& a, const Row& b) { return a.member->id() < b.member->id(); });
   if (options.json()) {
+    const auto number = [](bool known, auto value) {
+      return known ? std::to_string(value) : std::string("null");
+    };
     std::string json = fmt::format(R"({{"node_id":{},"leader_id":{},"term":{},"members":[)",
                                    status.node_id(), status.leader_id(), status.term());
     for (size_t i = 0; i < rows.size(); ++i) {
-      json += fmt::format(R"({}{{"id":{},"address":)", i ? "," : "", rows[i].member->id());
-      AppendJson(json, rows[i].member->address());
+      const admin::Member& member = *rows[i].member;
+      json += fmt::format(R"({}{{"id":{},"address":)", i ? "," : "", member.id());
+      AppendJson(json, member.address());
       json += R"(,"role":)";
       AppendJson(json, rows[i].role);
-      json += "}";
+      json += fmt::format(R"(,"match":{},"lag":{},"last_contact_ms":{}}})",
+                          number(member.has_match_index(), member.match_index()),
+                          number(member.has_lag(), member.lag()),
+                          number(member.has_last_contact_ms(), member.last_contact_ms()));
     }
     std::cout << json << "]}\n";
     return kExitOk;
   }
-  std::cout << fmt::format("{:>6}  {:<24}  {}\n", "ID", "ADDRESS", "ROLE");
+  std::cout << fmt::format("{:>6}  {:<24}  {:<7}  {:>10}  {:>8}\n", "ID", "ADDRESS", "ROLE",
+                           "MATCH", "LAG");
   for (const Row& row : rows) {
-    std::cout << fmt::format("{:>6}  {:<24}  {}\n", row.member->id(),
-                             row.member->address().empty() ? "?" : row.member->address(), row.role);
+    const admin::Member& member = *row.member;
+    std::cout << fmt::format("{:>6}  {:<24}  {:<7}  {:>10}  {:>8}\n", member.id(),
+                             member.address().empty() ? "?" : member.address(), row.role,
+                             member.has_match_index() ? std::to_string(member.match_index()) : "-",
+                             member.has_lag() ? std::to_string(member.lag()) : "-");
   }
   return kExitOk;
 }

@@ -3,6 +3,7 @@
 
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -307,6 +308,25 @@ std::string CheckJson(const std::string& domain, const std::string& hostname, co
   return json + fmt::format(R"(],"ok":{}}})", problems.empty());
 }
 
+// The cluster's MX host name: --hostname, else the [node] hostname of the queue node asked.
+std::optional<std::string> OurHostname(const Options& options, const DomainFlags& flags) {
+  if (!flags.hostname.empty()) {
+    return flags.hostname;
+  }
+  AdminClient client(options);
+  admin::ClusterStatus status;
+  if (!client.Call(&admin::AdminService::Stub::GetClusterStatus, admin::GetClusterStatusRequest(),
+                   &status)) {
+    PrintError("without --hostname, the cluster's host name comes from the queue node asked");
+    return std::nullopt;
+  }
+  if (status.hostname().empty()) {
+    PrintError(fmt::format("{} does not report its host name: give --hostname", client.endpoint()));
+    return std::nullopt;
+  }
+  return status.hostname();
+}
+
 int Check(const Options& options, const DomainFlags& flags) {
   const std::string domain = CanonicalDomain(flags.name);
   std::vector<HostPort> servers;
@@ -323,6 +343,10 @@ int Check(const Options& options, const DomainFlags& flags) {
     PrintError(fmt::format("--connect-timeout: {}", std::string(timeout.status().message())));
     return kExitUsage;
   }
+  const std::optional<std::string> hostname = OurHostname(options, flags);
+  if (!hostname) {
+    return kExitFailure;
+  }
   absl::StatusOr<std::unique_ptr<BlockingDns>> dns = BlockingDns::Create(servers);
   if (!dns.ok()) {
     PrintError(fmt::format("DNS resolver: {}", std::string(dns.status().message())));
@@ -337,7 +361,7 @@ int Check(const Options& options, const DomainFlags& flags) {
   } else if (mx.null_mx) {
     problems.push_back(fmt::format("{} publishes a null MX: it accepts no mail", domain));
   } else {
-    judgement = JudgeMx(domain, mx.records, flags.hostname);
+    judgement = JudgeMx(domain, mx.records, *hostname);
     problems = judgement.problems;
   }
   std::vector<PrimaryReport> primaries;
@@ -359,14 +383,14 @@ int Check(const Options& options, const DomainFlags& flags) {
   }
 
   if (options.json()) {
-    std::cout << CheckJson(domain, flags.hostname, mx, judgement, primaries, problems) << "\n";
+    std::cout << CheckJson(domain, *hostname, mx, judgement, primaries, problems) << "\n";
   } else {
     std::cout << fmt::format("MX records of {}:\n", domain);
     for (const MxRecord& record : mx.records) {
       std::cout << fmt::format("  {:>5}  {}\n", record.preference, record.exchange);
     }
     if (judgement.listed) {
-      std::cout << fmt::format("{} is listed at preference {}\n", flags.hostname,
+      std::cout << fmt::format("{} is listed at preference {}\n", *hostname,
                                judgement.our_preference);
     }
     for (const PrimaryReport& report : primaries) {
@@ -419,10 +443,8 @@ void AddDomainCommands(CLI::App& app, const Options& options, std::vector<Comman
   CLI::App* check = domain->add_subcommand(
       "check", "Resolve the domain's MX records: are we listed, below the primary, reachable?");
   check->add_option("name", check_flags->name, "Domain")->required();
-  check
-      ->add_option("--hostname", check_flags->hostname,
-                   "Our MX host name ([node] hostname of the cluster)")
-      ->required();
+  check->add_option("--hostname", check_flags->hostname,
+                    "Our MX host name (default: the [node] hostname of the queue node asked)");
   check->add_option("--dns", check_flags->dns,
                     "DNS server IP[:PORT] (repeatable; default /etc/resolv.conf)");
   check->add_option("--port", check_flags->port, "SMTP port of the primaries (default 25)");

@@ -148,9 +148,39 @@ def test_cluster_status_and_members_report_the_leader(cluster):
 
     code, table, _ = run_ctl(cluster.endpoint(2), "cluster", "members", output="table")
     assert code == 0
-    assert re.search(rf"\b{cluster.leader}\s+{cluster.endpoint(cluster.leader)}\s+leader\n", table)
+    assert re.search(
+        rf"\b{cluster.leader}\s+{cluster.endpoint(cluster.leader)}\s+leader\s+\d+\s+0\n", table)
+    assert table.splitlines()[0].split() == ["ID", "ADDRESS", "ROLE", "MATCH", "LAG"]
     code, table, _ = run_ctl(cluster.endpoint(2), "cluster", "status", output="table")
     assert code == 0 and f"leader    {cluster.leader} " in table
+
+
+def test_cluster_members_reports_match_and_lag_from_the_leader(cluster):
+    cluster.send(5)
+    leader_ep = cluster.endpoint(cluster.leader)
+
+    def settled(endpoint):
+        members = ok(endpoint, "cluster", "members")["members"]
+        return members if all(m["lag"] == 0 for m in members) else None
+
+    # Asked a follower, backstopctl takes the progress from the leader it names.
+    for endpoint in (cluster.endpoint(cluster.follower()), leader_ep):
+        members = wait_until(lambda: settled(endpoint), what="every member caught up")
+        matches = {m["match"] for m in members}
+        assert len(matches) == 1 and matches.pop() >= 5, members
+        for member in members:
+            assert 0 <= member["last_contact_ms"] < 5000, member
+
+    # A stopped follower falls behind by what the others commit without it.
+    stopped = next(i for i in (2, 3) if i != cluster.leader)
+    cluster.nodes[stopped].stop()
+    cluster.send(3)
+    members = {m["id"]: m for m in ok(leader_ep, "cluster", "members")["members"]}
+    assert members[stopped]["lag"] >= 3
+    assert all(m["lag"] == 0 for i, m in members.items() if i != stopped), members
+    status = ok(leader_ep, "cluster", "status")
+    assert int(status["last_index"]) == members[cluster.leader]["match"]
+    assert status["hostname"] == f"q{cluster.leader}.test"
 
 
 def test_transfer_leader_moves_leadership_through_any_voter(cluster):
@@ -512,3 +542,24 @@ def test_domain_check_of_a_name_without_mx_is_a_problem(mx_world):
     code, report, _ = check(dns, banner.port, "nothing.test")
     assert code == 1
     assert report["problems"][0].startswith("MX lookup of nothing.test failed")
+
+
+def test_domain_check_takes_our_hostname_from_the_queue_node(backstop, mx_world):
+    dns, banner = mx_world
+    node = backstop()  # the standalone configuration: [node] hostname = "mx2.test"
+    endpoint = node.wait_for_log(lambda e: e.get("msg") == "queue listening",
+                                 what="the queue address")["address"]
+    code, report, err = run_ctl(endpoint, "domain", "check", "good.test",
+                                "--dns", f"127.0.0.1:{dns.port}", "--port", str(banner.port),
+                                "--connect-timeout", "2s")
+    assert code == 0, (report, err)
+    assert report["hostname"] == "mx2.test"
+    assert report["listed"] is True and report["below_primary"] is True
+    # The node's name decides: under another name the same records do not list us.
+    code, report, _ = run_ctl(endpoint, "domain", "check", "good.test", "--hostname", "mx9.test",
+                              "--dns", f"127.0.0.1:{dns.port}", "--port", str(banner.port))
+    assert code == 1 and report["listed"] is False
+    # No --hostname and no queue node to ask: an error that says what to do.
+    code, _, err = run_ctl(f"127.0.0.1:{reserve_port()}", "domain", "check", "good.test",
+                           "--dns", f"127.0.0.1:{dns.port}", "--timeout", "2s")
+    assert code == 1 and "--hostname" in err

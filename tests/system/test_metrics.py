@@ -132,3 +132,22 @@ def test_delivery_series_count_attempts_replies_and_dns(backstop, primary_port, 
     assert values["backstop_delivery_connections_total"] >= 1
     assert values["backstop_delivery_connection_failures_total"] >= 1
     assert values["backstop_delivery_connections_active"] >= 0
+
+
+def test_status_of_a_standalone_node_has_its_depth_build_and_no_peers(backstop):
+    node = backstop(standalone_with())
+    with smtplib.SMTP(*smtp_address(node)) as client:
+        for i in range(2):
+            assert client.sendmail("s@sender.test", ["alice@example.test"],
+                                   b"From: s@sender.test\r\nSubject: %d\r\n\r\nx\r\n" % i) == {}
+    status = node.status()
+    assert status["hostname"] == "mx2.test"
+    assert status["roles"] == ["ingest", "queue", "delivery"]
+    assert status["build"]["version"] and status["build"]["compiler"]
+    queue = status["queue"]
+    assert queue["state"] == "leader" and queue["voters"] == [1] and queue["peers"] == []
+    assert queue["lag"] == 0 and queue["leader_contact_seconds"] == 0
+    assert queue["depth"]["messages"] == 2
+    assert queue["depth"]["domains"] >= 1
+    assert queue["depth"]["oldest_message_age_seconds"] >= 0
+    assert status["ingest"]["entries_appended"] == 2

@@ -1,5 +1,6 @@
 """Three queue voters as separate processes on loopback: replication, failover, zero loss."""
 
+import re
 import signal
 import subprocess
 import time
@@ -76,6 +77,50 @@ def test_status_reports_one_leader_and_readiness(cluster):
         assert status["queue"]["term"] >= 1
     wait_until(lambda: all(n.http_get("/readyz")[0] == 200 for n in nodes.values()),
                what="every voter ready")
+
+
+def test_status_reports_each_peers_lag_the_depth_and_the_build(cluster):
+    ports, nodes = cluster
+    leader = wait_until(lambda: leader_of(nodes), what="a leader")
+    endpoints = ",".join(f"127.0.0.1:{port}" for port in ports.values())
+    result = run_loadgen("--endpoints", endpoints, "--messages", "200", "--concurrency", "8",
+                         "--size", "512")
+    assert result.returncode == 0, result.stderr[-2000:]
+
+    def settled():
+        queue = nodes[leader].status()["queue"]
+        peers = queue["peers"]
+        return queue if len(peers) == 2 and all(p["lag"] == 0 for p in peers) else None
+
+    queue = wait_until(settled, what="both followers caught up on the leader's /status")
+    assert queue["state"] == "leader" and queue["is_leader"] is True
+    assert queue["voters"] == [1, 2, 3] and queue["learners"] == []
+    assert sorted(p["id"] for p in queue["peers"]) == sorted(set(ports) - {leader})
+    for peer in queue["peers"]:
+        assert peer["role"] == "voter"
+        assert peer["address"] == f"127.0.0.1:{ports[peer['id']]}"
+        assert peer["match_index"] == queue["last_index"]
+        assert 0 <= peer["last_contact_seconds"] < 5
+    assert queue["depth"]["messages"] == 200
+    assert queue["depth"]["bytes"] >= 200 * 400  # --size is about the message size
+
+    for node_id, node in nodes.items():
+        status = node.status()
+        build = status["build"]
+        assert set(build) == {"version", "commit", "build_type", "compiler"}
+        assert re.fullmatch(r"[0-9a-f]{12}|unknown", build["commit"]), build
+        assert build["build_type"] and build["compiler"], build
+        assert status["version"] == f"{build['version']}+{build['commit']}"
+        assert status["hostname"] == f"q{node_id}.test"
+        if node_id != leader:
+            follower = wait_until(
+                lambda: (q := node.status()["queue"])["lag"] == 0 and q, what="follower lag 0")
+            assert follower["state"] == "follower" and follower["peers"] == []
+            assert follower["leader_address"] == f"127.0.0.1:{ports[leader]}"
+            assert follower["leader_commit_index"] >= queue["commit_index"]
+            assert 0 <= follower["leader_contact_seconds"] < 5
+            # Every voter holds the replicated state: the same depth.
+            assert follower["depth"]["messages"] == 200
 
 
 def test_every_acknowledged_append_survives_a_leader_kill(backstop, cluster, tmp_path):

@@ -3,6 +3,7 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -19,6 +20,7 @@ namespace backstop::queue {
 namespace {
 
 using testing::Cluster;
+using testing::Eventually;
 using testing::FreshTempDir;
 using testing::Voter;
 
@@ -66,18 +68,6 @@ void AppendThrough(QueueClient& client, uint64_t first, uint64_t last) {
     ASSERT_TRUE(result.ok()) << "message " << n << ": " << result.status();
     ASSERT_EQ(result->outcomes(0).code(), OK) << "message " << n;
   }
-}
-
-// Polls `done` (a view that converges asynchronously, e.g. a follower's applied state) for up
-// to 20 s.
-bool Eventually(const std::function<bool()>& done) {
-  for (int i = 0; i < 2000; ++i) {
-    if (done()) {
-      return true;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  return false;
 }
 
 std::vector<uint64_t> Ids(const google::protobuf::RepeatedPtrField<admin::Member>& members) {
@@ -131,6 +121,90 @@ TEST(AdminServiceTest, ReportsTheClusterStatusOfTheNodeAsked) {
   }));
   EXPECT_NE(follower_status.node_id(), leader_id);
   EXPECT_EQ(follower_status.leader_address(), leader->address());
+}
+
+// The ClusterStatus of whichever voter leads once `done` holds for it (an election may move
+// the leadership on a loaded machine, so the leader is looked up again each time).
+std::optional<admin::ClusterStatus> LeaderClusterStatus(
+    Cluster& cluster, const std::function<bool(const admin::ClusterStatus&)>& done) {
+  std::optional<admin::ClusterStatus> found;
+  Eventually([&] {
+    Voter* leader = cluster.WaitForLeader();
+    admin::ClusterStatus status;
+    if (leader == nullptr ||
+        !AdminStub(leader->address())
+             ->GetClusterStatus(Context().get(), admin::GetClusterStatusRequest(), &status)
+             .ok() ||
+        status.leader_id() != status.node_id() || !done(status)) {
+      return false;
+    }
+    found = std::move(status);
+    return true;
+  });
+  return found;
+}
+
+TEST(AdminServiceTest, LeaderReportsEachMembersMatchAndLag) {
+  Cluster cluster(3, "admin_progress");
+  std::unique_ptr<QueueClient> client = ClientFor(cluster.endpoints());
+  AppendThrough(*client, 1, 10);
+
+  std::optional<admin::ClusterStatus> status =
+      LeaderClusterStatus(cluster, [](const admin::ClusterStatus& leader) {
+        for (const admin::Member& voter : leader.voters()) {
+          if (!voter.has_lag() || voter.lag() != 0) {
+            return false;
+          }
+        }
+        return true;
+      });
+  ASSERT_TRUE(status.has_value()) << "the followers never caught up";
+  EXPECT_EQ(status->hostname(), cluster.voters()[status->node_id() - 1]->hostname());
+  EXPECT_GE(status->last_index(), 10u);
+  ASSERT_EQ(status->voters_size(), 3);
+  for (const admin::Member& voter : status->voters()) {
+    EXPECT_EQ(voter.match_index(), status->last_index()) << voter.id();
+    EXPECT_TRUE(voter.has_last_contact_ms()) << voter.id();
+    EXPECT_LT(voter.last_contact_ms(), 5000) << voter.id();
+  }
+
+  // A stopped follower lags by what is committed without it; the other voter keeps up.
+  Voter* stopped = Follower(cluster, cluster.WaitForLeader());
+  const uint64_t stopped_id = stopped->node()->status().id.value();
+  stopped->Stop();
+  AppendThrough(*client, 11, 15);
+  status = LeaderClusterStatus(cluster, [&](const admin::ClusterStatus& leader) {
+    for (const admin::Member& voter : leader.voters()) {
+      if ((voter.lag() >= 5) != (voter.id() == stopped_id) ||
+          voter.match_index() + voter.lag() != leader.last_index()) {
+        return false;
+      }
+    }
+    return true;
+  });
+  EXPECT_TRUE(status.has_value()) << "no leader reported the stopped follower alone as lagging";
+}
+
+TEST(AdminServiceTest, FollowerReportsItsHostnameButNoProgress) {
+  Cluster cluster(3, "admin_follower_progress");
+  Voter* leader = cluster.WaitForLeader();
+  ASSERT_NE(leader, nullptr);
+  Voter* follower = Follower(cluster, leader);
+  admin::ClusterStatus status;
+  // Answered while it follows a known leader (an election may be under way).
+  ASSERT_TRUE(Eventually([&] {
+    status.Clear();
+    return AdminStub(follower->address())
+               ->GetClusterStatus(Context().get(), admin::GetClusterStatusRequest(), &status)
+               .ok() &&
+           status.leader_id() != 0 && status.leader_id() != status.node_id();
+  }));
+  EXPECT_EQ(status.hostname(), follower->hostname());
+  ASSERT_EQ(status.voters_size(), 3);
+  for (const admin::Member& voter : status.voters()) {
+    EXPECT_FALSE(voter.has_match_index());
+    EXPECT_FALSE(voter.has_lag());
+  }
 }
 
 TEST(AdminServiceTest, TransfersLeadershipToTheChosenVoter) {

@@ -5,6 +5,7 @@
 #include <functional>
 #include <future>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -152,6 +153,98 @@ TEST(QueueNodeTest, FollowerRefusesProposalsNamingTheLeader) {
       break;
     }
   }
+}
+
+// The status of whichever voter leads once `done` holds for it (an election may move the
+// leadership on a loaded machine, so the leader is looked up again each time).
+std::optional<QueueNodeStatus> LeaderStatusOnce(
+    Cluster& cluster, const std::function<bool(const QueueNodeStatus&)>& done) {
+  std::optional<QueueNodeStatus> found;
+  testing::Eventually([&] {
+    Voter* leader = cluster.WaitForLeader();
+    if (leader == nullptr) {
+      return false;
+    }
+    QueueNodeStatus status = leader->node()->status();
+    if (!status.is_leader || !done(status)) {
+      return false;
+    }
+    found = std::move(status);
+    return true;
+  });
+  return found;
+}
+
+TEST(QueueNodeTest, LeaderReportsEachPeersMatchLagAndLastContact) {
+  Cluster cluster(3, "progress");
+  AppendThroughLeader(cluster, 0, 10);
+  // Heartbeats carry the followers up to the leader's last entry.
+  std::optional<QueueNodeStatus> status =
+      LeaderStatusOnce(cluster, [](const QueueNodeStatus& leader) {
+        return leader.peers.size() == 2 && leader.LagOf(leader.peers[0]) == 0 &&
+               leader.LagOf(leader.peers[1]) == 0;
+      });
+  ASSERT_TRUE(status.has_value()) << "the followers never caught up";
+  EXPECT_GE(status->last_index.value(), 10u);
+  const absl::Time now = RealClock::Get().Now();
+  for (const PeerProgress& peer : status->peers) {
+    EXPECT_NE(peer.id, status->id);
+    EXPECT_FALSE(peer.is_learner);
+    EXPECT_EQ(peer.match, status->last_index);
+    EXPECT_EQ(peer.address, cluster.peers()[peer.id.value() - 1].address);
+    EXPECT_LT(now - peer.last_contact, absl::Seconds(5));
+  }
+  EXPECT_EQ(status->leader_commit, status->commit);
+
+  // A stopped follower falls behind by what the others commit without it.
+  Voter* stopped = AFollower(cluster);
+  ASSERT_NE(stopped, nullptr);
+  const raft::NodeId stopped_id = stopped->node()->status().id;
+  stopped->Stop();
+  AppendThroughLeader(cluster, 10, 5);
+  status = LeaderStatusOnce(cluster, [&](const QueueNodeStatus& leader) {
+    for (const PeerProgress& peer : leader.peers) {
+      if (peer.id == stopped_id) {
+        return leader.LagOf(peer) >= 5;
+      }
+    }
+    return false;
+  });
+  EXPECT_TRUE(status.has_value()) << "the stopped follower does not lag";
+}
+
+TEST(QueueNodeTest, FollowerKnowsTheLeadersCommitAndWhenItLastHeardFromIt) {
+  Cluster cluster(3, "follower_lag");
+  AppendThroughLeader(cluster, 0, 10);
+  Voter* leader = cluster.WaitForLeader();
+  ASSERT_NE(leader, nullptr);
+  const raft::LogIndex leader_commit = leader->node()->status().commit;
+  Voter* follower = AFollower(cluster);
+  ASSERT_NE(follower, nullptr);
+  QueueNodeStatus status;
+  ASSERT_TRUE(testing::Eventually([&] {
+    status = follower->node()->status();
+    return status.leader_commit >= leader_commit && status.Lag() == 0;
+  }));
+  EXPECT_FALSE(status.is_leader);
+  EXPECT_TRUE(status.peers.empty());
+  EXPECT_EQ(status.leader_address, cluster.peers()[status.leader.value() - 1].address);
+  EXPECT_LT(follower->node()->clock().Now() - status.leader_contact, absl::Seconds(5));
+}
+
+TEST(QueueNodeTest, DepthSumsTheQueuedEntries) {
+  Cluster cluster(1, "depth");
+  AppendThroughLeader(cluster, 0, 3);
+  Voter* leader = cluster.WaitForLeader();
+  ASSERT_NE(leader, nullptr);
+  absl::StatusOr<QueueDepth> depth = leader->node()->Depth();
+  ASSERT_TRUE(depth.ok()) << depth.status();
+  EXPECT_EQ(depth->messages, 3u);
+  EXPECT_GT(depth->bytes, 0u);
+  EXPECT_EQ(depth->held, 0u);
+  EXPECT_EQ(depth->leased, 0u);
+  EXPECT_EQ(depth->domains, 1u);
+  EXPECT_NE(depth->oldest, absl::InfinitePast());
 }
 
 TEST(QueueNodeTest, ThreeVotersKeepEveryAppendThroughALeaderCrashAndRestart) {

@@ -10,12 +10,14 @@
 #include <atomic>
 #include <chrono>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include <fmt/format.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
@@ -31,6 +33,18 @@ inline std::string FreshTempDir(const std::string& name) {
       ::testing::TempDir() + "/backstop_" + name + "_" + std::to_string(::getpid());
   std::filesystem::remove_all(dir);
   return dir;
+}
+
+// Polls `done` (a view that converges asynchronously, e.g. a follower's applied state) for up
+// to 20 s.
+inline bool Eventually(const std::function<bool()>& done) {
+  for (int i = 0; i < 2000; ++i) {
+    if (done()) {
+      return true;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return false;
 }
 
 class Voter {
@@ -58,6 +72,8 @@ class Voter {
   ~Voter() { Stop(); }
 
   std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+  // The [node] hostname its admin service reports.
+  std::string hostname() const { return fmt::format("q{}.test", id_); }
 
   // `voters`: the founding configuration, or for kJoinExisting the members it must answer.
   void Start(const std::vector<VoterAddress>& voters,
@@ -84,7 +100,8 @@ class Voter {
     node_ = *std::move(node);
     service_ = std::make_unique<QueueServiceImpl>(
         node_.get(), [node = node_.get()](raft::NodeId id) { return node->PeerAddress(id); });
-    admin_service_ = std::make_unique<AdminServiceImpl>(node_.get(), AdminAccess::kOpen);
+    admin_service_ =
+        std::make_unique<AdminServiceImpl>(node_.get(), AdminAccess::kOpen, hostname());
     grpc::ServerBuilder builder;
     builder.AddListeningPort(address(), grpc::InsecureServerCredentials());
     builder.RegisterService(transport_->service());
