@@ -184,8 +184,10 @@ void QueueNode::Propose(Command command, Done done) {
 
 void QueueNode::ProposeEncoded(std::string encoded_command, Done done) {
   const absl::Time proposed = absl::Now();
+  proposals_in_flight_.fetch_add(1, std::memory_order_relaxed);
   Proposal proposal{std::move(encoded_command),
                     [this, proposed, done = std::move(done)](absl::StatusOr<CommandResult> result) {
+                      proposals_in_flight_.fetch_sub(1, std::memory_order_relaxed);
                       if (result.ok()) {
                         commit_seconds_.Observe(absl::ToDoubleSeconds(absl::Now() - proposed));
                       } else {

@@ -201,6 +201,10 @@ class QueueNode final : public SnapshotReceiver {
   const metrics::Histogram& fsync_seconds() const { return storage_->fsync_seconds(); }
   RocksDbHealth log_health() const { return storage_->health(); }
   uint64_t proposals_failed() const { return proposals_failed_.load(std::memory_order_relaxed); }
+  // Proposed through this node and not answered yet (queued, or waiting for their commit).
+  int64_t proposals_in_flight() const {
+    return proposals_in_flight_.load(std::memory_order_relaxed);
+  }
   // The gRPC address of a member, from the options or an AddVoter on this node; "" if unknown.
   std::string PeerAddress(raft::NodeId id) const;
   // Read-only queries; any thread.
@@ -288,6 +292,7 @@ class QueueNode final : public SnapshotReceiver {
   // Proposal → applied on this leader (successful ones), and proposals that failed.
   metrics::Histogram commit_seconds_{metrics::LatencyBounds()};
   std::atomic<uint64_t> proposals_failed_{0};
+  std::atomic<int64_t> proposals_in_flight_{0};
   std::unique_ptr<QueueStateMachine> state_machine_;
   std::shared_ptr<SnapshotStore> snapshots_;  // shared with the transport's transfers
   std::unique_ptr<raft::Node> node_;          // Raft thread only

@@ -571,6 +571,7 @@ absl::Status QueueStateMachine::Txn::ReclaimExpiredLeases() {
     StoredEntry after = before;
     after.clear_lease();
     RETURN_IF_ERROR(WriteEntry(&before, &after));
+    machine_.leases_expired_.fetch_add(1, std::memory_order_relaxed);
   }
   return absl::OkStatus();
 }

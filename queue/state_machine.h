@@ -98,6 +98,8 @@ class QueueStateMachine {
                                       std::string_view command_bytes);
 
   uint64_t applied_index() const { return applied_index_.load(std::memory_order_acquire); }
+  // Leases this replica has seen run out (their entries due again), since it started.
+  uint64_t leases_expired() const { return leases_expired_.load(std::memory_order_relaxed); }
 
   // Makes everything applied so far durable (syncs the WAL). The Raft layer calls it before
   // compacting its log up to applied_index(), since Apply itself does not sync.
@@ -172,6 +174,7 @@ class QueueStateMachine {
   std::vector<rocksdb::ColumnFamilyHandle*> handles_;  // owned; destroyed before db_
   ColumnFamilies cf_;
   std::atomic<uint64_t> applied_index_ = 0;
+  std::atomic<uint64_t> leases_expired_ = 0;
   int64_t cluster_time_ms_ = 0;  // the largest cluster time applied; time never runs backwards
 };
 

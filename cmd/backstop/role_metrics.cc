@@ -62,6 +62,10 @@ void RegisterMetrics(metrics::Metrics& metrics, const queue::QueueRole* queue_ro
                                    .Help("Proposal to applied, on the voter that proposed")
                                    .Register(registry)
                                    .Add({}, node.commit_seconds().bounds()));
+    auto& proposals_in_flight = gauge("backstop_queue_proposals_pending",
+                                      "Proposals made through this voter and not answered yet");
+    auto& leases_expired = counter("backstop_queue_leases_expired_total",
+                                   "Delivery leases that ran out before their completion");
     auto& proposals_failed = counter("backstop_queue_proposals_failed_total",
                                      "Proposals that did not commit (lost leadership, timeout)");
     auto& rocksdb_pending = prometheus::BuildGauge()
@@ -101,12 +105,16 @@ void RegisterMetrics(metrics::Metrics& metrics, const queue::QueueRole* queue_ro
                             .Name("backstop_queue_domain_down")
                             .Help("1 while a configured relay domain's primary is backing off")
                             .Register(registry);
-    metrics.OnScrape([=, &node, &proposals_failed, &rocksdb_pending, &rocksdb_stopped,
-                      &rocksdb_delayed, &rocksdb_errors, &messages, &bytes, &held, &leased, &oldest,
-                      &down, &domain_messages, &domain_bytes, &domain_down] {
+    metrics.OnScrape([=, &node, &proposals_failed, &proposals_in_flight, &leases_expired,
+                      &rocksdb_pending, &rocksdb_stopped, &rocksdb_delayed, &rocksdb_errors,
+                      &messages, &bytes, &held, &leased, &oldest, &down, &domain_messages,
+                      &domain_bytes, &domain_down] {
       fsync_seconds->Sync();
       commit_seconds->Sync();
       metrics::AdvanceTo(proposals_failed, static_cast<double>(node.proposals_failed()));
+      proposals_in_flight.Set(static_cast<double>(node.proposals_in_flight()));
+      metrics::AdvanceTo(leases_expired,
+                         static_cast<double>(node.state_machine().leases_expired()));
       auto set_health = [&](const char* db, const queue::RocksDbHealth& health) {
         rocksdb_pending.Add({{"db", db}}).Set(static_cast<double>(health.pending_compaction_bytes));
         rocksdb_stopped.Add({{"db", db}}).Set(health.write_stopped ? 1 : 0);

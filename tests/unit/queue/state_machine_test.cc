@@ -421,10 +421,12 @@ TEST_F(StateMachineTest, ExpiredLeaseMakesTheEntryDueAgainInClusterTime) {
   AppendAll({Entry(1)});
   Apply(LeaseOf(10, absl::Seconds(30)));
   const uint64_t first_token = last_index_;
+  EXPECT_EQ(machine_->leases_expired(), 0u);
   now_ += absl::Seconds(30);
   const CommandResult again = Apply(LeaseOf(10));
   ASSERT_THAT(LeasedIds(again), ElementsAre(Id(1)));
   EXPECT_NE(again.lease().domains(0).entries(0).lease().token(), first_token);
+  EXPECT_EQ(machine_->leases_expired(), 1u);
 }
 
 TEST_F(StateMachineTest, LeaseRefusesANonPositiveDuration) {
