@@ -174,7 +174,7 @@ class QueueStateMachine {
   std::vector<rocksdb::ColumnFamilyHandle*> handles_;  // owned; destroyed before db_
   ColumnFamilies cf_;
   std::atomic<uint64_t> applied_index_ = 0;
-  std::atomic<uint64_t> leases_expired_ = 0;
+  mutable std::atomic<uint64_t> leases_expired_ = 0;  // counted by the (const) transactions
   int64_t cluster_time_ms_ = 0;  // the largest cluster time applied; time never runs backwards
 };
 
