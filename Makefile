@@ -33,7 +33,7 @@ LINT_PACKAGES := clang-format-16 clang-tidy-16
 FUZZ_PACKAGES := clang libclang-rt-14-dev
 
 .PHONY: help deps deps-lint deps-fuzz fuzz configure build run test bench bench-queue bench-ingest \
-        bench-drain sim chaos fmt lint \
+        bench-drain bench-compare sim chaos fmt lint \
         test-asan test-tsan clean
 
 help:
@@ -42,6 +42,7 @@ help:
 	@echo "make bench   build and run the micro-benchmarks (make bench-queue: queue appends)"
 	@echo "make bench-ingest  accepted msg/s, primary down: Backstop beside Postfix as a backup MX"
 	@echo "make bench-drain   drain msg/s of a backlog when the primary returns, beside Postfix"
+	@echo "make bench-compare Backstop beside Postfix: ingest, relay, drain (backstop-loadgen)"
 	@echo "make sim     run the Raft simulator for SEEDS seeds x STEPS steps"
 	@echo "make chaos   CHAOS_SECONDS (600) of seeded faults under load, then zero-loss checks"
 	@echo "make fuzz    run every libFuzzer target for FUZZ_SECONDS (clang, ASan+UBSan)"
@@ -131,6 +132,12 @@ bench-ingest: build
 # returns, Backstop beside Postfix (JSON lines). Postfix's half needs root, as above.
 bench-drain: build
 	bench/drain_compare.sh $(BUILD_DIR)
+
+# Backstop (one voter and a 3-voter cluster) beside Postfix, every load from backstop-loadgen:
+# ingest with the primary down, relay with it up, drain of a backlog; JSON in
+# $(BUILD_DIR)/bench-compare.json (bench/README.md). Postfix's half needs root, as above.
+bench-compare: build
+	bench/compare.sh $(BUILD_DIR)
 
 SEEDS ?= 2000
 FIRST_SEED ?= 1

@@ -35,33 +35,7 @@ backstopctl=$build/cmd/backstopctl/backstopctl
 note() { echo "drain_compare: $*" >&2; }
 die() { note "$@"; exit 1; }
 
-work=$(mktemp -d "${BACKSTOP_BENCH_DIR:-${TMPDIR:-/tmp}}/drain-compare.XXXXXX")
-chmod 755 "$work"  # Postfix's daemons run unprivileged and must reach their instance
-as_root=()
-postfix_pid=""
-postfix_pgid=""
-backstop_pid=""
-sink_pid=""  # smtp-sink, the primary, while it runs
-fill_pid=""  # smtp-source, while it fills a queue
-
-stop_sink() {
-  [[ -n $sink_pid ]] || return 0
-  kill "$sink_pid" 2>/dev/null || true
-  wait "$sink_pid" 2>/dev/null || true
-  sink_pid=""
-}
-
-cleanup() {
-  set +e
-  [[ -z $fill_pid ]] || kill "$fill_pid" 2>/dev/null
-  stop_sink
-  stop_postfix
-  stop_backstop
-  note "removing $work"
-  "${as_root[@]}" rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+bench_setup drain-compare
 
 # fill NAME ADDRESS: queues $messages messages through SMTP (many per connection; not timed).
 fill() {
@@ -70,34 +44,10 @@ fill() {
   LD_LIBRARY_PATH=$postfix_lib timeout "$run_timeout" "$smtp_source" -A -d \
       -s "$fill_sessions" -m "$messages" -l "$size" -f "sender@example.com" \
       -t "rcpt@example.com" "$address" > "$work/$name.fill.log" 2>&1 &
-  fill_pid=$!
-  wait "$fill_pid" || die "smtp-source against $name failed:
+  load_pid=$!
+  wait "$load_pid" || die "smtp-source against $name failed:
 $(tail -n 20 "$work/$name.fill.log")"
-  fill_pid=""
-}
-
-# start_sink PORT NAME: the primary comes back.
-start_sink() {
-  LD_LIBRARY_PATH=$postfix_lib "$postfix_root/usr/sbin/smtp-sink" -u nobody "127.0.0.1:$1" 1024 \
-      > "$work/$2.sink.log" 2>&1 &
-  sink_pid=$!
-  wait_smtp "127.0.0.1:$1" "$sink_pid" "$work/$2.sink.log"
-}
-
-# wait_until COUNT_COMMAND TARGET WHAT: until the command prints TARGET; polls gently while far
-# from it (the poll competes with the drain for the CPU), closely near it.
-wait_until() {
-  local command=$1 target=$2 what=$3 count deadline=$((SECONDS + run_timeout))
-  while true; do
-    count=$($command)
-    [[ $count == "$target" ]] && return 0
-    ((SECONDS < deadline)) || die "$what: still $count after ${run_timeout}s (want $target)"
-    if ((count > target + messages / 20 || count < target - messages / 20)); then
-      sleep 0.5
-    else
-      sleep 0.05
-    fi
-  done
+  load_pid=""
 }
 
 # report SYSTEM SECONDS DELIVERED: one JSON line, also kept for the summary.
@@ -118,12 +68,6 @@ PY
 
 # --- Postfix -----------------------------------------------------------------------------------
 
-postfix_count() {  # messages in the queue, or in one of its directories
-  "${as_root[@]}" find "${@/#/$postfix_spool/}" -type f | wc -l
-}
-postfix_all() { postfix_count incoming active deferred hold; }
-postfix_undeferred() { postfix_count incoming active; }
-
 measure_postfix() {
   local sink_port start end
   sink_port=$(bench_free_port)
@@ -131,12 +75,12 @@ measure_postfix() {
   fill postfix "$postfix_address"
   # Every message tried once against the dead primary and deferred: the backlog.
   wait_until postfix_undeferred 0 "postfix: messages not yet deferred"
-  [[ $(postfix_all) == "$messages" ]] || die "postfix queued $(postfix_all) of $messages"
+  [[ $(postfix_queued) == "$messages" ]] || die "postfix queued $(postfix_queued) of $messages"
   start_sink "$sink_port" postfix
   start=$EPOCHREALTIME
   "${as_root[@]}" env LD_LIBRARY_PATH="$postfix_lib" "$postfix_root/usr/sbin/postqueue" \
       -c "$postfix_conf" -f || die "postqueue -f failed"
-  wait_until postfix_all 0 "postfix: messages queued"
+  wait_until postfix_queued 0 "postfix: messages queued"
   end=$EPOCHREALTIME
   stop_sink
   stop_postfix

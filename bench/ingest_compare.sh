@@ -40,26 +40,7 @@ source_flags=(-A)  # keep going past a refusal: what was accepted is counted fro
 note() { echo "ingest_compare: $*" >&2; }
 die() { note "$@"; exit 1; }
 
-work=$(mktemp -d "${BACKSTOP_BENCH_DIR:-${TMPDIR:-/tmp}}/ingest-compare.XXXXXX")
-# Postfix's daemons run as an unprivileged account and must reach their instance below here.
-chmod 755 "$work"
-as_root=()       # prefix for the commands that need root (empty when we are root)
-postfix_pid=""   # the process that runs the Postfix master (itself, or sudo)
-postfix_pgid=""  # the master's process group: the master and every daemon
-backstop_pid=""
-load_pid=""      # smtp-source, while it runs
-
-cleanup() {
-  set +e
-  [[ -z $load_pid ]] || kill "$load_pid" 2>/dev/null
-  stop_postfix
-  stop_backstop
-  # Can take a minute: each queue file is unlinked, and some disks discard synchronously.
-  note "removing $work"
-  "${as_root[@]}" rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+bench_setup ingest-compare
 
 # load NAME SESSIONS ADDRESS: runs smtp-source; sets $seconds (wall clock).
 load() {

@@ -29,10 +29,38 @@ PY
 }
 
 # --- Postfix and Backstop instances, for the scripts that compare them ------------------------
+
+# bench_setup NAME: the run's temporary directory $work (on BACKSTOP_BENCH_DIR's disk), the
+# bookkeeping of the processes below, and traps that stop them all and remove $work on exit.
+bench_setup() {
+  work=$(mktemp -d "${BACKSTOP_BENCH_DIR:-${TMPDIR:-/tmp}}/$1.XXXXXX")
+  # Postfix's daemons run as an unprivileged account and must reach their instance below here.
+  chmod 755 "$work"
+  as_root=()       # prefix for the commands that need root (empty when we are root)
+  postfix_pid=""   # the process that runs the Postfix master (itself, or sudo)
+  postfix_pgid=""  # the master's process group: the master and every daemon
+  backstop_pid=""
+  backstop_pids=()
+  sink_pid=""      # smtp-sink, the primary, while it runs
+  load_pid=""      # the load generator, while it runs
+  trap bench_cleanup EXIT
+  trap 'exit 130' INT TERM
+}
+
+bench_cleanup() {
+  set +e
+  [[ -z $load_pid ]] || kill "$load_pid" 2>/dev/null
+  stop_sink
+  stop_postfix
+  stop_backstop
+  # Can take a minute: each queue file is unlinked, and some disks discard synchronously.
+  note "removing $work"
+  "${as_root[@]}" rm -rf "$work"
+}
 # The caller defines note and die, and sets $here (bench/), $work (a temporary directory),
 # $cache (where the postfix .deb is kept), $start_timeout (seconds), $backstop and $backstopctl
 # (the binaries), and as_root=() (prepare_postfix fills it in when sudo is needed); these
-# functions keep postfix_pid, postfix_pgid and backstop_pid.
+# functions keep postfix_pid, postfix_pgid, backstop_pids (backstop_pid: the first) and sink_pid.
 
 # signal SIGNAL PID|-PGID (as root for Postfix's processes); fails when the target is gone.
 signal() { "${as_root[@]}" kill "-$1" -- "$2" 2>/dev/null; }
@@ -55,10 +83,46 @@ stop_postfix() {
 }
 
 stop_backstop() {
-  [[ -n $backstop_pid ]] || return 0
-  stop "$backstop_pid"
-  wait "$backstop_pid" 2>/dev/null || true
+  local pid
+  for pid in ${backstop_pids[@]+"${backstop_pids[@]}"} ${backstop_pid:+"$backstop_pid"}; do
+    stop "$pid"
+    wait "$pid" 2>/dev/null || true
+  done
+  backstop_pids=()
   backstop_pid=""
+}
+
+# start_sink PORT NAME: the primary (Postfix's smtp-sink) comes up on 127.0.0.1:PORT.
+start_sink() {
+  LD_LIBRARY_PATH=$postfix_lib "$postfix_root/usr/sbin/smtp-sink" -u nobody "127.0.0.1:$1" 1024 \
+      > "$work/$2.sink.log" 2>&1 &
+  sink_pid=$!
+  wait_smtp "127.0.0.1:$1" "$sink_pid" "$work/$2.sink.log"
+}
+
+stop_sink() {
+  [[ -n ${sink_pid:-} ]] || return 0
+  kill "$sink_pid" 2>/dev/null || true
+  wait "$sink_pid" 2>/dev/null || true
+  sink_pid=""
+}
+
+# wait_until COUNT_COMMAND TARGET WHAT [SCALE]: until the command prints TARGET, for at most
+# $run_timeout seconds; polls gently while far from it (the poll competes with the work for the
+# CPU), closely within SCALE/20 of it (SCALE: $messages by default).
+wait_until() {
+  local command=$1 target=$2 what=$3 scale=${4:-$messages} count
+  local deadline=$((SECONDS + run_timeout))
+  while true; do
+    count=$($command)
+    [[ $count == "$target" ]] && return 0
+    ((SECONDS < deadline)) || die "$what: still $count after ${run_timeout}s (want $target)"
+    if ((count > target + scale / 20 || count < target - scale / 20)); then
+      sleep 0.5
+    else
+      sleep 0.05
+    fi
+  done
 }
 
 # wait_smtp HOST:PORT PID LOG: until HOST:PORT greets with 220, while PID lives.
@@ -170,11 +234,14 @@ $(tail -n 20 "$instance/maillog" 2>/dev/null)"
   wait_smtp "$postfix_address" "$postfix_pid" "$instance/maillog"
 }
 
-# Messages in the stopped instance's queue (incoming, active, deferred, hold).
-postfix_queued() {
-  "${as_root[@]}" find "$postfix_spool/incoming" "$postfix_spool/active" \
-      "$postfix_spool/deferred" "$postfix_spool/hold" -type f | wc -l
+# postfix_count DIR...: files in those queue directories of the instance.
+postfix_count() {
+  "${as_root[@]}" find "${@/#/$postfix_spool/}" -type f | wc -l
 }
+# Messages in the instance's queue (incoming, active, deferred, hold): exact once it stopped.
+postfix_queued() { postfix_count incoming active deferred hold; }
+# Messages not yet tried once (and deferred) by the queue manager.
+postfix_undeferred() { postfix_count incoming active; }
 
 # --- Backstop ----------------------------------------------------------------------------------
 
@@ -184,20 +251,24 @@ prepare_backstop() {
   fetch_postfix  # for smtp-source
 }
 
-# start_backstop NAME [PRIMARY_PORT]: the standalone node (all roles, one voter) in $work/NAME,
-# the primary of example.com on 127.0.0.1:PRIMARY_PORT (default: a free port, where nothing
-# listens); sets $backstop_address (SMTP), $backstop_queue (gRPC, for backstopctl) and
-# $backstop_log.
+# start_backstop NAME [PRIMARY_PORT] [VOTERS]: VOTERS nodes (default 1: the standalone node) with
+# every role, in $work/NAME/node-I, the primary of example.com on 127.0.0.1:PRIMARY_PORT
+# (default: a free port, where nothing listens). Sets $backstop_address (node 1's SMTP),
+# $backstop_queue (node 1's gRPC, for backstopctl), $backstop_http (node 1's admin HTTP),
+# $backstop_log (node 1's log) and backstop_pids.
 start_backstop() {
-  local dir=$work/$1 queue_port dead_port log
-  mkdir -p "$dir"
-  queue_port=$(bench_free_port)
-  dead_port=${2:-$(bench_free_port)}
-  backstop_queue=127.0.0.1:$queue_port
-  cat > "$dir/backstop.toml" <<TOML
+  local name=$1 dead_port=${2:-$(bench_free_port)} voters=${3:-1} i dir peers="" ports=()
+  for i in $(seq 1 "$voters"); do ports+=("$(bench_free_port)"); done
+  for i in $(seq 1 "$voters"); do peers+="${peers:+, }\"$i@127.0.0.1:${ports[$((i - 1))]}\""; done
+  backstop_pids=()
+  for i in $(seq 1 "$voters"); do
+    dir=$work/$name/node-$i
+    mkdir -p "$dir"
+    local http=127.0.0.1:$(bench_free_port)
+    cat > "$dir/backstop.toml" <<TOML
 [node]
-id = 1
-hostname = "backstop.bench.test"
+id = $i
+hostname = "backstop$i.bench.test"
 data_dir = "$dir/data"
 roles = ["ingest", "queue", "delivery"]
 
@@ -206,11 +277,11 @@ listen = ["127.0.0.1:0"]
 max_connections_per_ip = 1000
 
 [queue]
-listen = "$backstop_queue"
-peers = ["1@$backstop_queue"]
+listen = "127.0.0.1:${ports[$((i - 1))]}"
+peers = [$peers]
 
 [http]
-listen = "127.0.0.1:0"
+listen = "$http"
 
 # Like Postfix's defaults: no DNS lookup of the sender's domain.
 [filters]
@@ -220,16 +291,22 @@ sender = { enabled = false }
 name = "example.com"
 primary = ["127.0.0.1:$dead_port"]
 TOML
-  "$backstop" --check-config "$dir/backstop.toml" > "$dir/check.log" 2>&1 \
-    || die "backstop --check-config rejected $dir/backstop.toml:
+    "$backstop" --check-config "$dir/backstop.toml" > "$dir/check.log" 2>&1 \
+      || die "backstop --check-config rejected $dir/backstop.toml:
 $(cat "$dir/check.log")"
-  log=$dir/backstop.log
-  backstop_log=$log
-  "$backstop" --config "$dir/backstop.toml" > "$log" 2> "$dir/backstop.stderr" < /dev/null &
-  backstop_pid=$!
+    "$backstop" --config "$dir/backstop.toml" > "$dir/backstop.log" 2> "$dir/backstop.stderr" \
+        < /dev/null &
+    backstop_pids+=($!)
+    if ((i == 1)); then
+      backstop_pid=$!
+      backstop_log=$dir/backstop.log
+      backstop_http=$http
+      backstop_queue=127.0.0.1:${ports[0]}
+    fi
+  done
   backstop_address=""
   for _ in $(seq 1 $((start_timeout * 10))); do
-    backstop_address=$(python3 - "$log" <<'PY'
+    backstop_address=$(python3 - "$backstop_log" <<'PY'
 import json, sys
 for line in open(sys.argv[1], errors="replace"):
     try:
@@ -243,13 +320,42 @@ PY
 )
     [[ -n $backstop_address ]] && break
     kill -0 "$backstop_pid" 2>/dev/null || die "backstop exited before 'smtp listening':
-$(tail -n 20 "$dir/backstop.stderr" "$log")"
+$(tail -n 20 "$(dirname "$backstop_log")/backstop.stderr" "$backstop_log")"
     sleep 0.1
   done
-  [[ -n $backstop_address ]] || die "no 'smtp listening' in $log within ${start_timeout}s (does this
-binary have the ingest role?):
-$(tail -n 20 "$log")"
-  wait_smtp "$backstop_address" "$backstop_pid" "$log"
+  [[ -n $backstop_address ]] || die "no 'smtp listening' in $backstop_log within ${start_timeout}s
+(does this binary have the ingest role?):
+$(tail -n 20 "$backstop_log")"
+  # A cluster takes an election before it queues anything.
+  for _ in $(seq 1 $((start_timeout * 10))); do
+    python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=1)' \
+        "http://$backstop_http/readyz" 2>/dev/null && break
+    sleep 0.1
+  done
+  wait_smtp "$backstop_address" "$backstop_pid" "$backstop_log"
+}
+
+# The group-commit factor of node 1 (Raft log entries per fsync), from /metrics
+# (backstop_queue_entries_persisted_total / backstop_queue_fsyncs_total) or, on binaries without
+# those, from /status (queue.entries_persisted / queue.synced_writes); "null" when neither has it.
+backstop_entries_per_fsync() {
+  python3 - "$backstop_http" <<'PY'
+import json, re, sys, urllib.request
+base = "http://" + sys.argv[1]
+def get(path):
+    return urllib.request.urlopen(base + path, timeout=5).read().decode()
+try:
+    metrics = get("/metrics")
+    def total(name):
+        return sum(float(m) for m in re.findall(r"^%s(?:\{[^}]*\})? (\S+)$" % name, metrics, re.M))
+    entries, fsyncs = total("backstop_queue_entries_persisted_total"), total("backstop_queue_fsyncs_total")
+    if not fsyncs:
+        queue = json.loads(get("/status")).get("queue", {})
+        entries, fsyncs = queue.get("entries_persisted", 0), queue.get("synced_writes", 0)
+    print(round(entries / fsyncs, 2) if fsyncs else "null")
+except Exception:
+    print("null")
+PY
 }
 
 # Messages queued for example.com, from the queue's admin API.
