@@ -1,6 +1,7 @@
 #include "common/socket.h"
 
 #include <arpa/inet.h>
+#include <netinet/tcp.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -172,8 +173,13 @@ absl::StatusOr<UniqueFd> Listen(const SocketAddress& address, const ListenOption
   return fd;
 }
 
+absl::Status SetNoDelay(int fd) {
+  return SetIntOption(fd, IPPROTO_TCP, TCP_NODELAY, 1, "setsockopt(TCP_NODELAY)");
+}
+
 absl::StatusOr<UniqueFd> Connect(const SocketAddress& address, Blocking blocking) {
   ASSIGN_OR_RETURN(UniqueFd fd, NewTcpSocket(address.family(), blocking));
+  RETURN_IF_ERROR(SetNoDelay(fd.get()));
   const int rc = connect(fd.get(), address.get(), address.length());
   if (rc != 0 && !(blocking == Blocking::kNo && errno == EINPROGRESS)) {
     return ErrnoToStatus(errno, "connect " + address.ToString());

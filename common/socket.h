@@ -72,8 +72,14 @@ absl::StatusOr<UniqueFd> Listen(const SocketAddress& address, const ListenOption
 
 enum class Blocking { kNo, kYes };
 
-// A TCP socket connected to `address`. With Blocking::kNo the socket is non-blocking and the
-// connection may still be in progress (EINPROGRESS is not an error).
+// Turns off Nagle's algorithm. SMTP is small writes each awaited by the peer (replies,
+// pipelined command groups, the last segment of a message): with Nagle a write waits for the
+// ACK of the previous one, which the peer delays up to 40 ms because it is only waiting.
+absl::Status SetNoDelay(int fd);
+
+// A TCP socket connected to `address`, without Nagle (SetNoDelay). With Blocking::kNo the
+// socket is non-blocking and the connection may still be in progress (EINPROGRESS is not an
+// error).
 absl::StatusOr<UniqueFd> Connect(const SocketAddress& address, Blocking blocking);
 
 }  // namespace backstop

@@ -635,6 +635,8 @@ void SmtpServer::Worker::OnAccept(Listener& listener, const Completion& c) {
     if (draining_ || !peer.ok()) {
       return;  // closes fd
     }
+    // Best effort: without it replies are slower, not wrong.
+    (void)SetNoDelay(fd.get());
     server.accepted_.fetch_add(1, std::memory_order_relaxed);
     const uint64_t id = server.next_connection_id_.fetch_add(1, std::memory_order_relaxed);
     const bool expect_proxy =

@@ -1,5 +1,7 @@
 #include "common/socket.h"
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -117,6 +119,18 @@ TEST(ConnectTest, NonBlockingConnectReturnsAtOnce) {
   char byte;
   EXPECT_EQ(read(client->get(), &byte, 1), -1);
   EXPECT_EQ(errno, EAGAIN);
+}
+
+TEST(ConnectTest, ConnectsWithoutNagle) {
+  absl::StatusOr<UniqueFd> listener = Listen(*SocketAddress::Parse("127.0.0.1:0"));
+  ASSERT_TRUE(listener.ok());
+  absl::StatusOr<UniqueFd> client =
+      Connect(*SocketAddress::LocalOf(listener->get()), Blocking::kYes);
+  ASSERT_TRUE(client.ok()) << client.status();
+  int no_delay = 0;
+  socklen_t length = sizeof(no_delay);
+  ASSERT_EQ(getsockopt(client->get(), IPPROTO_TCP, TCP_NODELAY, &no_delay, &length), 0);
+  EXPECT_EQ(no_delay, 1);
 }
 
 TEST(ConnectTest, ReportsRefusedConnection) {
