@@ -79,6 +79,10 @@ absl::StatusOr<std::unique_ptr<QueueNode>> QueueNode::Start(const QueueNodeOptio
   raft_options.id = options.id;
   raft_options.election_ticks = options.election_ticks;
   raft_options.heartbeat_ticks = options.heartbeat_ticks;
+  // An empty node joining may be a wiped voter that still has its id in the configuration.
+  raft_options.past_votes = fresh && options.start_mode == StartMode::kJoinExisting
+                                ? raft::PastVotes::kForgotten
+                                : raft::PastVotes::kRemembered;
   raft_options.applied = raft::LogIndex(node->state_machine_->applied_index());
   raft_options.random_seed = options.id.value() * 0x9E3779B97F4A7C15ULL ^
                              static_cast<uint64_t>(absl::ToUnixNanos(options.clock->Now()));

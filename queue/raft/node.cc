@@ -283,8 +283,12 @@ void Node::Poll(NodeId from, bool granted) {
 
 void Node::HandleVoteRequest(const Message& m) {
   const bool pre = m.type == MessageType::kPreVote;
+  // A vote this node's earlier life may have cast in that term is forgotten (PastVotes).
+  const bool votes_forgotten = options_.past_votes == PastVotes::kForgotten &&
+                               (!heard_from_leader_ || m.term <= votes_forgotten_through_);
   const bool can_vote =
-      vote_ == m.from || (vote_.IsNone() && leader_.IsNone()) || (pre && m.term > term_);
+      !votes_forgotten &&
+      (vote_ == m.from || (vote_.IsNone() && leader_.IsNone()) || (pre && m.term > term_));
   const bool log_ok = HasFault(options_.test_faults, RaftTestFault::kGrantVoteWithoutLogCheck) ||
                       log_.IsUpToDate(m.index, m.log_term);
   Message resp;
@@ -378,6 +382,12 @@ void Node::Step(const Message& m) {
     return;
   }
   const bool vote_request = m.type == MessageType::kVote || m.type == MessageType::kPreVote;
+  if (options_.past_votes == PastVotes::kForgotten && !heard_from_leader_) {
+    votes_forgotten_through_ = std::max(votes_forgotten_through_, m.term);
+    heard_from_leader_ = (m.type == MessageType::kAppend || m.type == MessageType::kHeartbeat ||
+                          m.type == MessageType::kSnapshot) &&
+                         m.term >= term_;
+  }
   if (m.term > term_) {
     if (vote_request && m.context != kTransferContext && InLease()) {
       // We heard from a leader within the election timeout: a node that cannot hear it (or was

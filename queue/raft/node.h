@@ -48,6 +48,10 @@ enum class Role : uint8_t { kFollower, kPreCandidate, kCandidate, kLeader };
 
 enum class PreVote : uint8_t { kEnabled, kDisabled };
 enum class CheckQuorum : uint8_t { kEnabled, kDisabled };
+// Whether this node's storage remembers every vote it ever cast under its id. A voter whose
+// data directory was wiped and that starts again empty (to rejoin) does not: it may have voted
+// in the term the cluster is in, and voting again there could elect a second leader.
+enum class PastVotes : uint8_t { kRemembered, kForgotten };
 
 // TEST-ONLY deliberate bugs, so the simulator can prove it catches real consensus bugs. Never
 // set outside tests/sim; each flag breaks exactly one rule.
@@ -72,6 +76,9 @@ struct NodeOptions {
   int heartbeat_ticks = 1;
   PreVote pre_vote = PreVote::kEnabled;
   CheckQuorum check_quorum = CheckQuorum::kEnabled;
+  // kForgotten: no vote is granted until this node has heard from a leader, nor in any term it
+  // heard of until then; from then on its storage remembers its votes again.
+  PastVotes past_votes = PastVotes::kRemembered;
   uint64_t max_bytes_per_append = 1 << 20;
   size_t max_inflight_appends = 256;
   uint64_t max_inflight_bytes = 64 << 20;
@@ -222,6 +229,9 @@ class Node {
 
   Term term_;
   NodeId vote_;
+  // PastVotes::kForgotten only: the highest term heard of before the first leader contact.
+  Term votes_forgotten_through_;
+  bool heard_from_leader_ = false;
   NodeId leader_;
   Role role_ = Role::kFollower;
 

@@ -228,6 +228,36 @@ TEST_F(SoloNodeTest, GrantsAtMostOneVotePerTerm) {
   EXPECT_EQ(node_->vote(), NodeId(2));
 }
 
+TEST_F(SoloNodeTest, NodeThatForgotItsVotesGrantsNoneBeforeHearingALeader) {
+  NodeOptions options;
+  options.past_votes = PastVotes::kForgotten;
+  Init(3, options);
+  node_->Step(VoteReq(2, 2, 1, 1));
+  node_->Step(VoteReq(3, 3, 1, 1, MessageType::kPreVote));
+  std::vector<Message> out = FlushMessages();
+  ASSERT_EQ(out.size(), 2u);
+  EXPECT_TRUE(out[0].reject);
+  EXPECT_TRUE(out[1].reject);
+  EXPECT_TRUE(node_->vote().IsNone());
+}
+
+TEST_F(SoloNodeTest, NodeThatForgotItsVotesVotesInTermsAfterItHeardALeader) {
+  NodeOptions options;
+  options.past_votes = PastVotes::kForgotten;
+  Init(3, options);
+  node_->Step(Append(2, 3, 1, 1, {}, 1));  // leader 2 of term 3
+  FlushMessages();
+  for (int i = 0; i < 2 * options.election_ticks; ++i) {  // leader 2 falls silent
+    node_->Tick(kT0);
+  }
+  FlushMessages();
+  node_->Step(VoteReq(3, 4, 1, 1));
+  std::vector<Message> out = FlushMessages();
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_FALSE(out[0].reject);
+  EXPECT_EQ(node_->vote(), NodeId(3));
+}
+
 TEST_F(SoloNodeTest, RegrantsVoteToSameCandidate) {
   Init(3);
   node_->Step(VoteReq(2, 2, 1, 1));
