@@ -618,7 +618,8 @@ void ReadSmtp(const Section& s, SmtpConfig* smtp) {
 }
 
 void ReadQueue(const Section& s, QueueConfig* queue) {
-  s.RejectUnknownKeys({"listen", "peers", "endpoints", "join", "snapshot_entries"});
+  s.RejectUnknownKeys(
+      {"listen", "peers", "endpoints", "join", "snapshot_entries", "min_free_space"});
   s.ReadListenAddress("listen", &queue->listen);
   std::vector<QueuePeer> peers;
   const bool present = s.ForEachString(
@@ -662,6 +663,7 @@ void ReadQueue(const Section& s, QueueConfig* queue) {
   s.ReadHostPortList("endpoints", -1, /*connectable=*/true, &queue->endpoints);
   s.ReadBool("join", &queue->join);
   s.ReadInteger("snapshot_entries", 1, kInt64Max, &queue->snapshot_entries);
+  s.ReadSize("min_free_space", 0, &queue->min_free_space);
 }
 
 void ReadDelivery(const Section& s, DeliveryConfig* delivery) {

@@ -105,6 +105,10 @@ struct QueueConfig {
   bool join = false;
   // Applied entries between two snapshots of the queue state (each one compacts the Raft log).
   uint64_t snapshot_entries = 10'000;
+  // Bytes each voter keeps free on its data directory's filesystem: the leader refuses new
+  // messages (Append: OVER_LIMIT, LIMIT_QUEUE_STORAGE) while its own free space is below it, so
+  // ingest answers 452 before the disk is actually full. 0 = off.
+  uint64_t min_free_space = uint64_t{1} << 30;
 };
 
 struct DeliveryConfig {

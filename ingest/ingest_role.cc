@@ -275,6 +275,8 @@ std::shared_ptr<const FilterChain> IngestRole::BuildChain(
   // Order matters: cheap local checks first, the relay check before anything that asks the
   // network about a recipient, greylisting last (it costs a queue commit).
   std::vector<std::unique_ptr<Filter>> filters;
+  // First at MAIL: with the queue's storage full, nothing else is worth asking.
+  filters.push_back(std::make_unique<QueueStorageFilter>(storage_state_));
   if (config.smtp.max_connection_rate_per_ip > 0) {
     filters.push_back(std::make_unique<ConnectionRateFilter>(
         ConnectionRateOptions{.max_per_minute = config.smtp.max_connection_rate_per_ip}));
@@ -431,6 +433,7 @@ void IngestRole::Commit(const FilterInput& transaction,
         const double delay = absl::ToDoubleSeconds(absl::Now() - now);
         switch (outcome.kind) {
           case HandoffOutcome::Kind::kCommitted:
+            storage_state_->MarkAvailable();
             counters_.accepted.fetch_add(1, std::memory_order_relaxed);
             counters_.recipients.fetch_add(recipient_count, std::memory_order_relaxed);
             counters_.message_bytes.Observe(static_cast<double>(size));
@@ -444,6 +447,13 @@ void IngestRole::Commit(const FilterInput& transaction,
             respond(Verdict::AcceptWith(
                 Reply{250, "2.0.0", {fmt::format("Ok: queued as {}", id_list)}}));
             return;
+          case HandoffOutcome::Kind::kStorageFull:
+            if (!storage_state_->full()) {
+              Log().Warn("queue storage full: refusing MAIL until an append commits",
+                         {{"detail", outcome.detail}});
+            }
+            storage_state_->MarkFull();
+            [[fallthrough]];
           case HandoffOutcome::Kind::kOverLimit:
             counters_.over_limit.fetch_add(1, std::memory_order_relaxed);
             Log().Info("rejected", {{"reason", "over_limit"},

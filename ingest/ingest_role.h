@@ -37,12 +37,12 @@ namespace backstop::ingest {
 // the handoff's threads, read by the scrape hook.
 struct IngestCounters {
   // End-of-data outcomes after the filters passed: the queue commit.
-  std::atomic<uint64_t> accepted{0};                        // 250
-  std::atomic<uint64_t> tempfail{0};                        // 451 4.3.0: no commit in time
-  std::atomic<uint64_t> over_limit{0};                      // 452 4.3.1: a domain limit
-  std::atomic<uint64_t> refused{0};                         // 554: the queue refused the entries
-  std::atomic<uint64_t> recipients{0};                      // of accepted messages
-  metrics::Histogram message_bytes{metrics::SizeBounds()};  // accepted messages
+  std::atomic<uint64_t> accepted{0};    // 250
+  std::atomic<uint64_t> tempfail{0};    // 451 4.3.0: no commit in time
+  std::atomic<uint64_t> over_limit{0};  // 452 4.3.1: a domain limit or the queue's storage
+  std::atomic<uint64_t> refused{0};     // 554: the queue refused the entries
+  std::atomic<uint64_t> recipients{0};  // of accepted messages
+  metrics::Histogram message_bytes{metrics::SizeBounds()};      // accepted messages
   metrics::Histogram commit_seconds{metrics::LatencyBounds()};  // end of data → 250
 };
 
@@ -112,6 +112,8 @@ class IngestRole : public SessionHandler {
   IngestCounters counters_;
 
   const std::shared_ptr<FilterCounters> filter_counters_ = std::make_shared<FilterCounters>();
+  // Marked by the commits, read by every chain's QueueStorageFilter (kept across reloads).
+  const std::shared_ptr<QueueStorageState> storage_state_ = std::make_shared<QueueStorageState>();
   mutable std::mutex config_mutex_;
   std::shared_ptr<const FilterChain> chain_;  // guarded by config_mutex_
   // The relay policy in force: a reload that cannot read a recipients file keeps its entries.

@@ -22,6 +22,51 @@ void DoneOnLoop(const FilterInput& input, FilterDone done, FilterResult result) 
       [done = std::move(done), result = std::move(result)]() mutable { done(std::move(result)); });
 }
 
+// --- QueueStorageState, QueueStorageFilter ---------------------------------------------------
+
+QueueStorageState::QueueStorageState(const QueueStorageStateOptions& options) : options_(options) {}
+
+void QueueStorageState::MarkFull() {
+  std::lock_guard lock(mutex_);
+  if (!full_) {
+    full_ = true;
+    // The first probe one interval from now: the refusal itself was the latest answer.
+    next_probe_ = options_.clock->Monotonic() + options_.probe_interval;
+  }
+}
+
+void QueueStorageState::MarkAvailable() {
+  std::lock_guard lock(mutex_);
+  full_ = false;
+}
+
+bool QueueStorageState::full() const {
+  std::lock_guard lock(mutex_);
+  return full_;
+}
+
+bool QueueStorageState::AdmitMail() {
+  std::lock_guard lock(mutex_);
+  if (!full_) {
+    return true;
+  }
+  const absl::Duration now = options_.clock->Monotonic();
+  if (now < next_probe_) {
+    return false;
+  }
+  next_probe_ = now + options_.probe_interval;
+  return true;
+}
+
+void QueueStorageFilter::Check(std::shared_ptr<const FilterInput> /*input*/, FilterDone done) {
+  if (state_->AdmitMail()) {
+    done(FilterResult::Continue());
+    return;
+  }
+  done(FilterResult::Reject(Reply{452, "4.3.1", {"Insufficient system storage"}},
+                            "queue_storage_full"));
+}
+
 // --- ConnectionRateFilter ---------------------------------------------------------------------
 
 ConnectionRateFilter::ConnectionRateFilter(const ConnectionRateOptions& options)

@@ -1,7 +1,8 @@
 #pragma once
 
 // The limits of the filter chain (DESIGN §3.2, §3.3): the per-IP connection rate at connect, the
-// directory-harvest tarpit and the per-domain daily sessions at RCPT. Also the plumbing shared
+// queue's storage reserve at MAIL, the directory-harvest tarpit and the per-domain daily sessions
+// at RCPT. Also the plumbing shared
 // by the filters that ask the replicated queue (this file's DomainConnectionFilter and the
 // GreylistFilter): an asynchronous queue call, and answering on the connection's loop.
 
@@ -108,6 +109,54 @@ class DomainConnectionFilter : public Filter {
 
  private:
   const CountConnectionsCall count_;
+};
+
+struct QueueStorageStateOptions {
+  // While the queue's storage is full, one MAIL per interval is let through to find out,
+  // with its Append, whether space is back.
+  absl::Duration probe_interval = absl::Seconds(3);
+  const Clock* clock = &RealClock::Get();
+};
+
+// Whether the queue's leader refused an Append for its storage reserve ([queue] min_free_space,
+// LIMIT_QUEUE_STORAGE) more recently than an Append committed. While it is full, new
+// transactions are refused at MAIL rather than after their data has been sent, and one MAIL per
+// probe interval goes through as the probe: its Append either commits (not full any more) or is
+// refused again at end of data. No traffic, no probe: nobody waits to be told that space is
+// back. Thread-safe: the handoff's threads mark, the loop threads admit.
+class QueueStorageState {
+ public:
+  explicit QueueStorageState(const QueueStorageStateOptions& options = {});
+
+  // An Append was refused for the queue's storage.
+  void MarkFull();
+  // An Append committed.
+  void MarkAvailable();
+  bool full() const;
+  // At MAIL: whether the transaction may go on; while full, true once per probe interval.
+  bool AdmitMail();
+
+ private:
+  const QueueStorageStateOptions options_;
+  mutable std::mutex mutex_;
+  bool full_ = false;  // guarded by mutex_
+  // The clock's monotonic time after which the next MAIL is let through as a probe; guarded by
+  // mutex_.
+  absl::Duration next_probe_ = absl::ZeroDuration();
+};
+
+// "queue_storage", the first MAIL filter: while the queue's storage is full (QueueStorageState)
+// → 452 4.3.1 Insufficient system storage, except for the periodic probe.
+class QueueStorageFilter : public Filter {
+ public:
+  explicit QueueStorageFilter(std::shared_ptr<QueueStorageState> state)
+      : state_(std::move(state)) {}
+  std::string_view name() const override { return "queue_storage"; }
+  bool Handles(Stage stage) const override { return stage == Stage::kMail; }
+  void Check(std::shared_ptr<const FilterInput> input, FilterDone done) override;
+
+ private:
+  const std::shared_ptr<QueueStorageState> state_;
 };
 
 }  // namespace backstop::ingest

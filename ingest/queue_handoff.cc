@@ -48,6 +48,9 @@ HandoffOutcome Judge(const queue::AppendMessages& request, int first, int count,
     if (appended.code() == queue::OK || appended.code() == queue::ALREADY_EXISTS) {
       continue;
     }
+    if (appended.code() == queue::OVER_LIMIT && appended.limit() == queue::LIMIT_QUEUE_STORAGE) {
+      return {Kind::kStorageFull, "the queue's storage is full"};
+    }
     if (appended.code() == queue::OVER_LIMIT) {
       return {Kind::kOverLimit, fmt::format("domain {} is over its {} limit", entry.domain(),
                                             LimitName(appended.limit()))};

@@ -24,11 +24,14 @@ struct HandoffOutcome {
   enum class Kind : uint8_t {
     kCommitted,  // every entry is in the queue (now or from an earlier attempt): 250
     kOverLimit,  // a domain limit refused an entry: 452 4.3.1
-    kTempFail,   // no commit within the deadline, no quorum, queue unreachable: 451 4.3.0
-    kRejected,   // the queue refused an entry as malformed: 554 5.3.0 (a bug, logged)
+    // The queue's leader is below its storage reserve (LIMIT_QUEUE_STORAGE): 452 4.3.1, and
+    // MAIL is refused until an Append commits again (QueueStorageState).
+    kStorageFull,
+    kTempFail,  // no commit within the deadline, no quorum, queue unreachable: 451 4.3.0
+    kRejected,  // the queue refused an entry as malformed: 554 5.3.0 (a bug, logged)
   };
   Kind kind = Kind::kTempFail;
-  std::string detail;  // for the log (and the reply text of kOverLimit)
+  std::string detail;  // for the log (and the reply text of kOverLimit and kStorageFull)
 };
 
 // The Append call: QueueClient::Append in production, anything in tests.

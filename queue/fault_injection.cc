@@ -178,6 +178,8 @@ void FaultInjectionFileSystem::PollFile() {
     fault = Fault::kSyncError;
   } else if (word == "nospace") {
     fault = Fault::kNoSpace;
+  } else if (word == "full") {
+    fault = Fault::kFull;
   }
   FaultTarget target = FaultTarget::kAllFiles;
   if (target_word == "wal") {
@@ -186,6 +188,11 @@ void FaultInjectionFileSystem::PollFile() {
     target = FaultTarget::kTablesOnly;
   }
   Inject(fault, target);
+}
+
+bool FaultInjectionFileSystem::ReportsFull() {
+  PollFile();
+  return FaultOf(state_.load(std::memory_order_acquire)) == Fault::kFull;
 }
 
 rocksdb::IOStatus FaultInjectionFileSystem::CheckAppend(FileKind kind) {
@@ -245,6 +252,10 @@ rocksdb::IOStatus FaultInjectionFileSystem::NewDirectory(
 }
 
 std::shared_ptr<rocksdb::FileSystem> FileSystemFromEnvironment() {
+  return FaultFileSystemFromEnvironment();
+}
+
+std::shared_ptr<FaultInjectionFileSystem> FaultFileSystemFromEnvironment() {
   const char* path = std::getenv(kFaultFileEnvironment);
   if (path == nullptr || *path == '\0') {
     return nullptr;

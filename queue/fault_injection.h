@@ -24,6 +24,7 @@ enum class Fault : uint8_t {
   kWriteError,  // every append to a file returns EIO
   kSyncError,   // every fsync/fdatasync (files and directories) returns EIO
   kNoSpace,     // every append and sync returns ENOSPC
+  kFull,        // writes succeed, but the free-space probe (free_space.h) reports 0 bytes
 };
 
 // Which files a fault hits.
@@ -48,6 +49,10 @@ class FaultInjectionFileSystem final : public rocksdb::FileSystemWrapper {
   // target; default every file). An unreadable word counts as "none".
   void FollowFile(std::string path);
   static constexpr std::chrono::milliseconds kFaultFilePoll{20};
+
+  // Whether the fault is kFull (re-reading the followed file if it is time to): the disk is to
+  // look full to the free-space probe while writes still succeed.
+  bool ReportsFull();
 
   // Number of successful Sync/Fsync calls on writable files since construction.
   uint64_t sync_count() const { return sync_count_.load(std::memory_order_relaxed); }
@@ -97,11 +102,14 @@ class FaultInjectionFileSystem final : public rocksdb::FileSystemWrapper {
 
 // TEST-ONLY (system and chaos tests): the environment variable naming a fault file. When it is
 // set, a queue voter opens its Raft log database on a FaultInjectionFileSystem that follows
-// that file (see FollowFile), so a test can make one running voter's disk fail.
+// that file (see FollowFile), so a test can make one running voter's disk fail, and its
+// free-space probe follows the file too ("full": the probe reports 0 bytes free).
 inline constexpr char kFaultFileEnvironment[] = "BACKSTOP_FAULT_FILE";
 
 // The file system for the queue's Raft log: a FaultInjectionFileSystem following the file named
 // by kFaultFileEnvironment when that is set, else nullptr (RocksDB's default).
 std::shared_ptr<rocksdb::FileSystem> FileSystemFromEnvironment();
+// The same as a FaultInjectionFileSystem (for the free-space probe), or nullptr.
+std::shared_ptr<FaultInjectionFileSystem> FaultFileSystemFromEnvironment();
 
 }  // namespace backstop::queue

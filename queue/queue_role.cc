@@ -50,8 +50,12 @@ absl::StatusOr<std::unique_ptr<QueueRole>> QueueRole::Start(const Config& config
     ASSIGN_OR_RETURN(role->node_, QueueNode::Start(node_options, role->transport_.get()));
   }
   QueueNode* node = role->node_.get();
+  StorageReserveOptions reserve_options;
+  reserve_options.min_free_bytes = config.queue.min_free_space;
+  reserve_options.probe = FreeSpaceProbeFromEnvironment(config.node.data_dir);
+  role->reserve_ = std::make_unique<StorageReserve>(std::move(reserve_options));
   role->service_ = std::make_unique<QueueServiceImpl>(
-      node, [node](raft::NodeId id) { return node->PeerAddress(id); });
+      node, [node](raft::NodeId id) { return node->PeerAddress(id); }, role->reserve_.get());
   role->admin_service_ = std::make_unique<AdminServiceImpl>(
       node, credentials.mutual_tls() ? AdminAccess::kAdminCertificate : AdminAccess::kOpen,
       config.node.hostname);

@@ -21,6 +21,7 @@
 #include "queue/queue_node.h"
 #include "queue/queue_service.h"
 #include "queue/raft_transport.h"
+#include "queue/storage_reserve.h"
 
 namespace backstop::queue {
 
@@ -63,6 +64,7 @@ class QueueRole {
   std::unique_ptr<RaftTransport> transport_;
   std::mutex node_mutex_;  // orders the transport's first deliveries after the node exists
   std::unique_ptr<QueueNode> node_;
+  std::unique_ptr<StorageReserve> reserve_;  // before service_, which borrows it
   std::unique_ptr<QueueServiceImpl> service_;
   std::unique_ptr<AdminServiceImpl> admin_service_;
   std::unique_ptr<grpc::Server> server_;

@@ -26,8 +26,20 @@ std::string EncodeAppendCommand(const AppendMessages& append) {
   return encoded;
 }
 
-QueueServiceImpl::QueueServiceImpl(QueueNode* node, AddressBook address_book)
-    : node_(node), address_book_(std::move(address_book)) {}
+AppendResult StorageFullResult(const AppendMessages& request) {
+  AppendResult result;
+  for (const QueueEntry& entry : request.entries()) {
+    AppendOutcome* outcome = result.add_outcomes();
+    outcome->set_id(entry.id());
+    outcome->set_code(OVER_LIMIT);
+    outcome->set_limit(LIMIT_QUEUE_STORAGE);
+  }
+  return result;
+}
+
+QueueServiceImpl::QueueServiceImpl(QueueNode* node, AddressBook address_book,
+                                   StorageReserve* reserve)
+    : node_(node), address_book_(std::move(address_book)), reserve_(reserve) {}
 
 grpc::ServerUnaryReactor* QueueServiceImpl::ProposeAndReply(
     grpc::CallbackServerContext* context, Command command,
@@ -39,6 +51,14 @@ grpc::ServerUnaryReactor* QueueServiceImpl::ProposeAndReply(
 grpc::ServerUnaryReactor* QueueServiceImpl::Append(grpc::CallbackServerContext* context,
                                                    const AppendMessages* request,
                                                    AppendResult* response) {
+  // Only the leader's disk decides (the reserve is checked first: it is the cheaper question).
+  // Refused before proposing, so nothing of the refused messages is written anywhere.
+  if (reserve_ != nullptr && reserve_->Low() && node_->status().is_leader) {
+    *response = StorageFullResult(*request);
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
   // Encoded straight from the request: copying it into a Command first would copy every
   // message body once more on the ingest hot path.
   return ProposeEncodedAndReply(

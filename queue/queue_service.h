@@ -14,17 +14,23 @@
 #include "proto/queue.grpc.pb.h"
 #include "queue/grpc_reply.h"
 #include "queue/queue_node.h"
+#include "queue/storage_reserve.h"
 
 namespace backstop::queue {
 
 // The wire form of Command{append}, built from the request without copying it into a Command.
 std::string EncodeAppendCommand(const AppendMessages& append);
 
-// Thread-safe (gRPC calls the handlers on its own threads); borrows the node, which must
-// outlive the server that serves this service.
+// Every entry of `request` refused as OVER_LIMIT with LIMIT_QUEUE_STORAGE.
+AppendResult StorageFullResult(const AppendMessages& request);
+
+// Thread-safe (gRPC calls the handlers on its own threads); borrows the node and the reserve,
+// which must outlive the server that serves this service.
 class QueueServiceImpl final : public QueueService::CallbackService {
  public:
-  QueueServiceImpl(QueueNode* node, AddressBook address_book);
+  // `reserve` null = no free-space reserve. While it is low, the leader answers every Append
+  // with StorageFullResult instead of proposing it; a follower still redirects to the leader.
+  QueueServiceImpl(QueueNode* node, AddressBook address_book, StorageReserve* reserve = nullptr);
 
   grpc::ServerUnaryReactor* Append(grpc::CallbackServerContext* context,
                                    const AppendMessages* request, AppendResult* response) override;
@@ -54,6 +60,7 @@ class QueueServiceImpl final : public QueueService::CallbackService {
 
   QueueNode* const node_;
   const AddressBook address_book_;
+  StorageReserve* const reserve_;
 };
 
 }  // namespace backstop::queue

@@ -2,18 +2,24 @@
 through the RocksDB FileSystem wrapper (queue/fault_injection.h) under load. The voter stops
 serving at once (fail-stop: it aborts rather than retry a failed fsync), the other two carry on,
 and every acknowledged append survives on every voter once the failed one restarts on a healthy
-disk.
+disk. And the graceful path before that: a leader whose free space is below
+[queue] min_free_space (the fault "full": the free-space probe reports 0 bytes while writes
+still succeed) refuses new messages, so ingest answers 452 4.3.1, at MAIL once it knows.
 
 The fault is switched on in the running process through its fault file: the test-only variable
 BACKSTOP_FAULT_FILE names it, here relative to each process's working directory, so that every
 voter has its own."""
 
 import signal
+import smtplib
 import subprocess
+import time
 
 import pytest
 
 from conftest import LOADGEN_BIN, reserve_port
+from test_filters_limits import config_with
+from test_ingest import ctl, queued_ids, smtp_address
 from test_queue_cluster import leader_of, queue_config, run_loadgen, wait_until
 
 MESSAGES = 4000
@@ -74,3 +80,70 @@ def test_a_voter_whose_disk_fails_stops_serving_and_nothing_acknowledged_is_lost
         result = run_loadgen("--endpoints", f"127.0.0.1:{port}", "--verify", str(acked))
         assert result.returncode == 0, f"voter {node_id}: {result.stderr[-2000:]}"
         assert f'"present":{MESSAGES},"missing":0' in result.stdout
+
+
+def send_one(address, n):
+    """One message in its own session: ("mail" | "data", code, text) of the first refusal or of
+    the end of data."""
+    with smtplib.SMTP(*address) as client:
+        client.ehlo("client.test")
+        code, text = client.mail("s@sender.test")
+        if code != 250:
+            return "mail", code, text
+        assert client.rcpt("alice@example.test")[0] == 250
+        code, text = client.data(
+            f"From: s@sender.test\r\nSubject: m{n}\r\n\r\nbody {n}\r\n".encode())
+        return "data", code, text
+
+
+def test_a_full_disk_under_ingest_gets_452_at_mail_and_mail_flows_again_when_space_is_back(
+        backstop, monkeypatch):
+    monkeypatch.setenv("BACKSTOP_FAULT_FILE", "fault")
+    node = backstop(config_with())
+    address = smtp_address(node)
+    acked = []
+    stage, code, text = send_one(address, 0)
+    assert (stage, code) == ("data", 250), text
+    acked += queued_ids(text.decode())
+
+    # The leader measures its free space at most once a second: until then messages may still
+    # be accepted; then the refusal comes at end of data (the first one) or at MAIL.
+    (node.workdir / "fault").write_text("full\n")
+    deadline = time.monotonic() + 10
+    n = 1
+    while True:
+        stage, code, text = send_one(address, n)
+        n += 1
+        if code == 250:
+            acked += queued_ids(text.decode())
+            assert time.monotonic() < deadline, "never refused"
+            continue
+        assert (code, text[:5]) == (452, b"4.3.1"), (stage, text)
+        break
+    # The next session is refused at MAIL, before it sends its data.
+    stage, code, text = send_one(address, n)
+    n += 1
+    assert (stage, code, text) == ("mail", 452, b"4.3.1 Insufficient system storage")
+
+    # Space is back: within a few seconds a MAIL goes through as the probe, its message is
+    # accepted, and so is every one after it.
+    (node.workdir / "fault").write_text("none\n")
+    back = time.monotonic()
+    while True:
+        stage, code, text = send_one(address, n)
+        n += 1
+        if code == 250:
+            acked += queued_ids(text.decode())
+            break
+        assert (code, text[:5]) == (452, b"4.3.1"), (stage, text)
+        assert time.monotonic() - back < 10, "mail was never accepted again"
+        time.sleep(0.2)
+    stage, code, text = send_one(address, n)
+    assert (stage, code) == ("data", 250), text
+    acked += queued_ids(text.decode())
+
+    # Nothing acknowledged is lost; nothing refused was queued.
+    queued = {e["id"] for e in ctl(node, "queue", "list")}
+    assert queued == set(acked)
+    assert any(e.get("msg") == "queue storage full: refusing MAIL until an append commits"
+               for e in node.logs())

@@ -518,6 +518,16 @@ TEST(ConfigTest, QueueDefaultsFoundAClusterWithSnapshotsEvery10000Entries) {
             "t.toml:2:20: queue.snapshot_entries: must be at least 1, got 0");
 }
 
+TEST(ConfigTest, QueueMinFreeSpaceIsASizeDefaulting1GiBAnd0TurnsItOff) {
+  EXPECT_EQ(Parse("").queue.min_free_space, uint64_t{1} << 30);
+  EXPECT_EQ(Parse("[queue]\nmin_free_space = \"512MiB\"\n").queue.min_free_space,
+            uint64_t{512} << 20);
+  EXPECT_EQ(Parse("[queue]\nmin_free_space = 0\n").queue.min_free_space, 0u);
+  EXPECT_EQ(Errors("[queue]\nmin_free_space = \"lots\"\n"),
+            "t.toml:2:18: queue.min_free_space: expected a size like \"50MiB\" or an integer, got "
+            "\"lots\"");
+}
+
 TEST(ConfigTest, RejectsPeersWithoutThisQueueNode) {
   EXPECT_EQ(Errors("[node]\nid = 4\n[queue]\npeers = [\"1@a.internal:7025\"]\n"),
             "t.toml:4:9: queue.peers: does not contain this node's id 4 (node.id), but this node "

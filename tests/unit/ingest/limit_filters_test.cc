@@ -285,5 +285,62 @@ TEST_F(DomainConnectionFilterTest, AnswersOnTheConnectionsLoopWhateverThreadTheQ
   queue_thread.join();
 }
 
+// --- QueueStorageState, QueueStorageFilter ---
+
+TEST(QueueStorageStateTest, AdmitsEveryMailUntilMarkedFull) {
+  FakeClock clock;
+  QueueStorageState state({.probe_interval = absl::Seconds(3), .clock = &clock});
+  EXPECT_FALSE(state.full());
+  EXPECT_TRUE(state.AdmitMail());
+  EXPECT_TRUE(state.AdmitMail());
+}
+
+TEST(QueueStorageStateTest, WhileFullLetsOneMailThroughPerProbeInterval) {
+  FakeClock clock;
+  QueueStorageState state({.probe_interval = absl::Seconds(3), .clock = &clock});
+  state.MarkFull();
+  EXPECT_TRUE(state.full());
+  EXPECT_FALSE(state.AdmitMail());
+  clock.Advance(absl::Milliseconds(2999));
+  EXPECT_FALSE(state.AdmitMail());
+  clock.Advance(absl::Milliseconds(1));
+  EXPECT_TRUE(state.AdmitMail());  // the probe
+  EXPECT_FALSE(state.AdmitMail());
+  // The probe's Append refused again: the next probe is still one interval after the last.
+  state.MarkFull();
+  clock.Advance(absl::Seconds(2));
+  EXPECT_FALSE(state.AdmitMail());
+  clock.Advance(absl::Seconds(1));
+  EXPECT_TRUE(state.AdmitMail());
+}
+
+TEST(QueueStorageStateTest, ACommittedAppendEndsTheFullState) {
+  FakeClock clock;
+  QueueStorageState state({.probe_interval = absl::Seconds(3), .clock = &clock});
+  state.MarkFull();
+  EXPECT_FALSE(state.AdmitMail());
+  state.MarkAvailable();
+  EXPECT_FALSE(state.full());
+  EXPECT_TRUE(state.AdmitMail());
+  EXPECT_TRUE(state.AdmitMail());
+}
+
+TEST(QueueStorageFilterTest, RefusesMailWith452WhileTheQueueStorageIsFull) {
+  FakeClock clock;
+  auto state = std::make_shared<QueueStorageState>(
+      QueueStorageStateOptions{.probe_interval = absl::Seconds(3), .clock = &clock});
+  QueueStorageFilter filter(state);
+  EXPECT_TRUE(filter.Handles(Stage::kMail));
+  EXPECT_FALSE(filter.Handles(Stage::kRcpt));
+  EXPECT_EQ(CheckNow(filter, Input(Stage::kMail)).kind, FilterResult::Kind::kContinue);
+  state->MarkFull();
+  const FilterResult refused = CheckNow(filter, Input(Stage::kMail));
+  ASSERT_EQ(refused.kind, FilterResult::Kind::kReject);
+  EXPECT_EQ(refused.reply->Serialize(), "452 4.3.1 Insufficient system storage\r\n");
+  EXPECT_EQ(refused.reason, "queue_storage_full");
+  state->MarkAvailable();
+  EXPECT_EQ(CheckNow(filter, Input(Stage::kMail)).kind, FilterResult::Kind::kContinue);
+}
+
 }  // namespace
 }  // namespace backstop::ingest

@@ -162,6 +162,21 @@ TEST(QueueHandoffTest, JudgesEachTransactionOfABatchByItsOwnEntries) {
   EXPECT_EQ(append.sizes().size(), 2u);
 }
 
+TEST(QueueHandoffTest, QueueStorageRefusalIsStorageFullNotADomainLimit) {
+  QueueHandoff handoff([](const queue::AppendMessages& request) {
+    queue::AppendResult result = Answer(request, queue::OVER_LIMIT);
+    for (queue::AppendOutcome& outcome : *result.mutable_outcomes()) {
+      outcome.set_limit(queue::LIMIT_QUEUE_STORAGE);
+    }
+    return absl::StatusOr<queue::AppendResult>(result);
+  });
+  Outcomes outcomes;
+  handoff.Submit({Entry("a"), Entry("b", "example.org")}, Later(), outcomes.For("ab"));
+  const HandoffOutcome outcome = outcomes.Wait("ab");
+  EXPECT_EQ(outcome.kind, Kind::kStorageFull);
+  EXPECT_EQ(outcome.detail, "the queue's storage is full");
+}
+
 TEST(QueueHandoffTest, RpcFailureIsATemporaryFailure) {
   QueueHandoff handoff([](const queue::AppendMessages&) {
     return absl::StatusOr<queue::AppendResult>(absl::UnavailableError("no quorum"));

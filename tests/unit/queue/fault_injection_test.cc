@@ -133,6 +133,18 @@ TEST_F(FaultInjectionFileSystemTest, FollowedNoSpaceFailsWithEnospc) {
   EXPECT_EQ(fs_->injected_failures(), 1u);
 }
 
+TEST_F(FaultInjectionFileSystemTest, FollowedFullReportsFullWhileWritesAndSyncsSucceed) {
+  auto file = Create("000001.log");
+  fs_->FollowFile((dir_ / "absent").string());
+  EXPECT_FALSE(fs_->ReportsFull());
+  std::ofstream(dir_ / "fault") << "full\n";
+  fs_->FollowFile((dir_ / "fault").string());
+  EXPECT_TRUE(fs_->ReportsFull());
+  EXPECT_TRUE(Append(*file).ok());
+  EXPECT_TRUE(Sync(*file).ok());
+  EXPECT_EQ(fs_->injected_failures(), 0u);
+}
+
 TEST(FileSystemFromEnvironmentTest, IsRocksDbsOwnUnlessAFaultFileIsNamed) {
   unsetenv(kFaultFileEnvironment);
   EXPECT_EQ(FileSystemFromEnvironment(), nullptr);

@@ -99,7 +99,8 @@ class Voter {
     std::lock_guard lock(node_mutex_);
     node_ = *std::move(node);
     service_ = std::make_unique<QueueServiceImpl>(
-        node_.get(), [node = node_.get()](raft::NodeId id) { return node->PeerAddress(id); });
+        node_.get(), [node = node_.get()](raft::NodeId id) { return node->PeerAddress(id); },
+        reserve_);
     admin_service_ =
         std::make_unique<AdminServiceImpl>(node_.get(), AdminAccess::kOpen, hostname());
     grpc::ServerBuilder builder;
@@ -134,6 +135,8 @@ class Voter {
     return node_.get();
   }
 
+  // The free-space reserve of the next Start()'s service (null: none); must outlive the voter.
+  void set_reserve(StorageReserve* reserve) { reserve_ = reserve; }
   // Options for the next Start() (id, voters, directory and tick are set by Start itself).
   QueueNodeOptions& options() { return options_; }
   RaftTransport& transport() { return *transport_; }
@@ -148,6 +151,7 @@ class Voter {
   std::string data_dir_;
   std::unique_ptr<RaftTransport> transport_;
   int port_ = 0;
+  StorageReserve* reserve_ = nullptr;
   std::unique_ptr<QueueServiceImpl> service_;
   std::unique_ptr<AdminServiceImpl> admin_service_;
   std::unique_ptr<grpc::Server> server_;
