@@ -108,7 +108,7 @@ struct QueueConfig {
   // Bytes each voter keeps free on its data directory's filesystem: the leader refuses new
   // messages (Append: OVER_LIMIT, LIMIT_QUEUE_STORAGE) while its own free space is below it, so
   // ingest answers 452 before the disk is actually full. 0 = off.
-  uint64_t min_free_space = uint64_t{1} << 30;
+  uint64_t min_free_space = uint64_t{128} << 20;
 };
 
 struct DeliveryConfig {

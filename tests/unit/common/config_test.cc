@@ -518,8 +518,8 @@ TEST(ConfigTest, QueueDefaultsFoundAClusterWithSnapshotsEvery10000Entries) {
             "t.toml:2:20: queue.snapshot_entries: must be at least 1, got 0");
 }
 
-TEST(ConfigTest, QueueMinFreeSpaceIsASizeDefaulting1GiBAnd0TurnsItOff) {
-  EXPECT_EQ(Parse("").queue.min_free_space, uint64_t{1} << 30);
+TEST(ConfigTest, QueueMinFreeSpaceIsASizeDefaulting128MiBAnd0TurnsItOff) {
+  EXPECT_EQ(Parse("").queue.min_free_space, uint64_t{128} << 20);
   EXPECT_EQ(Parse("[queue]\nmin_free_space = \"512MiB\"\n").queue.min_free_space,
             uint64_t{512} << 20);
   EXPECT_EQ(Parse("[queue]\nmin_free_space = 0\n").queue.min_free_space, 0u);
