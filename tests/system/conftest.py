@@ -25,6 +25,15 @@ LOADGEN_BIN = os.path.abspath(
     os.environ.get("BACKSTOP_LOADGEN", str(REPO / "build/release/bench/backstop-queue-loadgen")))
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 15.0
+# A sanitizer build runs 2-3x slower: `make test-asan` sets BACKSTOP_TIMEOUT_SCALE, and the
+# waits of the helpers below (process start, log lines, exit, HTTP, run_backstop) are multiplied
+# by it, so that a deadline tuned for the release build still holds.
+TIMEOUT_SCALE = float(os.environ.get("BACKSTOP_TIMEOUT_SCALE", "1"))
+
+
+def scaled(seconds):
+    """A timeout of the release build, stretched for the build under test."""
+    return seconds * TIMEOUT_SCALE
 
 
 def reserve_port():
@@ -103,6 +112,7 @@ class BackstopProcess:
         return [json.loads(line) for line in lines if line.strip()]
 
     def wait_for_log(self, predicate, timeout=START_TIMEOUT, what="log line"):
+        timeout = scaled(timeout)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for entry in self.logs():
@@ -132,7 +142,7 @@ class BackstopProcess:
         """(status, content type, body) of GET http://<admin address><path>."""
         try:
             with urllib.request.urlopen(f"http://{self.http_address}{path}",
-                                        timeout=timeout) as response:
+                                        timeout=scaled(timeout)) as response:
                 return response.status, response.headers.get("Content-Type"), response.read()
         except urllib.error.HTTPError as error:
             return error.code, error.headers.get("Content-Type"), error.read()
@@ -141,14 +151,14 @@ class BackstopProcess:
         self.proc.send_signal(signum)
 
     def wait_exit(self, timeout=STOP_TIMEOUT):
-        return self.proc.wait(timeout=timeout)
+        return self.proc.wait(timeout=scaled(timeout))
 
     def stop(self):
         """SIGTERM, then SIGKILL if it does not exit in time. Returns the exit code."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(timeout=STOP_TIMEOUT)
+                self.proc.wait(timeout=scaled(STOP_TIMEOUT))
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
@@ -210,4 +220,4 @@ def sanitizer_report(stderr_path):
 def run_backstop(*args, timeout=30):
     """Runs the binary to completion (for --check-config, --version)."""
     return subprocess.run([BACKSTOP_BIN, *args], capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
+                          timeout=scaled(timeout), stdin=subprocess.DEVNULL)
