@@ -336,11 +336,10 @@ $(tail -n 20 "$backstop_log")"
 }
 
 # The group-commit factor of node 1 (Raft log entries per fsync), from /metrics
-# (backstop_queue_entries_persisted_total / backstop_queue_fsyncs_total) or, on binaries without
-# those, from /status (queue.entries_persisted / queue.synced_writes); "null" when neither has it.
+# (backstop_queue_entries_persisted_total / backstop_queue_fsyncs_total); "null" before any fsync.
 backstop_entries_per_fsync() {
   python3 - "$backstop_http" <<'PY'
-import json, re, sys, urllib.request
+import re, sys, urllib.request
 base = "http://" + sys.argv[1]
 def get(path):
     return urllib.request.urlopen(base + path, timeout=5).read().decode()
@@ -349,9 +348,6 @@ try:
     def total(name):
         return sum(float(m) for m in re.findall(r"^%s(?:\{[^}]*\})? (\S+)$" % name, metrics, re.M))
     entries, fsyncs = total("backstop_queue_entries_persisted_total"), total("backstop_queue_fsyncs_total")
-    if not fsyncs:
-        queue = json.loads(get("/status")).get("queue", {})
-        entries, fsyncs = queue.get("entries_persisted", 0), queue.get("synced_writes", 0)
     print(round(entries / fsyncs, 2) if fsyncs else "null")
 except Exception:
     print("null")

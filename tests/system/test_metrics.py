@@ -75,7 +75,8 @@ def test_metrics_page_is_valid_and_counts_traffic(backstop):
     assert values["backstop_queue_bytes"] > 0
     assert values['backstop_queue_domain_messages{domain="example.test"}'] == 3
     assert values["backstop_queue_oldest_message_age_seconds"] >= 0
-    assert values["backstop_queue_proposals_pending"] >= 0  # idle: the answered ones are out
+    # Present and never negative (a lease may be in flight at the scrape, so not exactly 0).
+    assert values["backstop_queue_proposals_pending"] in range(0, 4)
     assert values["backstop_queue_leases_expired_total"] == 0
     assert values['backstop_rocksdb_background_errors{db="log"}'] == 0
     assert values['backstop_rocksdb_write_stopped{db="state"}'] == 0
