@@ -38,6 +38,10 @@ struct ConnectionState {
   uint32_t rejected_recipients = 0;
   // Domains whose daily-session counter this session already bumped.
   std::set<std::string> counted_domains;
+  // Of those, the ones whose count rides with the session's next message to the domain
+  // (QueueEntry.count_session; DomainConnectionFilter found headroom), or is sent when the
+  // session ends without one.
+  std::set<std::string> uncounted_domains;
   // Set by connect-stage filters for later stages (all default to "nothing known").
   std::optional<std::string> rdns_name;  // the client's verified host name, if any
   bool dnswl_listed = false;             // a DNSWL zone lists the client

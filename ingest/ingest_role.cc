@@ -237,8 +237,33 @@ void IngestRole::Decide(const ConnectionInfo& connection, SmtpSession& session,
 }
 
 void IngestRole::Closed(const ConnectionInfo& connection, const SmtpSession* /*session*/) {
-  std::lock_guard lock(states_mutex_);
-  states_.erase(connection.id);
+  std::shared_ptr<ConnectionState> state;
+  {
+    std::lock_guard lock(states_mutex_);
+    const auto it = states_.find(connection.id);
+    if (it == states_.end()) {
+      return;
+    }
+    state = std::move(it->second);
+    states_.erase(it);
+  }
+  std::set<std::string> uncounted;
+  {
+    std::lock_guard lock(state->mutex);
+    uncounted.swap(state->uncounted_domains);
+  }
+  CountSessions(uncounted);
+}
+
+void IngestRole::CountSessions(const std::set<std::string>& domains) {
+  for (const std::string& domain : domains) {
+    handoff_->CountSession(domain, absl::Now() + commit_timeout_,
+                           [known = known_sessions_](const HandoffOutcome& outcome) {
+                             for (const queue::SessionCount& count : outcome.session_counts) {
+                               known->Remember(count.domain(), count.sessions_today());
+                             }
+                           });
+  }
 }
 
 std::shared_ptr<ConnectionState> IngestRole::ConnectionStateOf(uint64_t connection_id) {
@@ -296,8 +321,23 @@ std::shared_ptr<const FilterChain> IngestRole::BuildChain(
   }
   filters.push_back(std::make_unique<RelayFilter>(std::move(policy)));
   filters.push_back(std::make_unique<CalloutFilter>(config.domains, callout_.get()));
-  filters.push_back(
-      std::make_unique<DomainConnectionFilter>(QueueCall(&queue::QueueClient::CountConnections)));
+  DomainConnectionOptions sessions;
+  sessions.count = [this](const std::string& domain,
+                          std::function<void(absl::StatusOr<queue::SessionCount>)> answer) {
+    handoff_->CountSession(domain, absl::Now() + commit_timeout_,
+                           [answer = std::move(answer)](const HandoffOutcome& outcome) {
+                             if (outcome.kind != HandoffOutcome::Kind::kCommitted) {
+                               answer(absl::UnavailableError(outcome.detail));
+                               return;
+                             }
+                             answer(outcome.session_counts.front());
+                           });
+  };
+  sessions.known = known_sessions_;
+  for (const DomainConfig& domain : config.domains) {
+    sessions.limits[domain.name] = domain.max_daily_connections;
+  }
+  filters.push_back(std::make_unique<DomainConnectionFilter>(std::move(sessions)));
   if (config.filters.greylist.enabled) {
     filters.push_back(std::make_unique<GreylistFilter>(
         GreylistFilterOptions{.config = config.filters.greylist,
@@ -373,9 +413,11 @@ void IngestRole::Commit(const FilterInput& transaction,
   const std::string& data = *transaction.message;
   const absl::Time now = absl::Now();
   std::string rdns;
+  std::set<std::string> uncounted;
   {
     std::lock_guard lock(transaction.state->mutex);
     rdns = transaction.state->rdns_name.value_or("");
+    uncounted = transaction.state->uncounted_domains;
   }
   std::vector<queue::QueueEntry> entries;
   std::vector<std::string> ids;
@@ -385,6 +427,7 @@ void IngestRole::Commit(const FilterInput& transaction,
     queue::QueueEntry& entry = entries.emplace_back();
     entry.set_id(std::string(id.bytes()));
     entry.set_domain(domain);
+    entry.set_count_session(uncounted.contains(domain));
     queue::Envelope& envelope = *entry.mutable_envelope();
     envelope.set_reverse_path(transaction.mail.reverse_path);
     for (const RcptRequest* rcpt : recipients) {
@@ -428,10 +471,31 @@ void IngestRole::Commit(const FilterInput& transaction,
   handoff_->Submit(
       std::move(entries), now + commit_timeout_,
       [this, respond = std::move(respond), ids = std::move(ids), from, size, recipient_count,
-       client, now](const HandoffOutcome& outcome) {
+       client, now, state = transaction.state](const HandoffOutcome& outcome) {
         const std::string id_list = fmt::format("{}", fmt::join(ids, ","));
         const double delay = absl::ToDoubleSeconds(absl::Now() - now);
+        for (const queue::SessionCount& count : outcome.session_counts) {
+          known_sessions_->Remember(count.domain(), count.sessions_today());
+          // Counted (or refused, which ends the session): no later message counts it again.
+          std::lock_guard lock(state->mutex);
+          state->uncounted_domains.erase(count.domain());
+        }
         switch (outcome.kind) {
+          case HandoffOutcome::Kind::kSessionLimit: {
+            // The daily-session filter's refusal, come at the end of data (limit_filters.h).
+            const Reply reply{
+                421,
+                "4.7.0",
+                {fmt::format("Too many sessions for {} today, try again later", outcome.detail)}};
+            filter_counters_->Add("domain_connections", Stage::kEndOfData,
+                                  FilterResult::Reject(reply, "over_limit"));
+            Log().Info("rejected", {{"reason", "over_daily_sessions"},
+                                    {"from", from},
+                                    {"client", client},
+                                    {"domain", outcome.detail}});
+            respond(Verdict::Reject(reply));
+            return;
+          }
           case HandoffOutcome::Kind::kCommitted:
             storage_state_->MarkAvailable();
             counters_.accepted.fetch_add(1, std::memory_order_relaxed);

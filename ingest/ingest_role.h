@@ -49,8 +49,8 @@ struct IngestCounters {
 // Owns the queue client, the handoff, the filter chain, each connection's filter state, the TLS
 // context and the SMTP server. Start/Reload/Drain/destruction on the control thread (main);
 // Decide() and Closed() on the SMTP loop threads; filter callbacks and the handoff's callbacks on
-// any thread; ETRN flushes (blocking queue calls) on the flush thread; the filters' queue calls
-// (greylist, daily sessions) on the queue_checks_ pool.
+// any thread; ETRN flushes (blocking queue calls) on the flush thread; the greylist filter's
+// queue calls on the queue_checks_ pool (daily-session counts go through the handoff).
 class IngestRole : public SessionHandler {
  public:
   // `queue`: how to reach the queue (queue_client.h ConnectToQueue).
@@ -94,6 +94,8 @@ class IngestRole : public SessionHandler {
       absl::StatusOr<Result> (queue::QueueClient::*method)(const Request&));
   std::shared_ptr<const FilterChain> chain() const;
   std::shared_ptr<ConnectionState> ConnectionStateOf(uint64_t connection_id);
+  // Counts the session against `domains` on its own (no message carried the counts).
+  void CountSessions(const std::set<std::string>& domains);
   // End of data, every filter passed: the queue commit.
   void Commit(const FilterInput& transaction, std::function<void(const Verdict&)> respond);
   // ETRN (RFC 1985) from one of the domain's primaries: the domain is due now.
@@ -114,6 +116,10 @@ class IngestRole : public SessionHandler {
   const std::shared_ptr<FilterCounters> filter_counters_ = std::make_shared<FilterCounters>();
   // Marked by the commits, read by every chain's QueueStorageFilter (kept across reloads).
   const std::shared_ptr<QueueStorageState> storage_state_ = std::make_shared<QueueStorageState>();
+  // Daily-session counts the queue answered (the filter's, and those of appended messages):
+  // kept across reloads, which rebuild the chain.
+  const std::shared_ptr<KnownSessionCounts> known_sessions_ =
+      std::make_shared<KnownSessionCounts>();
   mutable std::mutex config_mutex_;
   std::shared_ptr<const FilterChain> chain_;  // guarded by config_mutex_
   // The relay policy in force: a reload that cannot read a recipients file keeps its entries.

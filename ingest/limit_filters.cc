@@ -1,5 +1,6 @@
 #include "ingest/limit_filters.h"
 
+#include <algorithm>
 #include <utility>
 
 #include <fmt/format.h>
@@ -147,35 +148,62 @@ void HarvestFilter::Check(std::shared_ptr<const FilterInput> input, FilterDone d
 
 void DomainConnectionFilter::Check(std::shared_ptr<const FilterInput> input, FilterDone done) {
   const std::string& domain = input->rcpt.domain;
+  const auto limit = options_.limits.find(domain);
+  const bool headroom =
+      limit != options_.limits.end() && options_.known->HasHeadroom(domain, limit->second);
+  bool first_of_session = false;
   {
     std::lock_guard lock(input->state->mutex);
     // Counted once per session, whatever the answer: a session's RCPTs come one at a time, so
     // no other check of this session can be in flight.
-    if (!input->state->counted_domains.insert(domain).second) {
-      done(FilterResult::Continue());
-      return;
+    first_of_session = input->state->counted_domains.insert(domain).second;
+    if (first_of_session && headroom) {
+      input->state->uncounted_domains.insert(domain);
     }
   }
-  queue::CountConnection request;
-  request.add_domains(domain);
-  count_(request, [input, done = std::move(done)](
-                      absl::StatusOr<queue::ConnectionCountResult> result) mutable {
-    if (!result.ok()) {
+  // Not under the mutex: `done` runs the next filter, which may take it.
+  if (!first_of_session || headroom) {
+    done(FilterResult::Continue());
+    return;
+  }
+  options_.count(domain, [known = options_.known, input, done = std::move(done)](
+                             absl::StatusOr<queue::SessionCount> count) mutable {
+    if (!count.ok()) {
       DoneOnLoop(*input, std::move(done), FilterResult::Continue("queue_error"));
       return;
     }
-    for (const queue::ConnectionCountResult::DomainCount& count : result->counts()) {
-      if (count.domain() == input->rcpt.domain && count.over_limit()) {
-        DoneOnLoop(*input, std::move(done),
-                   FilterResult::Reject(TempFail(fmt::format("Too many sessions for {} today, "
-                                                             "try again later",
-                                                             input->rcpt.domain)),
-                                        "over_limit"));
-        return;
-      }
+    known->Remember(count->domain(), count->sessions_today());
+    if (count->over_limit()) {
+      DoneOnLoop(*input, std::move(done),
+                 FilterResult::Reject(TempFail(fmt::format("Too many sessions for {} today, "
+                                                           "try again later",
+                                                           input->rcpt.domain)),
+                                      "over_limit"));
+      return;
     }
     DoneOnLoop(*input, std::move(done), FilterResult::Continue());
   });
+}
+
+bool KnownSessionCounts::HasHeadroom(const std::string& domain, uint64_t limit) const {
+  std::lock_guard lock(mutex_);
+  const auto known = known_.find(domain);
+  return known != known_.end() && known->second.day == Today() && known->second.sessions < limit &&
+         limit - known->second.sessions > std::max(limit / 10, kWaitedLastSessions);
+}
+
+void KnownSessionCounts::Remember(const std::string& domain, uint64_t sessions_today) {
+  std::lock_guard lock(mutex_);
+  Known& known = known_[domain];
+  const int64_t today = Today();
+  // Answers arrive out of order from parallel RPCs: keep the highest of the day.
+  if (known.day != today || sessions_today > known.sessions) {
+    known = {.day = today, .sessions = sessions_today};
+  }
+}
+
+int64_t KnownSessionCounts::Today() const {
+  return absl::ToUnixSeconds(clock_->Now()) / 86'400;
 }
 
 }  // namespace backstop::ingest

@@ -92,23 +92,68 @@ class HarvestFilter : public Filter {
   const absl::Duration delay_;
 };
 
-using CountConnectionsCall = AsyncQueueCall<queue::CountConnection, queue::ConnectionCountResult>;
+// Counts one session against a domain's daily limit: QueueHandoff::CountSession in production
+// (it travels in the ingest's group commit), a fake in tests.
+using CountSessionCall = AsyncQueueCall<std::string, queue::SessionCount>;
+
+// The last daily-session count the queue answered per domain, the highest of its UTC day:
+// whether a session's RCPT must wait for its count. Thread-safe (one mutex over a small map:
+// one entry per configured domain).
+class KnownSessionCounts {
+ public:
+  explicit KnownSessionCounts(const Clock* clock = &RealClock::Get()) : clock_(clock) {}
+  // The RCPTs of the last tenth of a limit, and of its last kWaitedLastSessions at least, wait
+  // for their count: a small limit stays exact at RCPT.
+  static constexpr uint64_t kWaitedLastSessions = 10;
+
+  // Whether more than that is left today by the last count known.
+  bool HasHeadroom(const std::string& domain, uint64_t limit) const;
+  void Remember(const std::string& domain, uint64_t sessions_today);
+
+ private:
+  struct Known {
+    int64_t day = 0;  // days since the epoch (UTC)
+    uint64_t sessions = 0;
+  };
+  int64_t Today() const;
+
+  const Clock* const clock_;
+  mutable std::mutex mutex_;
+  std::unordered_map<std::string, Known> known_;  // guarded by mutex_
+};
+
+struct DomainConnectionOptions {
+  CountSessionCall count;
+  // The configured daily limits by domain: a domain not listed is always waited for.
+  std::unordered_map<std::string, uint64_t> limits;
+  // Shared with IngestRole, which feeds it the counts that come back with appended messages.
+  std::shared_ptr<KnownSessionCounts> known = std::make_shared<KnownSessionCounts>();
+};
 
 // "domain_connections", at RCPT after the relay check: the first recipient of each domain in a
 // session counts the session against the domain's daily limit in the replicated queue
 // (DESIGN §3.2; ConnectionState::counted_domains remembers which domains are counted). Over the
 // limit → 421 4.7.0 (the session ends). A queue error lets the recipient through (counted as
 // "queue_error"): a backup MX that refuses mail because its own queue is slow would fail at its
-// one job. Thread-safe (stateless but for the call).
+// one job.
+//
+// The RCPT waits for the count only near the limit. While the last count known today leaves
+// more than a tenth of the limit (and more than KnownSessionCounts::kWaitedLastSessions), the RCPT
+// is answered at once and the domain is left in ConnectionState::uncounted_domains: IngestRole
+// counts the session with its next message to the domain (QueueEntry.count_session, in the same
+// Raft entry: no commit of its own), or on its own when the session ends without one. The state
+// machine still counts exactly; a session that races past the last tenth gets its 421 4.7.0 at the
+// end of data, before anything of it is queued. Thread-safe (the counts known are behind their own
+// mutex).
 class DomainConnectionFilter : public Filter {
  public:
-  explicit DomainConnectionFilter(CountConnectionsCall count) : count_(std::move(count)) {}
+  explicit DomainConnectionFilter(DomainConnectionOptions options) : options_(std::move(options)) {}
   std::string_view name() const override { return "domain_connections"; }
   bool Handles(Stage stage) const override { return stage == Stage::kRcpt; }
   void Check(std::shared_ptr<const FilterInput> input, FilterDone done) override;
 
  private:
-  const CountConnectionsCall count_;
+  const DomainConnectionOptions options_;
 };
 
 struct QueueStorageStateOptions {

@@ -35,30 +35,55 @@ size_t MessageBytes(const std::vector<queue::QueueEntry>& entries) {
 
 using OutcomesById = std::unordered_map<std::string, const queue::AppendOutcome*>;
 
-// One transaction's verdict from the outcomes of its entries request[first, first + count).
+// The verdict on one entry, kCommitted when it is in the queue.
+HandoffOutcome JudgeEntry(const queue::QueueEntry& entry, const queue::AppendOutcome& appended) {
+  if (appended.code() == queue::OK || appended.code() == queue::ALREADY_EXISTS) {
+    return {Kind::kCommitted, "", {}};
+  }
+  if (appended.code() == queue::OVER_LIMIT && appended.limit() == queue::LIMIT_QUEUE_STORAGE) {
+    return {Kind::kStorageFull, "the queue's storage is full", {}};
+  }
+  if (appended.code() == queue::OVER_LIMIT && appended.limit() == queue::LIMIT_DAILY_CONNECTIONS) {
+    return {Kind::kSessionLimit, entry.domain(), {}};
+  }
+  if (appended.code() == queue::OVER_LIMIT) {
+    return {
+        Kind::kOverLimit,
+        fmt::format("domain {} is over its {} limit", entry.domain(), LimitName(appended.limit())),
+        {}};
+  }
+  return {Kind::kRejected,
+          fmt::format("the queue refused the entry for {} ({})", entry.domain(),
+                      queue::Code_Name(appended.code())),
+          {}};
+}
+
+// One transaction's verdict from the outcomes of its entries request[first, first + count):
+// the first entry's that is not committed, else kCommitted; with the session counted by its
+// entries (QueueEntry.count_session), if any.
 HandoffOutcome Judge(const queue::AppendMessages& request, int first, int count,
                      const OutcomesById& by_id) {
+  HandoffOutcome verdict{Kind::kCommitted, "", {}};
+  std::vector<queue::SessionCount> sessions;
   for (int i = first; i < first + count; ++i) {
     const queue::QueueEntry& entry = request.entries(i);
     const auto it = by_id.find(entry.id());
     if (it == by_id.end()) {
-      return {Kind::kTempFail, "the queue's answer lacks an entry"};
+      return {Kind::kTempFail, "the queue's answer lacks an entry", {}};
     }
     const queue::AppendOutcome& appended = *it->second;
-    if (appended.code() == queue::OK || appended.code() == queue::ALREADY_EXISTS) {
-      continue;
+    if (entry.count_session()) {
+      queue::SessionCount& session = sessions.emplace_back();
+      session.set_domain(entry.domain());
+      session.set_sessions_today(appended.sessions_today());
+      session.set_over_limit(appended.limit() == queue::LIMIT_DAILY_CONNECTIONS);
     }
-    if (appended.code() == queue::OVER_LIMIT && appended.limit() == queue::LIMIT_QUEUE_STORAGE) {
-      return {Kind::kStorageFull, "the queue's storage is full"};
+    if (verdict.kind == Kind::kCommitted) {
+      verdict = JudgeEntry(entry, appended);
     }
-    if (appended.code() == queue::OVER_LIMIT) {
-      return {Kind::kOverLimit, fmt::format("domain {} is over its {} limit", entry.domain(),
-                                            LimitName(appended.limit()))};
-    }
-    return {Kind::kRejected, fmt::format("the queue refused the entry for {} ({})", entry.domain(),
-                                         queue::Code_Name(appended.code()))};
   }
-  return {Kind::kCommitted, ""};
+  verdict.session_counts = std::move(sessions);
+  return verdict;
 }
 
 }  // namespace
@@ -82,21 +107,36 @@ QueueHandoff::~QueueHandoff() {
     sender.join();
   }
   for (Pending& pending : abandoned) {
-    pending.done({Kind::kTempFail, "ingest is shutting down"});
+    pending.done({Kind::kTempFail, "ingest is shutting down", {}});
   }
 }
 
 void QueueHandoff::Submit(std::vector<queue::QueueEntry> entries, absl::Time deadline,
                           std::function<void(const HandoffOutcome&)> done) {
+  Enqueue({.entries = std::move(entries),
+           .count_session = {},
+           .deadline = deadline,
+           .done = std::move(done)});
+}
+
+void QueueHandoff::CountSession(std::string domain, absl::Time deadline,
+                                std::function<void(const HandoffOutcome&)> done) {
+  Enqueue({.entries = {},
+           .count_session = std::move(domain),
+           .deadline = deadline,
+           .done = std::move(done)});
+}
+
+void QueueHandoff::Enqueue(Pending pending) {
   {
     std::lock_guard lock(mutex_);
     if (!stopping_) {
-      pending_.push_back({std::move(entries), deadline, std::move(done)});
+      pending_.push_back(std::move(pending));
       wake_.notify_one();
       return;
     }
   }
-  done({Kind::kTempFail, "ingest is shutting down"});
+  pending.done({Kind::kTempFail, "ingest is shutting down", {}});
 }
 
 uint64_t QueueHandoff::rpcs() const {
@@ -116,11 +156,13 @@ std::vector<QueueHandoff::Pending> QueueHandoff::TakeBatch() {
   while (!pending_.empty()) {
     Pending& next = pending_.front();
     const size_t next_bytes = MessageBytes(next.entries);
-    if (!batch.empty() && (entries + next.entries.size() > options_.max_batch_entries ||
+    // A session to count weighs as one entry.
+    const size_t next_entries = std::max<size_t>(1, next.entries.size());
+    if (!batch.empty() && (entries + next_entries > options_.max_batch_entries ||
                            bytes + next_bytes > options_.max_batch_bytes)) {
       break;
     }
-    entries += next.entries.size();
+    entries += next_entries;
     bytes += next_bytes;
     batch.push_back(std::move(next));
     pending_.pop_front();
@@ -154,11 +196,14 @@ void QueueHandoff::Send(std::vector<Pending> batch) {
   sent.reserve(batch.size());
   for (Pending& pending : batch) {
     if (pending.deadline <= now) {
-      pending.done({Kind::kTempFail, "commit deadline passed before the queue was reached"});
+      pending.done({Kind::kTempFail, "commit deadline passed before the queue was reached", {}});
       continue;
     }
     for (queue::QueueEntry& entry : pending.entries) {
       *request.add_entries() = std::move(entry);
+    }
+    if (pending.entries.empty()) {
+      request.add_count_sessions(pending.count_session);
     }
     sent.push_back(std::move(pending));
   }
@@ -168,7 +213,7 @@ void QueueHandoff::Send(std::vector<Pending> batch) {
 
   const absl::StatusOr<queue::AppendResult> result = append_(request);
   if (!result.ok()) {
-    const HandoffOutcome outcome{Kind::kTempFail, std::string(result.status().message())};
+    const HandoffOutcome outcome{Kind::kTempFail, std::string(result.status().message()), {}};
     for (Pending& pending : sent) {
       pending.done(outcome);
     }
@@ -183,16 +228,26 @@ void QueueHandoff::Send(std::vector<Pending> batch) {
   // smtp.commit_timeout the reply is 451): the RPC's own deadline starts when it is sent, so
   // a transaction that waited for a sender could otherwise get its 250 long after the timeout.
   const absl::Time answered = absl::Now();
-  // The request holds every sent transaction's entries, in order.
+  // The request holds every sent transaction's entries and every session to count, in order.
   int first_entry = 0;
+  int next_session = 0;
   for (Pending& pending : sent) {
-    const int count = static_cast<int>(pending.entries.size());
-    HandoffOutcome outcome = Judge(request, first_entry, count, by_id);
+    HandoffOutcome outcome;
+    if (pending.entries.empty()) {
+      outcome =
+          next_session < result->session_counts_size()
+              ? HandoffOutcome{Kind::kCommitted, "", {result->session_counts(next_session)}}
+              : HandoffOutcome{Kind::kTempFail, "the queue's answer lacks a session count", {}};
+      ++next_session;
+    } else {
+      const int count = static_cast<int>(pending.entries.size());
+      outcome = Judge(request, first_entry, count, by_id);
+      first_entry += count;
+    }
     if (outcome.kind == Kind::kCommitted && pending.deadline <= answered) {
-      outcome = {Kind::kTempFail, "committed only after the commit deadline"};
+      outcome = {Kind::kTempFail, "committed only after the commit deadline", {}};
     }
     pending.done(outcome);
-    first_entry += count;
   }
 }
 

@@ -4,6 +4,8 @@
 // entry per destination domain, go to the queue, and each transaction learns whether it was
 // committed. Transactions of many sessions and threads are coalesced into one Append RPC
 // (group commit across sessions): while one RPC is in flight, the next batch accumulates.
+// Sessions counted against a domain's daily limit (DESIGN §3.2) ride in the same RPCs: one
+// Raft entry and fsync serve a batch of messages and session counts together.
 
 #include <condition_variable>
 #include <cstdint>
@@ -24,6 +26,9 @@ struct HandoffOutcome {
   enum class Kind : uint8_t {
     kCommitted,  // every entry is in the queue (now or from an earlier attempt): 250
     kOverLimit,  // a domain limit refused an entry: 452 4.3.1
+    // The session went over a domain's daily session limit with this message (`detail` is the
+    // domain; QueueEntry.count_session): 421 4.7.0, and the session ends.
+    kSessionLimit,
     // The queue's leader is below its storage reserve (LIMIT_QUEUE_STORAGE): 452 4.3.1, and
     // MAIL is refused until an Append commits again (QueueStorageState).
     kStorageFull,
@@ -32,6 +37,9 @@ struct HandoffOutcome {
   };
   Kind kind = Kind::kTempFail;
   std::string detail;  // for the log (and the reply text of kOverLimit and kStorageFull)
+  // The state machine's session counts: CountSession's one when kind is kCommitted; Submit's
+  // for its entries that counted their session (QueueEntry.count_session), whatever the kind.
+  std::vector<queue::SessionCount> session_counts;
 };
 
 // The Append call: QueueClient::Append in production, anything in tests.
@@ -61,17 +69,25 @@ class QueueHandoff {
   // Commits `entries` (one transaction) unless `deadline` passes first.
   void Submit(std::vector<queue::QueueEntry> entries, absl::Time deadline,
               std::function<void(const HandoffOutcome&)> done);
+  // Counts one session against `domain`'s daily session limit unless `deadline` passes first:
+  // kCommitted with `session_counts` (over_limit: refused and not counted), else kTempFail.
+  void CountSession(std::string domain, absl::Time deadline,
+                    std::function<void(const HandoffOutcome&)> done);
 
   // Counters: Append RPCs made, entries carried (their ratio is the coalescing factor).
   uint64_t rpcs() const;
   uint64_t entries_sent() const;
 
  private:
+  // A transaction's entries, or (entries empty) one session to count.
   struct Pending {
     std::vector<queue::QueueEntry> entries;
+    std::string count_session;
     absl::Time deadline;
     std::function<void(const HandoffOutcome&)> done;
   };
+
+  void Enqueue(Pending pending);
 
   void SenderLoop();
   // Takes the next batch off pending_ (mutex_ held).

@@ -148,10 +148,6 @@ absl::StatusOr<SelectionResult> QueueClient::Flush(const FlushDomain& request) {
 absl::StatusOr<GreylistResult> QueueClient::CheckGreylist(const GreylistCheck& request) {
   return Call(&QueueService::Stub::CheckGreylist, request);
 }
-absl::StatusOr<ConnectionCountResult> QueueClient::CountConnections(
-    const CountConnection& request) {
-  return Call(&QueueService::Stub::CountConnections, request);
-}
 absl::StatusOr<ReadMessageResponse> QueueClient::ReadMessage(const ReadMessageRequest& request) {
   return Call(&QueueService::Stub::ReadMessage, request);
 }

@@ -5,9 +5,10 @@
 // named in an UNAVAILABLE reply, and retries on another voter when one is unreachable, until
 // the call's deadline.
 //
-// Retries are safe for Append (idempotent by message id), Complete (a repeated completion is
-// refused as stale), Extend (a repeat only moves the expiry again), Flush (idempotent),
-// CheckGreylist and CountConnections (a repeat at worst counts a session twice) and ReadMessage. A
+// Retries are safe for Append (idempotent by message id; the sessions it counts may be counted
+// twice, which errs on the safe side of a limit), Complete (a repeated completion is refused as
+// stale), Extend (a repeat only moves the expiry again), Flush (idempotent), CheckGreylist and
+// ReadMessage. A
 // retried Lease whose first attempt did commit leaves those entries leased to nobody until the
 // lease expires — late, never lost.
 
@@ -57,7 +58,6 @@ class QueueClient {
   absl::StatusOr<CompleteResult> Complete(const CompleteEntries& request);
   absl::StatusOr<ExtendResult> Extend(const ExtendLeases& request);
   absl::StatusOr<GreylistResult> CheckGreylist(const GreylistCheck& request);
-  absl::StatusOr<ConnectionCountResult> CountConnections(const CountConnection& request);
   absl::StatusOr<ReadMessageResponse> ReadMessage(const ReadMessageRequest& request);
   absl::StatusOr<SelectionResult> Flush(const FlushDomain& request);
 

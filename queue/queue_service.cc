@@ -122,16 +122,6 @@ grpc::ServerUnaryReactor* QueueServiceImpl::CheckGreylist(grpc::CallbackServerCo
   });
 }
 
-grpc::ServerUnaryReactor* QueueServiceImpl::CountConnections(grpc::CallbackServerContext* context,
-                                                             const CountConnection* request,
-                                                             ConnectionCountResult* response) {
-  Command command;
-  *command.mutable_connection() = *request;
-  return ProposeAndReply(context, std::move(command), [response](CommandResult& result) {
-    response->Swap(result.mutable_connection());
-  });
-}
-
 grpc::ServerUnaryReactor* QueueServiceImpl::Flush(grpc::CallbackServerContext* context,
                                                   const FlushDomain* request,
                                                   SelectionResult* response) {

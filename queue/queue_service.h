@@ -44,9 +44,6 @@ class QueueServiceImpl final : public QueueService::CallbackService {
   grpc::ServerUnaryReactor* CheckGreylist(grpc::CallbackServerContext* context,
                                           const GreylistCheck* request,
                                           GreylistResult* response) override;
-  grpc::ServerUnaryReactor* CountConnections(grpc::CallbackServerContext* context,
-                                             const CountConnection* request,
-                                             ConnectionCountResult* response) override;
   grpc::ServerUnaryReactor* ReadMessage(grpc::CallbackServerContext* context,
                                         const ReadMessageRequest* request,
                                         ReadMessageResponse* response) override;

@@ -243,7 +243,9 @@ class QueueStateMachine::Txn {
                                    const std::optional<GreylistRecord>& stored,
                                    const GreylistRecord& record);
   absl::Status SweepGreylist();
-  absl::StatusOr<ConnectionCountResult> CountConnections(const CountConnection& request);
+  // One count per element (each is one SMTP session), over the limit → not counted.
+  absl::StatusOr<google::protobuf::RepeatedPtrField<SessionCount>> CountSessions(
+      const google::protobuf::RepeatedPtrField<std::string>& domains);
 
   const QueueStateMachine& machine_;
   const ColumnFamilies& cf_;
@@ -403,8 +405,12 @@ absl::StatusOr<CommandResult> QueueStateMachine::Txn::Run(const Command& command
   CommandResult result;
   switch (command.command_case()) {
     case Command::kAppend: {
+      // Sessions first: a session counted here may be the one whose message follows.
+      ASSIGN_OR_RETURN(google::protobuf::RepeatedPtrField<SessionCount> sessions,
+                       CountSessions(command.append().count_sessions()));
       ASSIGN_OR_RETURN(*result.mutable_append(),
                        Append(command.append().entries(), Limits::kEnforce));
+      result.mutable_append()->mutable_session_counts()->Swap(&sessions);
       return result;
     }
     case Command::kLease: {
@@ -461,10 +467,6 @@ absl::StatusOr<CommandResult> QueueStateMachine::Txn::Run(const Command& command
       ASSIGN_OR_RETURN(*result.mutable_greylist(), Greylist(command.greylist()));
       return result;
     }
-    case Command::kConnection: {
-      ASSIGN_OR_RETURN(*result.mutable_connection(), CountConnections(command.connection()));
-      return result;
-    }
     case Command::kMember: {
       const std::string key =
           std::string(kMemberPrefix) + keys::EncodeFixed64(command.member().id());
@@ -513,14 +515,42 @@ absl::StatusOr<AppendResult> QueueStateMachine::Txn::Append(
     fresh[entry.domain()].push_back(i);
   }
 
-  for (const auto& [domain, positions] : fresh) {
+  for (const auto& [domain, candidates] : fresh) {
+    ASSIGN_OR_RETURN(DomainRecord record, LoadDomain(domain));
+    DomainUsage& usage = *record.mutable_usage();
+    RollPeriods(now_ms_, usage);
+    // Sessions first (QueueEntry.count_session): an entry whose session would go over the daily
+    // limit is refused alone; a counted session stays counted whatever happens to its entry.
+    std::vector<int> positions;
+    bool counted = false;
+    for (int i : candidates) {
+      if (!entries[i].count_session() || !record.has_spec()) {
+        positions.push_back(i);
+        continue;
+      }
+      AppendOutcome& outcome = *result.mutable_outcomes(i);
+      if (limits == Limits::kEnforce &&
+          usage.day_connections() + 1 > record.spec().max_daily_connections()) {
+        outcome.set_code(OVER_LIMIT);
+        outcome.set_limit(LIMIT_DAILY_CONNECTIONS);
+        outcome.set_sessions_today(usage.day_connections());
+        continue;
+      }
+      usage.set_day_connections(usage.day_connections() + 1);
+      outcome.set_sessions_today(usage.day_connections());
+      counted = true;
+      positions.push_back(i);
+    }
+    if (positions.empty()) {
+      DomainRejection& rejection = *result.add_rejected();
+      rejection.set_domain(domain);
+      rejection.set_limit(LIMIT_DAILY_CONNECTIONS);
+      continue;
+    }
     uint64_t bytes = 0;
     for (int i : positions) {
       bytes += entries[i].message().size();
     }
-    ASSIGN_OR_RETURN(DomainRecord record, LoadDomain(domain));
-    DomainUsage& usage = *record.mutable_usage();
-    RollPeriods(now_ms_, usage);
     Limit over = LIMIT_UNSPECIFIED;
     if (limits == Limits::kEnforce && record.has_spec()) {
       const DomainSpec& spec = record.spec();
@@ -540,6 +570,9 @@ absl::StatusOr<AppendResult> QueueStateMachine::Txn::Append(
       DomainRejection& rejection = *result.add_rejected();
       rejection.set_domain(domain);
       rejection.set_limit(over);
+      if (counted) {
+        RETURN_IF_ERROR(StoreDomain(domain, record));
+      }
       continue;
     }
     usage.set_month_bytes(usage.month_bytes() + bytes);
@@ -1052,15 +1085,12 @@ absl::Status QueueStateMachine::Txn::SweepGreylist() {
   return absl::OkStatus();
 }
 
-absl::StatusOr<ConnectionCountResult> QueueStateMachine::Txn::CountConnections(
-    const CountConnection& request) {
-  ConnectionCountResult result;
-  std::set<std::string> seen;
-  for (const std::string& domain : request.domains()) {
-    if (!seen.insert(domain).second) {
-      continue;
-    }
-    ConnectionCountResult::DomainCount& count = *result.add_counts();
+absl::StatusOr<google::protobuf::RepeatedPtrField<SessionCount>>
+QueueStateMachine::Txn::CountSessions(
+    const google::protobuf::RepeatedPtrField<std::string>& domains) {
+  google::protobuf::RepeatedPtrField<SessionCount> counts;
+  for (const std::string& domain : domains) {
+    SessionCount& count = *counts.Add();
     count.set_domain(domain);
     ASSIGN_OR_RETURN(DomainRecord record, LoadDomain(domain));
     if (!record.has_spec()) {
@@ -1074,9 +1104,9 @@ absl::StatusOr<ConnectionCountResult> QueueStateMachine::Txn::CountConnections(
       usage.set_day_connections(usage.day_connections() + 1);
       RETURN_IF_ERROR(StoreDomain(domain, record));
     }
-    count.set_connections_today(usage.day_connections());
+    count.set_sessions_today(usage.day_connections());
   }
-  return result;
+  return counts;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -176,6 +176,53 @@ max_daily_connections = 2
     client.close()
 
 
+def test_sessions_answered_before_their_count_are_held_to_the_daily_limit_at_end_of_data(backstop):
+    """Far from the limit, RCPT does not wait for the count: the session is counted with its
+    message in the same commit. Sessions that raced past the limit that way are refused at the
+    end of data, and the limit holds exactly."""
+    node = backstop(config_with(domains=f"""
+[[domain]]
+name = "daily.test"
+primary = ["127.0.0.1:{reserve_port()}"]
+max_daily_connections = 20
+"""))
+    wait_for_domain(node, "daily.test")
+    address = smtp_address(node)
+    message = b"From: s@sender.test\r\nSubject: daily\r\n\r\nx\r\n"
+    # The first session waits for its count (none known yet): 1 of 20.
+    with smtplib.SMTP(*address) as client:
+        client.ehlo("client.test")
+        client.mail("s@sender.test")
+        assert client.rcpt("a@daily.test")[0] == 250
+        assert client.data(message)[0] == 250
+    # 19 left, more than the last 10 that are always waited for: 21 sessions in parallel all
+    # get their RCPT answered at once...
+    clients = []
+    for _ in range(21):
+        client = smtplib.SMTP(*address)
+        client.ehlo("client.test")
+        client.mail("s@sender.test")
+        assert client.rcpt("a@daily.test")[0] == 250
+        clients.append(client)
+    # ... and only 19 of their messages fit in the day.
+    replies = []
+    for client in clients:
+        code, text = client.data(message)
+        replies.append((code, text[:5]))
+        client.close()
+    assert sorted(replies) == [(250, b"2.0.0")] * 19 + [(421, b"4.7.0")] * 2, replies
+    assert len(ctl(node, "queue", "list")) == 20
+    # Now the count is known to be at the limit: the next session is refused at RCPT.
+    client = RawClient(address)
+    assert client.reply().startswith("220")
+    client.send(b"EHLO client.test\r\nMAIL FROM:<s@sender.test>\r\nRCPT TO:<a@daily.test>\r\n")
+    assert client.reply().startswith("250")
+    assert client.reply().startswith("250")
+    assert client.reply().startswith("421 4.7.0")
+    assert client.closed()
+    client.close()
+
+
 # --- Per-IP connection rate ---------------------------------------------------------------------
 
 def proxied_banner(address, source_ip):

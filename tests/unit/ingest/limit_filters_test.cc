@@ -200,33 +200,29 @@ class DomainConnectionFilterTest : public ::testing::Test {
  protected:
   DomainConnectionFilter MakeFilter() {
     return DomainConnectionFilter(
-        [this](const queue::CountConnection& request,
-               std::function<void(absl::StatusOr<queue::ConnectionCountResult>)> reply) {
-          requests_.push_back(request);
-          reply(answer_);
-        });
+        {.count =
+             [this](const std::string& domain,
+                    std::function<void(absl::StatusOr<queue::SessionCount>)> reply) {
+               requests_.push_back(domain);
+               reply(answer_);
+             },
+         .limits = {},
+         .known = std::make_shared<KnownSessionCounts>()});
   }
 
-  static queue::ConnectionCountResult Count(const std::string& domain, bool over_limit) {
-    queue::ConnectionCountResult result;
-    queue::ConnectionCountResult::DomainCount& count = *result.add_counts();
+  static queue::SessionCount Count(const std::string& domain, bool over_limit) {
+    queue::SessionCount count;
     count.set_domain(domain);
-    count.set_connections_today(over_limit ? 2 : 1);
+    count.set_sessions_today(over_limit ? 2 : 1);
     count.set_over_limit(over_limit);
-    return result;
+    return count;
   }
 
-  std::vector<std::string> RequestedDomains() const {
-    std::vector<std::string> domains;
-    for (const queue::CountConnection& request : requests_) {
-      domains.insert(domains.end(), request.domains().begin(), request.domains().end());
-    }
-    return domains;
-  }
+  std::vector<std::string> RequestedDomains() const { return requests_; }
 
   std::shared_ptr<ConnectionState> state_ = std::make_shared<ConnectionState>();
-  absl::StatusOr<queue::ConnectionCountResult> answer_ = Count("example.com", false);
-  std::vector<queue::CountConnection> requests_;
+  absl::StatusOr<queue::SessionCount> answer_ = Count("example.com", false);
+  std::vector<std::string> requests_;
 };
 
 TEST_F(DomainConnectionFilterTest, CountsTheSessionOncePerDomain) {
@@ -237,6 +233,36 @@ TEST_F(DomainConnectionFilterTest, CountsTheSessionOncePerDomain) {
   EXPECT_EQ(CheckNow(filter, Rcpt("example.org", state_)).kind, FilterResult::Kind::kContinue);
   EXPECT_THAT(RequestedDomains(), ElementsAre("example.com", "example.org"));
   EXPECT_THAT(state_->counted_domains, ElementsAre("example.com", "example.org"));
+}
+
+// Whether another thread could take the session's lock while `done` ran: the next filter of
+// the chain (greylisting) takes it, so an answer given under it deadlocks the loop.
+bool AnsweredWithTheSessionUnlocked(Filter& filter, std::shared_ptr<FilterInput> input) {
+  std::optional<bool> unlocked;
+  filter.Check(input, [&](FilterResult) {
+    unlocked = std::async(std::launch::async, [&] {
+                 const bool locked = input->state->mutex.try_lock();
+                 if (locked) {
+                   input->state->mutex.unlock();
+                 }
+                 return locked;
+               }).get();
+  });
+  return unlocked.value_or(false);
+}
+
+TEST_F(DomainConnectionFilterTest, AnswersWithoutHoldingTheSessionsLock) {
+  DomainConnectionFilter filter = MakeFilter();
+  EXPECT_TRUE(AnsweredWithTheSessionUnlocked(filter, Rcpt("example.com", state_)));
+  // The second recipient of the domain: already counted.
+  EXPECT_TRUE(AnsweredWithTheSessionUnlocked(filter, Rcpt("example.com", state_)));
+  // With headroom, the count left to the message.
+  auto known = std::make_shared<KnownSessionCounts>();
+  known->Remember("example.org", 1);
+  DomainConnectionFilter roomy(
+      {.count = nullptr, .limits = {{"example.org", 1000}}, .known = known});
+  EXPECT_TRUE(AnsweredWithTheSessionUnlocked(roomy, Rcpt("example.org", state_)));
+  EXPECT_THAT(state_->uncounted_domains, ElementsAre("example.org"));
 }
 
 TEST_F(DomainConnectionFilterTest, EachSessionCountsAgain) {
@@ -271,11 +297,14 @@ TEST_F(DomainConnectionFilterTest, AnswersOnTheConnectionsLoopWhateverThreadTheQ
   LoopThread loop;
   std::thread queue_thread;
   DomainConnectionFilter filter(
-      [&queue_thread](const queue::CountConnection&,
-                      std::function<void(absl::StatusOr<queue::ConnectionCountResult>)> reply) {
-        queue_thread = std::thread(
-            [reply = std::move(reply)] { reply(Count("example.com", /*over_limit=*/false)); });
-      });
+      {.count =
+           [&queue_thread](const std::string&,
+                           std::function<void(absl::StatusOr<queue::SessionCount>)> reply) {
+             queue_thread = std::thread(
+                 [reply = std::move(reply)] { reply(Count("example.com", /*over_limit=*/false)); });
+           },
+       .limits = {},
+       .known = std::make_shared<KnownSessionCounts>()});
   auto input = Rcpt("example.com", state_);
   input->executor = loop.executor();
   std::promise<bool> answered_on_loop;
@@ -283,6 +312,123 @@ TEST_F(DomainConnectionFilterTest, AnswersOnTheConnectionsLoopWhateverThreadTheQ
                [&](FilterResult) { answered_on_loop.set_value(loop.executor()->OnLoopThread()); });
   EXPECT_TRUE(answered_on_loop.get_future().get());
   queue_thread.join();
+}
+
+// Counts answered only when the test says so, for the RCPTs that do not wait.
+class DeferredCounts {
+ public:
+  CountSessionCall Call() {
+    return [this](const std::string& domain,
+                  std::function<void(absl::StatusOr<queue::SessionCount>)> reply) {
+      domains_.push_back(domain);
+      replies_.push_back(std::move(reply));
+    };
+  }
+  size_t pending() const { return replies_.size(); }
+  // Answers the oldest unanswered count.
+  void Answer(uint64_t sessions_today, bool over_limit) {
+    queue::SessionCount count;
+    count.set_domain(domains_.front());
+    count.set_sessions_today(sessions_today);
+    count.set_over_limit(over_limit);
+    auto reply = std::move(replies_.front());
+    domains_.erase(domains_.begin());
+    replies_.erase(replies_.begin());
+    reply(count);
+  }
+
+ private:
+  std::vector<std::string> domains_;
+  std::vector<std::function<void(absl::StatusOr<queue::SessionCount>)>> replies_;
+};
+
+class DomainConnectionHeadroomTest : public ::testing::Test {
+ protected:
+  DomainConnectionHeadroomTest()
+      : known_(std::make_shared<KnownSessionCounts>(&clock_)),
+        filter_({.count = counts_.Call(), .limits = {{"example.com", 100}}, .known = known_}) {
+    clock_.SetWallTime(
+        absl::FromCivil(absl::CivilSecond(2026, 11, 28, 12, 0, 0), absl::UTCTimeZone()));
+  }
+
+  // Runs Check; whether it answered before returning (the RCPT did not wait for a count).
+  bool AnsweredAtOnce(std::shared_ptr<const FilterInput> input) {
+    auto result = std::make_shared<std::optional<FilterResult>>();
+    filter_.Check(std::move(input), [result](FilterResult r) { *result = std::move(r); });
+    last_ = result;
+    return result->has_value();
+  }
+
+  // A first session that waits for its count, answered with `sessions_today`.
+  void CountedSessionAnswered(uint64_t sessions_today) {
+    EXPECT_FALSE(AnsweredAtOnce(Rcpt("example.com", std::make_shared<ConnectionState>())));
+    counts_.Answer(sessions_today, false);
+    ASSERT_TRUE(last_->has_value());
+    EXPECT_EQ((*last_)->kind, FilterResult::Kind::kContinue);
+  }
+
+  FakeClock clock_;
+  DeferredCounts counts_;
+  std::shared_ptr<KnownSessionCounts> known_;
+  DomainConnectionFilter filter_;
+  std::shared_ptr<std::optional<FilterResult>> last_;
+};
+
+TEST_F(DomainConnectionHeadroomTest, WaitsForTheCountWhileTodaysCountIsUnknown) {
+  EXPECT_FALSE(AnsweredAtOnce(Rcpt("example.com", std::make_shared<ConnectionState>())));
+  EXPECT_EQ(counts_.pending(), 1u);
+}
+
+TEST_F(DomainConnectionHeadroomTest, WithHeadroomLeavesTheCountToTheSessionsMessage) {
+  CountedSessionAnswered(10);
+  auto state = std::make_shared<ConnectionState>();
+  ASSERT_TRUE(AnsweredAtOnce(Rcpt("example.com", state)))
+      << "the RCPT waited although 90 of 100 sessions are left";
+  EXPECT_EQ((*last_)->kind, FilterResult::Kind::kContinue);
+  EXPECT_EQ(counts_.pending(), 0u);
+  EXPECT_THAT(state->uncounted_domains, ElementsAre("example.com"));
+  EXPECT_THAT(state->counted_domains, ElementsAre("example.com"));
+  // A second recipient of the domain in the session changes nothing.
+  ASSERT_TRUE(AnsweredAtOnce(Rcpt("example.com", state)));
+  EXPECT_THAT(state->uncounted_domains, ElementsAre("example.com"));
+}
+
+TEST_F(DomainConnectionHeadroomTest, WaitsAgainInTheLastTenthOfTheLimit) {
+  CountedSessionAnswered(90);
+  EXPECT_FALSE(AnsweredAtOnce(Rcpt("example.com", std::make_shared<ConnectionState>())));
+}
+
+TEST_F(DomainConnectionHeadroomTest, ASmallLimitWaitsForEveryCount) {
+  DomainConnectionFilter small(
+      {.count = counts_.Call(), .limits = {{"example.com", 12}}, .known = known_});
+  known_->Remember("example.com", 2);
+  auto answered = std::make_shared<bool>(false);
+  small.Check(Rcpt("example.com", std::make_shared<ConnectionState>()),
+              [answered](FilterResult) { *answered = true; });
+  EXPECT_FALSE(*answered) << "10 of 12 left are the last 10";
+  EXPECT_EQ(counts_.pending(), 1u);
+}
+
+TEST_F(DomainConnectionHeadroomTest, CountsLearnedFromAppendedMessagesMoveTheThreshold) {
+  CountedSessionAnswered(10);
+  known_->Remember("example.com", 95);
+  EXPECT_FALSE(AnsweredAtOnce(Rcpt("example.com", std::make_shared<ConnectionState>())));
+  // An answer of a parallel RPC that comes late does not take the count back.
+  known_->Remember("example.com", 20);
+  EXPECT_FALSE(AnsweredAtOnce(Rcpt("example.com", std::make_shared<ConnectionState>())));
+}
+
+TEST_F(DomainConnectionHeadroomTest, ACountOfYesterdayLeavesNoHeadroomToday) {
+  CountedSessionAnswered(10);
+  clock_.SetWallTime(
+      absl::FromCivil(absl::CivilSecond(2026, 11, 29, 0, 0, 1), absl::UTCTimeZone()));
+  EXPECT_FALSE(AnsweredAtOnce(Rcpt("example.com", std::make_shared<ConnectionState>())));
+}
+
+TEST_F(DomainConnectionHeadroomTest, ADomainWithoutAConfiguredLimitAlwaysWaits) {
+  EXPECT_FALSE(AnsweredAtOnce(Rcpt("other.example", std::make_shared<ConnectionState>())));
+  counts_.Answer(1, false);
+  EXPECT_FALSE(AnsweredAtOnce(Rcpt("other.example", std::make_shared<ConnectionState>())));
 }
 
 // --- QueueStorageState, QueueStorageFilter ---

@@ -20,10 +20,17 @@ queue::QueueEntry Entry(std::string id, std::string domain = "example.com") {
   return entry;
 }
 
-// Answers every entry with `code`, except ids listed in `overrides`.
+// Answers every entry with `code`, except ids listed in `overrides`; counts the sessions of
+// the request 1, 2, 3… in order, over the limit for "over.example".
 queue::AppendResult Answer(const queue::AppendMessages& request, queue::Code code,
                            const std::map<std::string, queue::Code>& overrides = {}) {
   queue::AppendResult result;
+  for (const std::string& domain : request.count_sessions()) {
+    queue::SessionCount* count = result.add_session_counts();
+    count->set_domain(domain);
+    count->set_sessions_today(static_cast<uint64_t>(result.session_counts_size()));
+    count->set_over_limit(domain == "over.example");
+  }
   for (const queue::QueueEntry& entry : request.entries()) {
     queue::AppendOutcome* outcome = result.add_outcomes();
     outcome->set_id(entry.id());
@@ -76,6 +83,7 @@ class GatedAppend {
         std::lock_guard lock(mutex_);
         first = sizes_.empty();
         sizes_.push_back(request.entries_size());
+        sessions_.emplace_back(request.count_sessions().begin(), request.count_sessions().end());
       }
       if (first) {
         started_.set_value();
@@ -90,6 +98,11 @@ class GatedAppend {
     std::lock_guard lock(mutex_);
     return sizes_;
   }
+  // The sessions each call counted.
+  std::vector<std::vector<std::string>> sessions() {
+    std::lock_guard lock(mutex_);
+    return sessions_;
+  }
 
  private:
   const std::map<std::string, queue::Code> overrides_;
@@ -98,6 +111,7 @@ class GatedAppend {
   std::shared_future<void> released_;
   std::mutex mutex_;
   std::vector<size_t> sizes_;
+  std::vector<std::vector<std::string>> sessions_;
 };
 
 QueueHandoffOptions OneSender() {
@@ -139,6 +153,45 @@ TEST(QueueHandoffTest, CoalescesTransactionsWaitingBehindAnRpc) {
   EXPECT_EQ(handoff.entries_sent(), 6u);
 }
 
+TEST(QueueHandoffTest, CountsSessionsInTheSameRpcAsTransactionsAndAnswersEachItsOwnCount) {
+  GatedAppend append;
+  QueueHandoff handoff(append.Function(), OneSender());
+  Outcomes outcomes;
+  handoff.Submit({Entry("t0")}, Later(), outcomes.For("t0"));
+  append.WaitFirstCall();
+  handoff.CountSession("example.com", Later(), outcomes.For("com"));
+  handoff.Submit({Entry("t1")}, Later(), outcomes.For("t1"));
+  handoff.CountSession("over.example", Later(), outcomes.For("over"));
+  append.Release();
+  const HandoffOutcome com = outcomes.Wait("com");
+  ASSERT_EQ(com.kind, Kind::kCommitted);
+  EXPECT_EQ(com.session_counts.at(0).domain(), "example.com");
+  EXPECT_EQ(com.session_counts.at(0).sessions_today(), 1u);
+  EXPECT_FALSE(com.session_counts.at(0).over_limit());
+  const HandoffOutcome over = outcomes.Wait("over");
+  ASSERT_EQ(over.kind, Kind::kCommitted);
+  EXPECT_EQ(over.session_counts.at(0).domain(), "over.example");
+  EXPECT_EQ(over.session_counts.at(0).sessions_today(), 2u);
+  EXPECT_TRUE(over.session_counts.at(0).over_limit());
+  EXPECT_EQ(outcomes.Wait("t1").kind, Kind::kCommitted);
+  // One RPC carried the waiting transaction and both sessions.
+  EXPECT_EQ(append.sizes(), (std::vector<size_t>{1, 1}));
+  EXPECT_EQ(append.sessions(),
+            (std::vector<std::vector<std::string>>{{}, {"example.com", "over.example"}}));
+}
+
+TEST(QueueHandoffTest, ASessionCountMissingFromTheAnswerIsATemporaryFailure) {
+  // The leader's storage refusal answers the entries only (queue_service.cc StorageFullResult).
+  QueueHandoff handoff([](const queue::AppendMessages&) {
+    return absl::StatusOr<queue::AppendResult>(queue::AppendResult());
+  });
+  Outcomes outcomes;
+  handoff.CountSession("example.com", Later(), outcomes.For("count"));
+  const HandoffOutcome outcome = outcomes.Wait("count");
+  EXPECT_EQ(outcome.kind, Kind::kTempFail);
+  EXPECT_NE(outcome.detail.find("session count"), std::string::npos);
+}
+
 TEST(QueueHandoffTest, JudgesEachTransactionOfABatchByItsOwnEntries) {
   GatedAppend append({{"over", queue::OVER_LIMIT},
                       {"dup", queue::ALREADY_EXISTS},
@@ -160,6 +213,39 @@ TEST(QueueHandoffTest, JudgesEachTransactionOfABatchByItsOwnEntries) {
   EXPECT_EQ(outcomes.Wait("bad").kind, Kind::kRejected);
   EXPECT_EQ(outcomes.Wait("ok").kind, Kind::kCommitted);
   EXPECT_EQ(append.sizes().size(), 2u);
+}
+
+TEST(QueueHandoffTest, ASessionOverItsDailyLimitAtTheEndOfDataIsASessionLimitWithItsCounts) {
+  QueueHandoff handoff([](const queue::AppendMessages& request) {
+    queue::AppendResult result = Answer(request, queue::OK);
+    for (int i = 0; i < request.entries_size(); ++i) {
+      queue::AppendOutcome& outcome = *result.mutable_outcomes(i);
+      if (request.entries(i).domain() == "busy.example") {
+        outcome.set_code(queue::OVER_LIMIT);
+        outcome.set_limit(queue::LIMIT_DAILY_CONNECTIONS);
+        outcome.set_sessions_today(7);
+      } else if (request.entries(i).count_session()) {
+        outcome.set_sessions_today(3);
+      }
+    }
+    return absl::StatusOr<queue::AppendResult>(result);
+  });
+  Outcomes outcomes;
+  queue::QueueEntry counted = Entry("a", "example.org");
+  counted.set_count_session(true);
+  queue::QueueEntry busy = Entry("b", "busy.example");
+  busy.set_count_session(true);
+  handoff.Submit({counted, Entry("c"), busy}, Later(), outcomes.For("abc"));
+  const HandoffOutcome outcome = outcomes.Wait("abc");
+  EXPECT_EQ(outcome.kind, Kind::kSessionLimit);
+  EXPECT_EQ(outcome.detail, "busy.example");
+  ASSERT_EQ(outcome.session_counts.size(), 2u);
+  EXPECT_EQ(outcome.session_counts[0].domain(), "example.org");
+  EXPECT_EQ(outcome.session_counts[0].sessions_today(), 3u);
+  EXPECT_FALSE(outcome.session_counts[0].over_limit());
+  EXPECT_EQ(outcome.session_counts[1].domain(), "busy.example");
+  EXPECT_EQ(outcome.session_counts[1].sessions_today(), 7u);
+  EXPECT_TRUE(outcome.session_counts[1].over_limit());
 }
 
 TEST(QueueHandoffTest, QueueStorageRefusalIsStorageFullNotADomainLimit) {

@@ -342,33 +342,100 @@ TEST_F(StateMachineTest, MonthlyBytesLimitCountsAcceptedBytesPerUtcMonth) {
   EXPECT_EQ(Apply(AppendOf({Entry(4, kDomain, 1000)})).append().outcomes(0).code(), OK);
 }
 
-TEST_F(StateMachineTest, DailyConnectionsLimitAcceptsExactlyItsValuePerUtcDay) {
+TEST_F(StateMachineTest, DailySessionsLimitAcceptsExactlyItsValuePerUtcDay) {
   DomainSpec spec = Spec(kDomain);
   spec.set_max_daily_connections(2);
   CreateDomain(spec);
   Command count;
-  count.mutable_connection()->add_domains(kDomain);
+  count.mutable_append()->add_count_sessions(kDomain);
   for (uint64_t expected : {1, 2}) {
     const CommandResult result = Apply(count);
-    ASSERT_EQ(result.connection().counts().size(), 1u);
-    EXPECT_FALSE(result.connection().counts(0).over_limit());
-    EXPECT_EQ(result.connection().counts(0).connections_today(), expected);
+    ASSERT_EQ(result.append().session_counts().size(), 1u);
+    EXPECT_FALSE(result.append().session_counts(0).over_limit());
+    EXPECT_EQ(result.append().session_counts(0).sessions_today(), expected);
   }
   const CommandResult over = Apply(count);
-  EXPECT_TRUE(over.connection().counts(0).over_limit());
-  EXPECT_EQ(over.connection().counts(0).connections_today(), 2u);
+  EXPECT_TRUE(over.append().session_counts(0).over_limit());
+  EXPECT_EQ(over.append().session_counts(0).sessions_today(), 2u);
   now_ = absl::FromCivil(absl::CivilDay(2026, 11, 28), absl::UTCTimeZone());
   const CommandResult next_day = Apply(count);
-  EXPECT_FALSE(next_day.connection().counts(0).over_limit());
-  EXPECT_EQ(next_day.connection().counts(0).connections_today(), 1u);
+  EXPECT_FALSE(next_day.append().session_counts(0).over_limit());
+  EXPECT_EQ(next_day.append().session_counts(0).sessions_today(), 1u);
 }
 
-TEST_F(StateMachineTest, ConnectionsOfAnUnconfiguredDomainAreNotLimited) {
+TEST_F(StateMachineTest, EachSessionInOneAppendCountsOnceInOrderUpToTheLimit) {
+  DomainSpec spec = Spec(kDomain);
+  spec.set_max_daily_connections(2);
+  CreateDomain(spec);
+  // Three sessions of the same domain and one of another, with a message, in one command.
+  Command batch = AppendOf({Entry(1)});
+  for (const char* domain : {kDomain, kOther, kDomain, kDomain}) {
+    batch.mutable_append()->add_count_sessions(domain);
+  }
+  const CommandResult result = Apply(batch);
+  ASSERT_EQ(result.append().session_counts().size(), 4);
+  EXPECT_EQ(result.append().session_counts(0).sessions_today(), 1u);
+  EXPECT_EQ(result.append().session_counts(1).domain(), kOther);
+  EXPECT_FALSE(result.append().session_counts(1).over_limit());
+  EXPECT_EQ(result.append().session_counts(2).sessions_today(), 2u);
+  EXPECT_FALSE(result.append().session_counts(2).over_limit());
+  EXPECT_TRUE(result.append().session_counts(3).over_limit());
+  EXPECT_EQ(result.append().session_counts(3).sessions_today(), 2u);
+  // The message of the same command is appended whatever the session counts say.
+  ASSERT_EQ(result.append().outcomes().size(), 1);
+  EXPECT_EQ(result.append().outcomes(0).code(), OK);
+}
+
+QueueEntry SessionEntry(uint64_t n, const std::string& domain = kDomain) {
+  QueueEntry entry = Entry(n, domain);
+  entry.set_count_session(true);
+  return entry;
+}
+
+TEST_F(StateMachineTest, AnEntryThatCountsItsSessionIsRefusedAloneOverTheDailyLimit) {
+  DomainSpec spec = Spec(kDomain);
+  spec.set_max_daily_connections(2);
+  CreateDomain(spec);
+  // Two sessions' messages fit; the third session's is refused; a later message of a session
+  // already counted (no count_session) is not a new session.
+  const CommandResult result =
+      Apply(AppendOf({SessionEntry(1), SessionEntry(2), SessionEntry(3), Entry(4)}));
+  ASSERT_EQ(result.append().outcomes().size(), 4);
+  EXPECT_EQ(result.append().outcomes(0).code(), OK);
+  EXPECT_EQ(result.append().outcomes(0).sessions_today(), 1u);
+  EXPECT_EQ(result.append().outcomes(1).code(), OK);
+  EXPECT_EQ(result.append().outcomes(1).sessions_today(), 2u);
+  EXPECT_EQ(result.append().outcomes(2).code(), OVER_LIMIT);
+  EXPECT_EQ(result.append().outcomes(2).limit(), LIMIT_DAILY_CONNECTIONS);
+  EXPECT_EQ(result.append().outcomes(2).sessions_today(), 2u);
+  EXPECT_EQ(result.append().outcomes(3).code(), OK);
+  EXPECT_FALSE(machine_->GetEntry(ToId(Id(3))).ok());
+  EXPECT_TRUE(machine_->GetEntry(ToId(Id(4))).ok());
+  // The counts are the ones a waited count sees.
   Command count;
-  count.mutable_connection()->add_domains("unknown.example");
+  count.mutable_append()->add_count_sessions(kDomain);
+  EXPECT_TRUE(Apply(count).append().session_counts(0).over_limit());
+}
+
+TEST_F(StateMachineTest, ASessionCountedWithAnEntryStaysCountedWhenAQuotaRefusesTheEntry) {
+  DomainSpec spec = Spec(kDomain);
+  spec.set_max_daily_connections(5);
+  spec.set_max_queued_messages(0);
+  CreateDomain(spec);
+  const CommandResult result = Apply(AppendOf({SessionEntry(1)}));
+  EXPECT_EQ(result.append().outcomes(0).code(), OVER_LIMIT);
+  EXPECT_EQ(result.append().outcomes(0).limit(), LIMIT_QUEUED_MESSAGES);
+  Command count;
+  count.mutable_append()->add_count_sessions(kDomain);
+  EXPECT_EQ(Apply(count).append().session_counts(0).sessions_today(), 2u);
+}
+
+TEST_F(StateMachineTest, SessionsOfAnUnconfiguredDomainAreNotLimited) {
+  Command count;
+  count.mutable_append()->add_count_sessions("unknown.example");
   const CommandResult result = Apply(count);
-  ASSERT_EQ(result.connection().counts().size(), 1u);
-  EXPECT_FALSE(result.connection().counts(0).over_limit());
+  ASSERT_EQ(result.append().session_counts().size(), 1u);
+  EXPECT_FALSE(result.append().session_counts(0).over_limit());
   EXPECT_FALSE(machine_->GetDomain("unknown.example").ok());
 }
 
@@ -1244,7 +1311,7 @@ std::vector<std::pair<absl::Duration, Command>> Script() {
   script.emplace_back(absl::Minutes(2), LeaseOf(10));
   script.emplace_back(absl::Seconds(1), GreylistOf("a@origin.example"));
   Command count;
-  count.mutable_connection()->add_domains(kDomain);
+  count.mutable_append()->add_count_sessions(kDomain);
   script.emplace_back(absl::Seconds(1), count);
   Command hold;
   hold.mutable_hold()->mutable_selector()->add_ids(Id(3));
