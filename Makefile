@@ -33,7 +33,7 @@ LINT_PACKAGES := clang-format-16 clang-tidy-16
 FUZZ_PACKAGES := clang libclang-rt-14-dev
 
 .PHONY: help deps deps-lint deps-fuzz fuzz configure build run test bench bench-queue bench-ingest \
-        bench-drain bench-compare sim chaos fmt lint \
+        bench-drain bench-compare bench-idle sim chaos fmt lint \
         test-asan test-tsan clean
 
 help:
@@ -43,6 +43,7 @@ help:
 	@echo "make bench-ingest  accepted msg/s, primary down: Backstop beside Postfix as a backup MX"
 	@echo "make bench-drain   drain msg/s of a backlog when the primary returns, beside Postfix"
 	@echo "make bench-compare Backstop beside Postfix: ingest, relay, drain (backstop-loadgen)"
+	@echo "make bench-idle    resident memory per idle SMTP connection (10,000 connections)"
 	@echo "make sim     run the Raft simulator for SEEDS seeds x STEPS steps"
 	@echo "make chaos   CHAOS_SECONDS (600) of seeded faults under load, then zero-loss checks"
 	@echo "make fuzz    run every libFuzzer target for FUZZ_SECONDS (clang, ASan+UBSan)"
@@ -138,6 +139,12 @@ bench-drain: build
 # $(BUILD_DIR)/bench-compare.json (bench/README.md). Postfix's half needs root, as above.
 bench-compare: build
 	bench/compare.sh $(BUILD_DIR)
+
+# Resident memory per idle SMTP connection of one process (IDLE_CONNECTIONS, default 10000;
+# the target is at most 64 KiB each): one JSON line.
+IDLE_CONNECTIONS ?= 10000
+bench-idle: build
+	$(PYTHON) bench/idle_connections.py $(BUILD_DIR) --connections $(IDLE_CONNECTIONS)
 
 SEEDS ?= 2000
 FIRST_SEED ?= 1

@@ -151,24 +151,23 @@ uint64_t QueueHandoff::entries_sent() const {
 
 std::vector<QueueHandoff::Pending> QueueHandoff::TakeBatch() {
   std::vector<Pending> batch;
-  size_t entries = 0;
+  size_t items = 0;  // entries, and sessions to count (one each)
   size_t bytes = 0;
   while (!pending_.empty()) {
     Pending& next = pending_.front();
     const size_t next_bytes = MessageBytes(next.entries);
-    // A session to count weighs as one entry.
-    const size_t next_entries = std::max<size_t>(1, next.entries.size());
-    if (!batch.empty() && (entries + next_entries > options_.max_batch_entries ||
+    const size_t next_items = std::max<size_t>(1, next.entries.size());
+    if (!batch.empty() && (items + next_items > options_.max_batch_entries ||
                            bytes + next_bytes > options_.max_batch_bytes)) {
       break;
     }
-    entries += next_entries;
+    items += next_items;
     bytes += next_bytes;
+    entries_sent_ += next.entries.size();
     batch.push_back(std::move(next));
     pending_.pop_front();
   }
   rpcs_ += 1;
-  entries_sent_ += entries;
   return batch;
 }
 

@@ -49,8 +49,8 @@ using AppendFunction =
 struct QueueHandoffOptions {
   // Append RPCs in flight at once.
   size_t senders = 4;
-  // One RPC carries at most this many entries / bytes of messages (a single larger
-  // transaction still goes alone).
+  // One RPC carries at most this many entries (a session to count weighs one) / bytes of
+  // messages (a single larger transaction still goes alone).
   size_t max_batch_entries = 512;
   size_t max_batch_bytes = size_t{8} << 20;
 };

@@ -178,6 +178,8 @@ TEST(QueueHandoffTest, CountsSessionsInTheSameRpcAsTransactionsAndAnswersEachIts
   EXPECT_EQ(append.sizes(), (std::vector<size_t>{1, 1}));
   EXPECT_EQ(append.sessions(),
             (std::vector<std::vector<std::string>>{{}, {"example.com", "over.example"}}));
+  // Entries carried, not sessions counted.
+  EXPECT_EQ(handoff.entries_sent(), 2u);
 }
 
 TEST(QueueHandoffTest, ASessionCountMissingFromTheAnswerIsATemporaryFailure) {
