@@ -14,9 +14,14 @@ namespace backstop::log {
 namespace {
 
 // The process-wide destination. Held in a shared_ptr so a concurrent Configure() cannot free
-// the logger under a thread that is writing through it.
+// the logger under a thread that is writing through it. Never destroyed: threads that are not
+// ours (gRPC's, which log through queue/grpc_log.cc) still write after main() returns, while
+// static destructors run.
 std::mutex destination_mutex;
-std::shared_ptr<spdlog::logger> destination;  // guarded by destination_mutex
+std::shared_ptr<spdlog::logger>& Destination() {  // guarded by destination_mutex
+  static auto* const destination = new std::shared_ptr<spdlog::logger>();
+  return *destination;
+}
 std::atomic<int> min_level{static_cast<int>(Level::kInfo)};
 
 std::shared_ptr<spdlog::logger> MakeDestination(const Options& options) {
@@ -31,6 +36,7 @@ std::shared_ptr<spdlog::logger> MakeDestination(const Options& options) {
 
 std::shared_ptr<spdlog::logger> CurrentDestination() {
   std::lock_guard lock(destination_mutex);
+  std::shared_ptr<spdlog::logger>& destination = Destination();
   if (destination == nullptr) {
     destination = MakeDestination(Options{});
   }
@@ -196,7 +202,7 @@ std::string FormatLine(absl::Time ts, Level level, std::string_view component, s
 void Configure(const Options& options) {
   auto fresh = MakeDestination(options);
   std::lock_guard lock(destination_mutex);
-  destination = std::move(fresh);
+  Destination() = std::move(fresh);
   min_level.store(static_cast<int>(options.min_level), std::memory_order_relaxed);
 }
 

@@ -21,8 +21,13 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 # Absolute, since each process runs in its own working directory.
 BACKSTOP_BIN = os.path.abspath(
     os.environ.get("BACKSTOP_BIN", str(REPO / "build/release/cmd/backstop/backstop")))
+# The build directory BACKSTOP_BIN comes from: the load generators default to its own, so that
+# `make test PRESET=asan` drives the ASan build's.
+BUILD_DIR = pathlib.Path(BACKSTOP_BIN).parents[2]
 LOADGEN_BIN = os.path.abspath(
-    os.environ.get("BACKSTOP_LOADGEN", str(REPO / "build/release/bench/backstop-queue-loadgen")))
+    os.environ.get("BACKSTOP_LOADGEN", str(BUILD_DIR / "bench/backstop-queue-loadgen")))
+SMTP_LOADGEN_BIN = os.path.abspath(
+    os.environ.get("BACKSTOP_SMTP_LOADGEN", str(BUILD_DIR / "bench/backstop-loadgen")))
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 15.0
 # A sanitizer build runs 2-3x slower: `make test-asan` sets BACKSTOP_TIMEOUT_SCALE, and the

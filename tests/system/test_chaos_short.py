@@ -12,6 +12,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
                                 "chaos"))
 
 import harness  # noqa: E402
+from conftest import sanitizer_report  # noqa: E402
 
 CHAOS_SHORT_SECONDS = float(os.environ.get("CHAOS_SHORT_SECONDS", "50"))
 
@@ -28,3 +29,7 @@ def test_no_acknowledged_message_is_lost_under_seeded_faults(tmp_path):
     assert summary["unexpected_arrivals"] == 0, context
     assert summary["queue_left"] == 0, context
     assert summary["fault_effect_failures"] == [], context
+    # Under `make test-asan`: no process (killed ones included, up to their kill) reported.
+    for stderr_path in sorted(tmp_path.glob("node*/backstop.stderr")):
+        report = sanitizer_report(stderr_path)
+        assert not report, f"{context}\nsanitizer report in {stderr_path}:\n{report}"

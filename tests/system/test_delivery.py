@@ -18,7 +18,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as AioSMTP
 
-from conftest import LOADGEN_BIN, node_tables, reserve_port
+from conftest import LOADGEN_BIN, node_tables, reserve_port, scaled
 from test_ingest import ctl, queued_ids, smtp_address
 
 
@@ -93,7 +93,7 @@ class Primary:
             self.controller = None
 
     def wait_for(self, count, timeout=30):
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + scaled(timeout)
         while time.monotonic() < deadline:
             with self.lock:
                 if len(self.messages) >= count:
@@ -185,7 +185,7 @@ def with_sender_primary(config, primary_port, sender_port):
 
 
 def wait_queue_empty(node, timeout=30):
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + scaled(timeout)
     while time.monotonic() < deadline:
         if ctl(node, "queue", "list") == []:
             return

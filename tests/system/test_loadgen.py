@@ -6,12 +6,10 @@ import os
 import re
 import subprocess
 
-from conftest import REPO, reserve_port, standalone_config
+from conftest import BUILD_DIR, SMTP_LOADGEN_BIN, reserve_port, standalone_config
 
-SMTP_LOADGEN_BIN = os.path.abspath(
-    os.environ.get("BACKSTOP_SMTP_LOADGEN", str(REPO / "build/release/bench/backstop-loadgen")))
 BACKSTOPCTL_BIN = os.environ.get("BACKSTOPCTL_BIN",
-                                 str(REPO / "build/release/cmd/backstopctl/backstopctl"))
+                                 str(BUILD_DIR / "cmd/backstopctl/backstopctl"))
 
 
 def ctl(queue_port, *args):

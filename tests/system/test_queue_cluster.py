@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import LOADGEN_BIN, reserve_port
+from conftest import LOADGEN_BIN, reserve_port, scaled
 
 
 def queue_config(node_id, data_dir, ports, listen_port=None, queue_extra=""):
@@ -32,7 +32,8 @@ listen = "127.0.0.1:0"
 
 
 def wait_until(predicate, timeout=30.0, what="condition"):
-    deadline = time.monotonic() + timeout
+    """The predicate's first true value, within `timeout` (of the release build: scaled)."""
+    deadline = time.monotonic() + scaled(timeout)
     while time.monotonic() < deadline:
         value = predicate()
         if value:

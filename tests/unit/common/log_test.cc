@@ -1,10 +1,16 @@
 #include "common/log.h"
 
+#include <unistd.h>
+
+#include <cstdlib>
+#include <memory>
 #include <sstream>
 #include <string>
+#include <thread>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <spdlog/sinks/null_sink.h>
 #include <spdlog/sinks/ostream_sink.h>
 
 namespace backstop::log {
@@ -98,6 +104,29 @@ TEST_F(LoggerTest, DropsLinesBelowTheMinimumLevel) {
   EXPECT_THAT(output_.str(), Not(HasSubstr("debug line")));
   EXPECT_THAT(output_.str(), Not(HasSubstr("info line")));
   EXPECT_THAT(output_.str(), HasSubstr("warn line"));
+}
+
+// gRPC's threads log through us (queue/grpc_log.cc) until the process is gone, while static
+// destructors run: the destination must outlive them. ASan caught a queue voter writing
+// through the freed destination at exit; under ASan this child then exits with its report
+// instead of 0 (in other builds the test cannot see the bug).
+TEST(LogDeathTest, ThreadsStillLoggingWhileTheProcessExitsWriteSafely) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        alarm(30);  // a report racing the exit can hang the child: fail instead
+        Options options;
+        options.sink = std::make_shared<spdlog::sinks::null_sink_mt>();
+        Configure(options);
+        std::thread([] {
+          const Logger logger("late");
+          while (true) {
+            logger.Info("still running");
+          }
+        }).detach();  // like gRPC's threads, never joined
+        std::exit(0);
+      },
+      ::testing::ExitedWithCode(0), "");
 }
 
 }  // namespace

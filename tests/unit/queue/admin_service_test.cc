@@ -1,5 +1,6 @@
 #include "queue/admin_service.h"
 
+#include <algorithm>
 #include <chrono>
 #include <functional>
 #include <memory>
@@ -14,6 +15,7 @@
 #include "proto/admin.grpc.pb.h"
 #include "queue/message_id.h"
 #include "queue/queue_client.h"
+#include "queue/queue_node.h"
 #include "tests/unit/queue/test_cluster.h"
 
 namespace backstop::queue {
@@ -243,21 +245,44 @@ TEST(AdminServiceTest, RefusesToTransferLeadershipToANonMember) {
 
 TEST(AdminServiceTest, FollowerAnswersAMutationWithTheLeadersAddress) {
   Cluster cluster(3, "admin_follower");
-  Voter* leader = cluster.WaitForLeader();
-  ASSERT_NE(leader, nullptr);
-  Voter* follower = Follower(cluster, leader);
-  // The follower names the leader once it has heard from it.
-  ASSERT_TRUE(Eventually([&] { return !follower->node()->status().leader.IsNone(); }));
-
-  CreateDomain request;
-  request.mutable_spec()->set_name(kDomain);
-  DomainResult response;
-  grpc::ClientContext context;
-  grpc::Status status = AdminStub(follower->address())->CreateDomain(&context, request, &response);
-  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE);
-  auto named = context.GetServerTrailingMetadata().find(kLeaderAddressKey);
-  ASSERT_NE(named, context.GetServerTrailingMetadata().end());
-  EXPECT_EQ(std::string(named->second.data(), named->second.size()), leader->address());
+  // On a loaded machine an election may move the leadership between looking the leader up and
+  // the follower's answer (the follower may even lead by then): the answer is judged only when
+  // both kept the term and the leader they had before the call.
+  grpc::Status status;
+  std::string named_address;
+  std::string leader_address;
+  ASSERT_TRUE(Eventually([&] {
+    Voter* leader = cluster.WaitForLeader();
+    if (leader == nullptr) {
+      return false;
+    }
+    Voter* follower = Follower(cluster, leader);
+    const QueueNodeStatus leader_before = leader->node()->status();
+    const QueueNodeStatus follower_before = follower->node()->status();
+    if (!leader_before.is_leader || follower_before.leader != leader_before.id ||
+        follower_before.term != leader_before.term) {
+      return false;  // the follower has not heard from this leader yet
+    }
+    CreateDomain request;
+    request.mutable_spec()->set_name(kDomain);
+    DomainResult response;
+    std::unique_ptr<grpc::ClientContext> context = Context();
+    status = AdminStub(follower->address())->CreateDomain(context.get(), request, &response);
+    const QueueNodeStatus leader_after = leader->node()->status();
+    const QueueNodeStatus follower_after = follower->node()->status();
+    if (!leader_after.is_leader || leader_after.term != leader_before.term ||
+        follower_after.leader != leader_before.id || follower_after.term != leader_before.term) {
+      return false;
+    }
+    auto named = context->GetServerTrailingMetadata().find(kLeaderAddressKey);
+    named_address = named == context->GetServerTrailingMetadata().end()
+                        ? ""
+                        : std::string(named->second.data(), named->second.size());
+    leader_address = leader->address();
+    return true;
+  })) << "the leadership never stayed put around a call";
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE) << status.error_message();
+  EXPECT_EQ(named_address, leader_address);
 }
 
 TEST(AdminServiceTest, CreatesReadsUpdatesListsAndDeletesADomain) {
@@ -472,34 +497,73 @@ TEST_F(AdminQueueTest, FlushMakesADeferredDomainDueNow) {
             grpc::StatusCode::NOT_FOUND);
 }
 
+bool IsIn(const std::vector<raft::NodeId>& members, uint64_t id) {
+  return std::find(members.begin(), members.end(), raft::NodeId(id)) != members.end();
+}
+
+// One membership change through whichever voter leads. On a loaded machine an election may
+// move the leadership before or during the call (Unavailable); the change is then made again
+// through the new leader, unless `done` already holds of its configuration (the first call's
+// entry was committed but its answer lost). `change` may refuse a leader (Unavailable) to be
+// called again once another voter leads.
+grpc::Status ChangeMembership(Cluster& cluster,
+                              const std::function<bool(const raft::ConfState&)>& done,
+                              const std::function<grpc::Status(Voter& leader)>& change) {
+  grpc::Status status(grpc::StatusCode::UNAVAILABLE, "no voter led");
+  Eventually([&] {
+    Voter* leader = cluster.WaitForLeader();
+    if (leader == nullptr) {
+      return false;
+    }
+    if (done(leader->node()->status().members)) {
+      status = grpc::Status::OK;
+      return true;
+    }
+    status = change(*leader);
+    return status.error_code() != grpc::StatusCode::UNAVAILABLE;
+  });
+  return status;
+}
+
 TEST(AdminServiceTest, AddsAFourthVoterThatGetsTheDataThenRemovesAVoter) {
   Cluster cluster(3, "admin_membership");
-  Voter* leader = cluster.WaitForLeader();
-  ASSERT_NE(leader, nullptr);
+  ASSERT_NE(cluster.WaitForLeader(), nullptr);
   std::unique_ptr<QueueClient> client = ClientFor(cluster.endpoints());
   AppendThrough(*client, 1, 10);
 
   // The new node starts empty and waits to be contacted: no configuration, never leads.
-  Voter joining(4, FreshTempDir("admin_membership4"));
-  joining.Start(cluster.peers(), StartMode::kJoinExisting);
+  Voter& joining = cluster.Join(4, "admin_membership4");
   EXPECT_TRUE(joining.node()->status().members.voters.empty());
   EXPECT_FALSE(joining.node()->status().is_leader);
 
-  admin::AddVoterRequest add;
-  add.set_id(4);
-  add.set_address(joining.address());
-  admin::AddVoterResponse added;
-  grpc::Status status = AdminStub(leader->address())->AddVoter(Context().get(), add, &added);
-  ASSERT_TRUE(status.ok()) << status.error_message();
+  grpc::Status status = ChangeMembership(
+      cluster, [](const raft::ConfState& members) { return IsIn(members.voters, 4); },
+      [&](Voter& leader) {
+        std::unique_ptr<admin::AdminService::Stub> stub = AdminStub(leader.address());
+        if (IsIn(leader.node()->status().members.learners, 4)) {
+          // An interrupted AddVoter left it a learner, which no later leader promotes: an
+          // operator removes it and adds it again.
+          admin::RemoveVoterRequest remove;
+          remove.set_id(4);
+          admin::RemoveVoterResponse removed;
+          const grpc::Status removal = stub->RemoveVoter(Context().get(), remove, &removed);
+          return removal.ok() ? grpc::Status(grpc::StatusCode::UNAVAILABLE, "learner removed")
+                              : removal;
+        }
+        admin::AddVoterRequest add;
+        add.set_id(4);
+        add.set_address(joining.address());
+        admin::AddVoterResponse added;
+        return stub->AddVoter(Context().get(), add, &added);
+      });
+  ASSERT_TRUE(status.ok()) << status.error_code() << ": " << status.error_message();
 
-  admin::ClusterStatus cluster_status;
-  ASSERT_TRUE(
-      AdminStub(leader->address())
-          ->GetClusterStatus(Context().get(), admin::GetClusterStatusRequest(), &cluster_status)
-          .ok());
-  EXPECT_EQ(Ids(cluster_status.voters()), (std::vector<uint64_t>{1, 2, 3, 4}));
-  EXPECT_TRUE(cluster_status.learners().empty());
-  EXPECT_EQ(cluster_status.voters(3).address(), joining.address());
+  std::optional<admin::ClusterStatus> cluster_status =
+      LeaderClusterStatus(cluster, [](const admin::ClusterStatus&) { return true; });
+  ASSERT_TRUE(cluster_status.has_value());
+  EXPECT_EQ(Ids(cluster_status->voters()), (std::vector<uint64_t>{1, 2, 3, 4}));
+  EXPECT_TRUE(cluster_status->learners().empty());
+  EXPECT_EQ(cluster_status->voters(3).address(), joining.address());
 
   AppendThrough(*client, 11, 20);
   // The new voter has everything, including what was appended before it joined.
@@ -515,20 +579,27 @@ TEST(AdminServiceTest, AddsAFourthVoterThatGetsTheDataThenRemovesAVoter) {
   }));
 
   // Remove a follower, stop it, and the remaining three keep committing.
-  Voter* removed = Follower(cluster, leader);
+  Voter* removed = Follower(cluster, cluster.WaitForLeader());
   const uint64_t removed_id = removed->node()->status().id.value();
-  admin::RemoveVoterRequest remove;
-  remove.set_id(removed_id);
-  admin::RemoveVoterResponse removed_response;
-  status = AdminStub(leader->address())->RemoveVoter(Context().get(), remove, &removed_response);
-  ASSERT_TRUE(status.ok()) << status.error_message();
-  cluster_status.Clear();
-  ASSERT_TRUE(
-      AdminStub(leader->address())
-          ->GetClusterStatus(Context().get(), admin::GetClusterStatusRequest(), &cluster_status)
-          .ok());
-  EXPECT_EQ(cluster_status.voters_size(), 3);
-  for (const admin::Member& voter : cluster_status.voters()) {
+  status = ChangeMembership(
+      cluster,
+      [&](const raft::ConfState& members) {
+        return !IsIn(members.voters, removed_id) && !IsIn(members.learners, removed_id);
+      },
+      [&](Voter& leader) {
+        if (&leader == removed) {
+          return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the voter to remove leads");
+        }
+        admin::RemoveVoterRequest remove;
+        remove.set_id(removed_id);
+        admin::RemoveVoterResponse removed_response;
+        return AdminStub(leader.address())->RemoveVoter(Context().get(), remove, &removed_response);
+      });
+  ASSERT_TRUE(status.ok()) << status.error_code() << ": " << status.error_message();
+  cluster_status = LeaderClusterStatus(cluster, [](const admin::ClusterStatus&) { return true; });
+  ASSERT_TRUE(cluster_status.has_value());
+  EXPECT_EQ(cluster_status->voters_size(), 3);
+  for (const admin::Member& voter : cluster_status->voters()) {
     EXPECT_NE(voter.id(), removed_id);
   }
   removed->Stop();

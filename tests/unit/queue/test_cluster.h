@@ -176,6 +176,15 @@ class Cluster {
     }
   }
 
+  // A new voter `id` started empty to join the running voters (StartMode::kJoinExisting), one
+  // of voters() from now on, so that WaitForLeader() finds it should it lead; the peers stay
+  // the founding ones.
+  Voter& Join(uint64_t id, const std::string& name) {
+    voters_.push_back(std::make_unique<Voter>(id, FreshTempDir(name)));
+    voters_.back()->Start(peers_, StartMode::kJoinExisting);
+    return *voters_.back();
+  }
+
   // The voter that leads, waiting for an election; null if none within 20 s.
   Voter* WaitForLeader() {
     for (int i = 0; i < 2000; ++i) {
