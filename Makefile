@@ -33,7 +33,7 @@ LINT_PACKAGES := clang-format-16 clang-tidy-16
 FUZZ_PACKAGES := clang libclang-rt-14-dev
 
 .PHONY: help deps deps-lint deps-fuzz fuzz configure build run test bench bench-queue bench-ingest \
-        bench-drain bench-compare bench-idle sim chaos fmt lint \
+        bench-drain bench-compare bench-idle bench-scale sim chaos fmt lint \
         test-asan test-tsan clean
 
 help:
@@ -44,6 +44,7 @@ help:
 	@echo "make bench-drain   drain msg/s of a backlog when the primary returns, beside Postfix"
 	@echo "make bench-compare Backstop beside Postfix: ingest, relay, drain (backstop-loadgen)"
 	@echo "make bench-idle    resident memory per idle SMTP connection (10,000 connections)"
+	@echo "make bench-scale   append and lease latency as the queue grows to 1,000,000 messages"
 	@echo "make sim     run the Raft simulator for SEEDS seeds x STEPS steps"
 	@echo "make chaos   CHAOS_SECONDS (600) of seeded faults under load, then zero-loss checks"
 	@echo "make fuzz    run every libFuzzer target for FUZZ_SECONDS (clang, ASan+UBSan)"
@@ -123,6 +124,11 @@ bench: build
 # Queue append throughput, 1 and 3 voters, beside the disk's raw fsync rate (JSON lines).
 bench-queue: build
 	bench/queue_append.sh $(BUILD_DIR)
+
+# Append and lease latency while one queue-only node grows to BENCH_SCALE_MESSAGES (default
+# 1,000,000) 1 KiB messages over 1,000 domains: one JSON line per 50,000, then a table.
+bench-scale: build
+	bench/queue_scale.sh $(BUILD_DIR)
 
 # Ingest with the primary down, Backstop beside Postfix as a backup MX, both loaded by Postfix's
 # smtp-source (JSON lines). Postfix's half needs root (passwordless sudo otherwise).

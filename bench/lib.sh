@@ -28,6 +28,47 @@ print('{"baseline":"raw fdatasync","fsyncs_per_second":%.1f}' % (n / (time.monot
 PY
 }
 
+# --- Queue-only voters (bench/queue_append.sh, bench/queue_scale.sh) ---------------------------
+
+# bench_start_queue_cluster N: N voters with only the queue role (nothing delivers), in
+# $work/cN-I, run by $backstop; appends their PIDs to the caller's pids array and sets
+# $endpoints (their gRPC addresses) and $http (the first voter's admin address).
+bench_start_queue_cluster() {
+  local n=$1 peers="" ports=() https=()
+  for i in $(seq 1 "$n"); do ports+=("$(bench_free_port)"); https+=("$(bench_free_port)"); done
+  for i in $(seq 1 "$n"); do peers+="${peers:+, }\"$i@127.0.0.1:${ports[$((i-1))]}\""; done
+  endpoints=""
+  for i in $(seq 1 "$n"); do
+    local dir=$work/c$n-$i
+    mkdir -p "$dir"
+    cat > "$dir/config.toml" <<TOML
+[node]
+id = $i
+hostname = "q$i.bench"
+data_dir = "$dir/data"
+roles = ["queue"]
+[queue]
+listen = "127.0.0.1:${ports[$((i-1))]}"
+peers = [$peers]
+[http]
+listen = "127.0.0.1:${https[$((i-1))]}"
+TOML
+    "$backstop" --config "$dir/config.toml" > "$dir/log" 2>&1 &
+    pids+=($!)
+    endpoints+="${endpoints:+,}127.0.0.1:${ports[$((i-1))]}"
+  done
+  http=127.0.0.1:${https[0]}
+  for _ in $(seq 1 200); do
+    curl -sf "http://$http/readyz" > /dev/null && return 0
+    sleep 0.1
+  done
+  echo "cluster of $n did not become ready" >&2
+  return 1
+}
+
+# bench_stop_queue_cluster: stops every PID in pids and empties it.
+bench_stop_queue_cluster() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; pids=(); }
+
 # --- Postfix and Backstop instances, for the scripts that compare them ------------------------
 
 # bench_setup NAME: the run's temporary directory $work (on BACKSTOP_BENCH_DIR's disk), the

@@ -15,47 +15,11 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
 
-# start_cluster N: starts N voters; sets $endpoints and $http (first voter's admin address).
-start_cluster() {
-  local n=$1 peers="" ports=() https=()
-  for i in $(seq 1 "$n"); do ports+=("$(bench_free_port)"); https+=("$(bench_free_port)"); done
-  for i in $(seq 1 "$n"); do peers+="${peers:+, }\"$i@127.0.0.1:${ports[$((i-1))]}\""; done
-  endpoints=""
-  for i in $(seq 1 "$n"); do
-    local dir=$work/c$n-$i
-    mkdir -p "$dir"
-    cat > "$dir/config.toml" <<TOML
-[node]
-id = $i
-hostname = "q$i.bench"
-data_dir = "$dir/data"
-roles = ["queue"]
-[queue]
-listen = "127.0.0.1:${ports[$((i-1))]}"
-peers = [$peers]
-[http]
-listen = "127.0.0.1:${https[$((i-1))]}"
-TOML
-    "$backstop" --config "$dir/config.toml" > "$dir/log" 2>&1 &
-    pids+=($!)
-    endpoints+="${endpoints:+,}127.0.0.1:${ports[$((i-1))]}"
-  done
-  http=127.0.0.1:${https[0]}
-  for _ in $(seq 1 200); do
-    curl -sf "http://$http/readyz" > /dev/null && return 0
-    sleep 0.1
-  done
-  echo "cluster of $n did not become ready" >&2
-  return 1
-}
-
-stop_cluster() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; pids=(); }
-
 bench_fsync_rate "$work"
 
 for voters in 1 3; do
   for size in 2048 51200; do
-    start_cluster "$voters"
+    bench_start_queue_cluster "$voters"
     messages=$(( size > 4096 ? 2000 : 10000 ))
     result=$("$loadgen" --endpoints "$endpoints" --messages "$messages" --size "$size" \
                --concurrency 32)
@@ -68,6 +32,6 @@ result["voters"] = voters
 result["entries_per_fsync_first_voter"] = round(q["entries_persisted"] / max(q["synced_writes"], 1), 2)
 print(json.dumps(result))
 PY
-    stop_cluster
+    bench_stop_queue_cluster
   done
 done
