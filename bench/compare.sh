@@ -145,12 +145,14 @@ topologies_of() { if [[ $1 == postfix ]]; then echo single; else echo "$topologi
 # --- (a) ingest while the primary is down ----------------------------------------------------------
 
 measure_ingest() {
-  local system=$1 topology=$2 size=$3 sessions=$4 name queued accepted entries="null" rate
+  local system=$1 topology=$2 size=$3 sessions=$4 name queued accepted rate
+  local entries="null" per_fsync="null"
   name=ingest-$system-$topology-$size-$sessions
   start_system "$system" "$topology" "$name"
   load "$name" "$address" "$sessions" "$size" "$messages" \
       --messages-per-connection "$per_connection"
-  [[ $system == backstop ]] && entries=$(backstop_entries_per_fsync)
+  [[ $system == backstop ]] \
+    && read -r entries per_fsync < <(backstop_fsync_factors "$(json_field "$work/$name.json" accepted)")
   if [[ " $half_rate_systems " == *" $system "* ]]; then
     rate=$(python3 -c "print(max(1, round($(json_field "$work/$name.json" msg_per_s) / 2)))")
     load "$name-half" "$address" "$sessions" "$size" "$messages" \
@@ -168,7 +170,7 @@ measure_ingest() {
   record scenario=ingest "system=$system" "topology=$topology" "size=$size" \
       "sessions=$sessions" "messages=$messages" "queued_total=$queued" \
       "msg_per_s=$(json_field "$work/$name.json" msg_per_s)" \
-      "entries_per_fsync=$entries" -- "$work/$name.json"
+      "entries_per_fsync=$entries" "messages_per_fsync=$per_fsync" -- "$work/$name.json"
   if [[ -f $work/$name-half.json ]]; then
     record scenario=ingest-half-rate "system=$system" "topology=$topology" "size=$size" \
         "sessions=$sessions" "messages=$messages" "rate_cap=$rate" \
@@ -297,14 +299,16 @@ with open(output, "w") as f:
 print(f"\n{cores} cores, load average {before} before, {after} after; "
       f"raw fdatasync {document['fsyncs_per_second']}/s; commit {commit}")
 header = f"{'scenario':<17}{'system':<9}{'topology':<11}{'size':>6}{'sess':>5}" \
-         f"{'msg/s':>9}{'p99 ms':>9}{'entries/fsync':>14}"
+         f"{'msg/s':>9}{'p99 ms':>9}{'entries/fsync':>14}{'msgs/fsync':>11}"
 print(header)
 for r in runs:
     p99 = r.get("p99_ms")
     epf = r.get("entries_per_fsync")
+    mpf = r.get("messages_per_fsync")
     print(f"{r['scenario']:<17}{r['system']:<9}{r['topology']:<11}{r['size']:>6}"
           f"{r.get('sessions') or '':>5}{r['msg_per_s']:>9}"
-          f"{'' if p99 is None else p99:>9}{'' if epf is None else epf:>14}")
+          f"{'' if p99 is None else p99:>9}{'' if epf is None else epf:>14}"
+          f"{'' if mpf is None else mpf:>11}")
 print("\nratios Backstop/Postfix")
 for x in ratios:
     print(f"  {x['scenario']:<8}{x['topology']:<11}{x['size']:>6} B {x['sessions'] or '':>3} sessions:"

@@ -376,10 +376,12 @@ $(tail -n 20 "$backstop_log")"
   wait_smtp "$backstop_address" "$backstop_pid" "$backstop_log"
 }
 
-# The group-commit factor of node 1 (Raft log entries per fsync), from /metrics
-# (backstop_queue_entries_persisted_total / backstop_queue_fsyncs_total); "null" before any fsync.
-backstop_entries_per_fsync() {
-  python3 - "$backstop_http" <<'PY'
+# The group-commit factors of node 1, from /metrics: Raft log entries per fsync
+# (backstop_queue_entries_persisted_total / backstop_queue_fsyncs_total), and, given the messages
+# accepted so far as $1, messages per fsync (one log entry carries many messages and session
+# counts: the ingest's group commit). Prints "ENTRIES MESSAGES"; "null null" before any fsync.
+backstop_fsync_factors() {
+  python3 - "$backstop_http" "$1" <<'PY'
 import re, sys, urllib.request
 base = "http://" + sys.argv[1]
 def get(path):
@@ -389,9 +391,12 @@ try:
     def total(name):
         return sum(float(m) for m in re.findall(r"^%s(?:\{[^}]*\})? (\S+)$" % name, metrics, re.M))
     entries, fsyncs = total("backstop_queue_entries_persisted_total"), total("backstop_queue_fsyncs_total")
-    print(round(entries / fsyncs, 2) if fsyncs else "null")
+    if fsyncs:
+        print(round(entries / fsyncs, 2), round(int(sys.argv[2]) / fsyncs, 2))
+    else:
+        print("null null")
 except Exception:
-    print("null")
+    print("null null")
 PY
 }
 
