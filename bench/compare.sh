@@ -234,13 +234,7 @@ measure_drain() {
 
 # --- The run -------------------------------------------------------------------------------------
 
-for system in $systems; do
-  case $system in
-    postfix) prepare_postfix ;;
-    backstop) prepare_backstop ;;
-    *) die "unknown system '$system' in BENCH_SYSTEMS (postfix, backstop)" ;;
-  esac
-done
+prepare_systems "$systems"
 for topology in $topologies; do voters_of "$topology" > /dev/null; done
 
 fsync=$(bench_fsync_rate "$work")

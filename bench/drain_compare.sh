@@ -110,13 +110,7 @@ measure_backstop() {
 
 # --- The run -----------------------------------------------------------------------------------
 
-for system in $systems; do
-  case $system in
-    postfix) prepare_postfix ;;
-    backstop) prepare_backstop ;;
-    *) die "unknown system '$system' in BENCH_SYSTEMS (postfix, backstop)" ;;
-  esac
-done
+prepare_systems "$systems"
 
 loadavg=$(cut -d' ' -f1-3 /proc/loadavg)
 for system in $systems; do

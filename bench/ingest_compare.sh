@@ -102,13 +102,7 @@ measure_backstop() {
 
 # --- The run -----------------------------------------------------------------------------------
 
-for system in $systems; do
-  case $system in
-    postfix) prepare_postfix ;;
-    backstop) prepare_backstop ;;
-    *) die "unknown system '$system' in BENCH_SYSTEMS (postfix, backstop)" ;;
-  esac
-done
+prepare_systems "$systems"
 
 baseline=$(bench_fsync_rate "$work")
 echo "$baseline"

@@ -411,3 +411,16 @@ domains = json.loads(sys.argv[1]).get("domains", [])
 print(sum(int(d.get("queued_messages", 0)) for d in domains if d.get("domain") == "example.com"))
 PY
 }
+
+# Runs the script's prepare_postfix / prepare_backstop for each system of the space-separated
+# list $1 (BENCH_SYSTEMS).
+prepare_systems() {
+  local system
+  for system in $1; do
+    case $system in
+      postfix) prepare_postfix ;;
+      backstop) prepare_backstop ;;
+      *) die "unknown system '$system' in BENCH_SYSTEMS (postfix, backstop)" ;;
+    esac
+  done
+}

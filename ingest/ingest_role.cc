@@ -252,18 +252,26 @@ void IngestRole::Closed(const ConnectionInfo& connection, const SmtpSession* /*s
     std::lock_guard lock(state->mutex);
     uncounted.swap(state->uncounted_domains);
   }
-  CountSessions(uncounted);
+  // No message counted these sessions: they are counted on their own, answered to nobody.
+  for (const std::string& domain : uncounted) {
+    CountSession(domain, [known = known_sessions_](absl::StatusOr<queue::SessionCount> count) {
+      if (count.ok()) {
+        known->Remember(count->domain(), count->sessions_today());
+      }
+    });
+  }
 }
 
-void IngestRole::CountSessions(const std::set<std::string>& domains) {
-  for (const std::string& domain : domains) {
-    handoff_->CountSession(domain, absl::Now() + commit_timeout_,
-                           [known = known_sessions_](const HandoffOutcome& outcome) {
-                             for (const queue::SessionCount& count : outcome.session_counts) {
-                               known->Remember(count.domain(), count.sessions_today());
-                             }
-                           });
-  }
+void IngestRole::CountSession(const std::string& domain,
+                              std::function<void(absl::StatusOr<queue::SessionCount>)> answer) {
+  handoff_->CountSession(domain, absl::Now() + commit_timeout_,
+                         [answer = std::move(answer)](const HandoffOutcome& outcome) {
+                           if (outcome.kind != HandoffOutcome::Kind::kCommitted) {
+                             answer(absl::UnavailableError(outcome.detail));
+                             return;
+                           }
+                           answer(outcome.session_counts.front());
+                         });
 }
 
 std::shared_ptr<ConnectionState> IngestRole::ConnectionStateOf(uint64_t connection_id) {
@@ -324,14 +332,7 @@ std::shared_ptr<const FilterChain> IngestRole::BuildChain(
   DomainConnectionOptions sessions;
   sessions.count = [this](const std::string& domain,
                           std::function<void(absl::StatusOr<queue::SessionCount>)> answer) {
-    handoff_->CountSession(domain, absl::Now() + commit_timeout_,
-                           [answer = std::move(answer)](const HandoffOutcome& outcome) {
-                             if (outcome.kind != HandoffOutcome::Kind::kCommitted) {
-                               answer(absl::UnavailableError(outcome.detail));
-                               return;
-                             }
-                             answer(outcome.session_counts.front());
-                           });
+    CountSession(domain, std::move(answer));
   };
   sessions.known = known_sessions_;
   for (const DomainConfig& domain : config.domains) {
@@ -483,10 +484,7 @@ void IngestRole::Commit(const FilterInput& transaction,
         switch (outcome.kind) {
           case HandoffOutcome::Kind::kSessionLimit: {
             // The daily-session filter's refusal, come at the end of data (limit_filters.h).
-            const Reply reply{
-                421,
-                "4.7.0",
-                {fmt::format("Too many sessions for {} today, try again later", outcome.detail)}};
+            const Reply reply = DailySessionsRefusal(outcome.detail);
             filter_counters_->Add("domain_connections", Stage::kEndOfData,
                                   FilterResult::Reject(reply, "over_limit"));
             Log().Info("rejected", {{"reason", "over_daily_sessions"},

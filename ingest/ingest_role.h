@@ -94,8 +94,9 @@ class IngestRole : public SessionHandler {
       absl::StatusOr<Result> (queue::QueueClient::*method)(const Request&));
   std::shared_ptr<const FilterChain> chain() const;
   std::shared_ptr<ConnectionState> ConnectionStateOf(uint64_t connection_id);
-  // Counts the session against `domains` on its own (no message carried the counts).
-  void CountSessions(const std::set<std::string>& domains);
+  // Counts one session against `domain` through the handoff (the filter's CountSessionCall).
+  void CountSession(const std::string& domain,
+                    std::function<void(absl::StatusOr<queue::SessionCount>)> answer);
   // End of data, every filter passed: the queue commit.
   void Commit(const FilterInput& transaction, std::function<void(const Verdict&)> respond);
   // ETRN (RFC 1985) from one of the domain's primaries: the domain is due now.

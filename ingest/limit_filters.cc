@@ -23,6 +23,10 @@ void DoneOnLoop(const FilterInput& input, FilterDone done, FilterResult result) 
       [done = std::move(done), result = std::move(result)]() mutable { done(std::move(result)); });
 }
 
+Reply DailySessionsRefusal(std::string_view domain) {
+  return TempFail(fmt::format("Too many sessions for {} today, try again later", domain));
+}
+
 // --- QueueStorageState, QueueStorageFilter ---------------------------------------------------
 
 QueueStorageState::QueueStorageState(const QueueStorageStateOptions& options) : options_(options) {}
@@ -175,10 +179,7 @@ void DomainConnectionFilter::Check(std::shared_ptr<const FilterInput> input, Fil
     known->Remember(count->domain(), count->sessions_today());
     if (count->over_limit()) {
       DoneOnLoop(*input, std::move(done),
-                 FilterResult::Reject(TempFail(fmt::format("Too many sessions for {} today, "
-                                                           "try again later",
-                                                           input->rcpt.domain)),
-                                      "over_limit"));
+                 FilterResult::Reject(DailySessionsRefusal(input->rcpt.domain), "over_limit"));
       return;
     }
     DoneOnLoop(*input, std::move(done), FilterResult::Continue());

@@ -2,9 +2,9 @@
 
 // The limits of the filter chain (DESIGN §3.2, §3.3): the per-IP connection rate at connect, the
 // queue's storage reserve at MAIL, the directory-harvest tarpit and the per-domain daily sessions
-// at RCPT. Also the plumbing shared
-// by the filters that ask the replicated queue (this file's DomainConnectionFilter and the
-// GreylistFilter): an asynchronous queue call, and answering on the connection's loop.
+// at RCPT. Also the plumbing shared by the filters that ask the replicated queue (this file's
+// DomainConnectionFilter and the GreylistFilter): an asynchronous queue call, and answering on
+// the connection's loop.
 
 #include <cstdint>
 #include <functional>
@@ -91,6 +91,10 @@ class HarvestFilter : public Filter {
  private:
   const absl::Duration delay_;
 };
+
+// The refusal of a session over `domain`'s daily session limit (421: the session ends), at RCPT
+// or, for a session that raced past the limit, at the end of data.
+Reply DailySessionsRefusal(std::string_view domain);
 
 // Counts one session against a domain's daily limit: QueueHandoff::CountSession in production
 // (it travels in the ingest's group commit), a fake in tests.

@@ -202,7 +202,7 @@ void QueueHandoff::Send(std::vector<Pending> batch) {
       *request.add_entries() = std::move(entry);
     }
     if (pending.entries.empty()) {
-      request.add_count_sessions(pending.count_session);
+      request.add_count_sessions(std::move(pending.count_session));
     }
     sent.push_back(std::move(pending));
   }

@@ -73,6 +73,17 @@ void RollPeriods(int64_t now_ms, DomainUsage& usage) {
   }
 }
 
+// Counts one SMTP session against the daily limit of a configured domain (usage rolled to now),
+// unless that would take it over the limit: then nothing changes and the answer is false.
+bool CountSession(DomainRecord& record) {
+  DomainUsage& usage = *record.mutable_usage();
+  if (usage.day_connections() + 1 > record.spec().max_daily_connections()) {
+    return false;
+  }
+  usage.set_day_connections(usage.day_connections() + 1);
+  return true;
+}
+
 bool ValidDomainName(std::string_view name) {
   return !name.empty() && name.find('\0') == std::string_view::npos;
 }
@@ -529,15 +540,13 @@ absl::StatusOr<AppendResult> QueueStateMachine::Txn::Append(
         continue;
       }
       AppendOutcome& outcome = *result.mutable_outcomes(i);
-      if (limits == Limits::kEnforce &&
-          usage.day_connections() + 1 > record.spec().max_daily_connections()) {
+      const bool session_counted = CountSession(record);
+      outcome.set_sessions_today(usage.day_connections());
+      if (!session_counted) {
         outcome.set_code(OVER_LIMIT);
         outcome.set_limit(LIMIT_DAILY_CONNECTIONS);
-        outcome.set_sessions_today(usage.day_connections());
         continue;
       }
-      usage.set_day_connections(usage.day_connections() + 1);
-      outcome.set_sessions_today(usage.day_connections());
       counted = true;
       positions.push_back(i);
     }
@@ -1096,15 +1105,13 @@ QueueStateMachine::Txn::CountSessions(
     if (!record.has_spec()) {
       continue;  // not a relay domain: nothing to limit
     }
-    DomainUsage& usage = *record.mutable_usage();
-    RollPeriods(now_ms_, usage);
-    if (usage.day_connections() + 1 > record.spec().max_daily_connections()) {
-      count.set_over_limit(true);
-    } else {
-      usage.set_day_connections(usage.day_connections() + 1);
+    RollPeriods(now_ms_, *record.mutable_usage());
+    if (CountSession(record)) {
       RETURN_IF_ERROR(StoreDomain(domain, record));
+    } else {
+      count.set_over_limit(true);
     }
-    count.set_sessions_today(usage.day_connections());
+    count.set_sessions_today(record.usage().day_connections());
   }
   return counts;
 }

@@ -223,6 +223,50 @@ max_daily_connections = 20
     client.close()
 
 
+def test_sessions_answered_before_their_count_are_counted_once_with_or_without_a_message(backstop):
+    """A session whose RCPT did not wait is counted by its message's commit, or, when it ends
+    without a message, when it closes; never twice."""
+    node = backstop(config_with(domains=f"""
+[[domain]]
+name = "daily.test"
+primary = ["127.0.0.1:{reserve_port()}"]
+max_daily_connections = 100
+"""))
+    wait_for_domain(node, "daily.test")
+    address = smtp_address(node)
+    message = b"From: s@sender.test\r\nSubject: daily\r\n\r\nx\r\n"
+    # The first session waits for its count; the next ones find headroom (99 left).
+    with smtplib.SMTP(*address) as client:
+        client.ehlo("client.test")
+        client.mail("s@sender.test")
+        assert client.rcpt("a@daily.test")[0] == 250
+    for with_message in (False, False, True, False, True, True):
+        with smtplib.SMTP(*address) as client:
+            client.ehlo("client.test")
+            client.mail("s@sender.test")
+            assert client.rcpt("a@daily.test")[0] == 250
+            assert client.rcpt("b@daily.test")[0] == 250
+            if with_message:
+                assert client.data(message)[0] == 250
+                # A second message of the session is not another session.
+                client.mail("s@sender.test")
+                assert client.rcpt("a@daily.test")[0] == 250
+                assert client.data(message)[0] == 250
+
+    def sessions_today():
+        for domain in ctl(node, "queue", "summary")["domains"]:
+            if domain["domain"] == "daily.test":
+                return int(domain.get("day_connections", 0))
+        return 0
+
+    deadline = time.monotonic() + 20
+    while sessions_today() < 7 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)  # a count sent twice would land by now
+    assert sessions_today() == 7
+    assert len(ctl(node, "queue", "list")) == 6
+
+
 # --- Per-IP connection rate ---------------------------------------------------------------------
 
 def proxied_banner(address, source_ip):

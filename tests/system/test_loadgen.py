@@ -2,31 +2,16 @@
 agree with what the queue holds — every 250 it counted is a queued message."""
 
 import json
-import os
 import re
 import subprocess
 
-from conftest import BUILD_DIR, SMTP_LOADGEN_BIN, reserve_port, standalone_config
-
-BACKSTOPCTL_BIN = os.environ.get("BACKSTOPCTL_BIN",
-                                 str(BUILD_DIR / "cmd/backstopctl/backstopctl"))
+from conftest import SMTP_LOADGEN_BIN, reserve_port, standalone_config
+from test_ingest import ctl
 
 
-def ctl(queue_port, *args):
-    result = subprocess.run(
-        [BACKSTOPCTL_BIN, "--endpoint", f"127.0.0.1:{queue_port}", "-o", "json", *args],
-        capture_output=True, text=True, timeout=30)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
-
-
-def shown_message(queue_port, entry_id):
+def shown_message(process, entry_id):
     """`backstopctl queue show --message` output (JSON text) for one queued entry."""
-    shown = subprocess.run(
-        [BACKSTOPCTL_BIN, "--endpoint", f"127.0.0.1:{queue_port}", "-o", "json", "queue", "show",
-         "--message", entry_id], capture_output=True, text=True, timeout=30)
-    assert shown.returncode == 0, shown.stderr
-    return shown.stdout
+    return json.dumps(ctl(process, "queue", "show", "--message", entry_id))
 
 
 def load_domain():
@@ -61,15 +46,15 @@ def test_every_accepted_message_is_queued(backstop, tmp_path):
         <= latency["max"]
     assert report["latency_ms"]["connect_to_greeting"]["count"] == 200
 
-    summary = {d["domain"]: d for d in ctl(queue_port, "queue", "summary")["domains"]}
+    summary = {d["domain"]: d for d in ctl(process, "queue", "summary")["domains"]}
     assert int(summary["load.test"]["queued_messages"]) == report["accepted"]
 
     # The messages are the loadgen's, each numbered once.
-    entries = ctl(queue_port, "queue", "list", "--domain", "load.test")
+    entries = ctl(process, "queue", "list", "--domain", "load.test")
     assert len(entries) == 200
     seqs = set()
     for entry in entries[:20]:
-        shown = shown_message(queue_port, entry["id"])
+        shown = shown_message(process, entry["id"])
         match = re.search(r"X-Loadgen-Seq: (\d+)", shown)
         assert match, shown[:500]
         seqs.add(int(match.group(1)))
@@ -102,9 +87,9 @@ def test_starttls_without_pipelining_reusing_connections(backstop, tmp_path):
     # 5 messages a connection, fewer at the end when the other session took what was left.
     assert 8 <= report["connections"] <= 9
     assert report["latency_ms"]["data_end_to_reply"]["count"] == 40
-    summary = {d["domain"]: d for d in ctl(queue_port, "queue", "summary")["domains"]}
+    summary = {d["domain"]: d for d in ctl(process, "queue", "summary")["domains"]}
     assert int(summary["load.test"]["queued_messages"]) == 40
     # The server's Received: field says the message came over TLS.
-    entry = ctl(queue_port, "queue", "list", "--domain", "load.test")[0]
-    shown = shown_message(queue_port, entry["id"])
+    entry = ctl(process, "queue", "list", "--domain", "load.test")[0]
+    shown = shown_message(process, entry["id"])
     assert "ESMTPS" in shown, shown[:800]
