@@ -146,15 +146,37 @@ def test_harvest_slows_replies_after_ten_rejections_and_ends_the_session_after_t
 
 # --- Daily sessions per domain ------------------------------------------------------------------
 
-def test_a_domain_over_its_daily_sessions_gets_421(backstop):
+DAILY_MESSAGE = b"From: s@sender.test\r\nSubject: daily\r\n\r\nx\r\n"
+
+
+def daily_node(backstop, limit):
+    """A standalone node whose domain daily.test allows `limit` sessions a day; its SMTP
+    address."""
     node = backstop(config_with(domains=f"""
 [[domain]]
 name = "daily.test"
 primary = ["127.0.0.1:{reserve_port()}"]
-max_daily_connections = 2
+max_daily_connections = {limit}
 """))
     wait_for_domain(node, "daily.test")
-    address = smtp_address(node)
+    return node, smtp_address(node)
+
+
+def daily_session(address, messages=0):
+    """One session naming a@daily.test and sending `messages` messages, all accepted."""
+    with smtplib.SMTP(*address) as client:
+        client.ehlo("client.test")
+        client.mail("s@sender.test")
+        assert client.rcpt("a@daily.test")[0] == 250
+        for i in range(messages):
+            if i:
+                client.mail("s@sender.test")
+                assert client.rcpt("a@daily.test")[0] == 250
+            assert client.data(DAILY_MESSAGE)[0] == 250
+
+
+def test_a_domain_over_its_daily_sessions_gets_421(backstop):
+    _, address = daily_node(backstop, 2)
     for _ in range(2):
         with smtplib.SMTP(*address) as client:
             client.ehlo("client.test")
@@ -180,21 +202,9 @@ def test_sessions_answered_before_their_count_are_held_to_the_daily_limit_at_end
     """Far from the limit, RCPT does not wait for the count: the session is counted with its
     message in the same commit. Sessions that raced past the limit that way are refused at the
     end of data, and the limit holds exactly."""
-    node = backstop(config_with(domains=f"""
-[[domain]]
-name = "daily.test"
-primary = ["127.0.0.1:{reserve_port()}"]
-max_daily_connections = 20
-"""))
-    wait_for_domain(node, "daily.test")
-    address = smtp_address(node)
-    message = b"From: s@sender.test\r\nSubject: daily\r\n\r\nx\r\n"
+    node, address = daily_node(backstop, 20)
     # The first session waits for its count (none known yet): 1 of 20.
-    with smtplib.SMTP(*address) as client:
-        client.ehlo("client.test")
-        client.mail("s@sender.test")
-        assert client.rcpt("a@daily.test")[0] == 250
-        assert client.data(message)[0] == 250
+    daily_session(address, messages=1)
     # 19 left, more than the last 10 that are always waited for: 21 sessions in parallel all
     # get their RCPT answered at once...
     clients = []
@@ -207,7 +217,7 @@ max_daily_connections = 20
     # ... and only 19 of their messages fit in the day.
     replies = []
     for client in clients:
-        code, text = client.data(message)
+        code, text = client.data(DAILY_MESSAGE)
         replies.append((code, text[:5]))
         client.close()
     assert sorted(replies) == [(250, b"2.0.0")] * 19 + [(421, b"4.7.0")] * 2, replies
@@ -226,32 +236,12 @@ max_daily_connections = 20
 def test_sessions_answered_before_their_count_are_counted_once_with_or_without_a_message(backstop):
     """A session whose RCPT did not wait is counted by its message's commit, or, when it ends
     without a message, when it closes; never twice."""
-    node = backstop(config_with(domains=f"""
-[[domain]]
-name = "daily.test"
-primary = ["127.0.0.1:{reserve_port()}"]
-max_daily_connections = 100
-"""))
-    wait_for_domain(node, "daily.test")
-    address = smtp_address(node)
-    message = b"From: s@sender.test\r\nSubject: daily\r\n\r\nx\r\n"
-    # The first session waits for its count; the next ones find headroom (99 left).
-    with smtplib.SMTP(*address) as client:
-        client.ehlo("client.test")
-        client.mail("s@sender.test")
-        assert client.rcpt("a@daily.test")[0] == 250
-    for with_message in (False, False, True, False, True, True):
-        with smtplib.SMTP(*address) as client:
-            client.ehlo("client.test")
-            client.mail("s@sender.test")
-            assert client.rcpt("a@daily.test")[0] == 250
-            assert client.rcpt("b@daily.test")[0] == 250
-            if with_message:
-                assert client.data(message)[0] == 250
-                # A second message of the session is not another session.
-                client.mail("s@sender.test")
-                assert client.rcpt("a@daily.test")[0] == 250
-                assert client.data(message)[0] == 250
+    node, address = daily_node(backstop, 100)
+    # The first session waits for its count; the next ones find headroom (99 left). A second
+    # message of a session is not another session.
+    daily_session(address)
+    for messages in (0, 0, 2, 0, 2, 2):
+        daily_session(address, messages)
 
     def sessions_today():
         for domain in ctl(node, "queue", "summary")["domains"]:
