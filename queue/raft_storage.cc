@@ -116,6 +116,7 @@ absl::StatusOr<std::unique_ptr<Database>> Database::Open(const std::string& path
   db_options.create_missing_column_families = true;
   // Fail-stop: RocksDB must not resume by itself after an I/O error (that would retry writes).
   db_options.max_bgerror_resume_count = 0;
+  db_options.max_total_wal_size = options.max_wal_bytes;
   if (options.file_system != nullptr) {
     database->env_ = rocksdb::NewCompositeEnv(options.file_system);
     db_options.env = database->env_.get();

@@ -57,6 +57,11 @@ struct DatabaseOptions {
   std::vector<rocksdb::ColumnFamilyDescriptor> extra_families;
   // File system under the database; tests and chaos runs pass a FaultInjectionFileSystem.
   std::shared_ptr<rocksdb::FileSystem> file_system;
+  // Write-ahead log kept before RocksDB flushes the families that still need its oldest file.
+  // The Raft log's entries die soon after they are applied, but a family written rarely (the
+  // hard state) would pin every log file until RocksDB's own limit (four times all write
+  // buffers, 1.5 GB): disk space for nothing, and seconds of replay on every restart.
+  uint64_t max_wal_bytes = 64 << 20;
 };
 
 // An open RocksDB database with the Raft column families and the caller's extra ones. Owns the

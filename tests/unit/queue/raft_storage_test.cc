@@ -292,6 +292,25 @@ class RocksDbLogStorageTest : public ::testing::Test {
 
   uint64_t Sequence() const { return database_->db()->GetLatestSequenceNumber(); }
 
+  // Until no flush of the Raft families runs or waits (each one releases log files at its end).
+  void WaitForFlushes() const {
+    rocksdb::DB& db = *database_->db();
+    const auto busy = [&] {
+      uint64_t running = 0;
+      db.GetIntProperty("rocksdb.num-running-flushes", &running);
+      for (const char* family : {kRaftLogFamily, kRaftStateFamily}) {
+        uint64_t immutable = 0;
+        db.GetIntProperty(database_->family(family), "rocksdb.num-immutable-mem-table", &immutable);
+        running += immutable;
+      }
+      return running > 0;
+    };
+    for (int i = 0; i < 600 && busy(); ++i) {
+      usleep(50'000);
+    }
+    ASSERT_FALSE(busy());
+  }
+
   TempDir dir_;
   std::shared_ptr<FaultInjectionFileSystem> fault_fs_;
   std::unique_ptr<Database> database_;
@@ -318,6 +337,48 @@ TEST_F(RocksDbLogStorageTest, ReopenAfterSnapshotInstallShowsOnlyTheSnapshot) {
   ExpectSameState(*storage_, model_);
   EXPECT_EQ(storage_->FirstIndex(), LogIndex(51));
   EXPECT_TRUE(raft::IsCompacted(storage_->TermAt(LogIndex(30)).status()));
+}
+
+TEST_F(RocksDbLogStorageTest, WriteAheadLogStaysBoundedWhileTheLogIsCompacted) {
+  constexpr uint64_t kMaxWalBytes = 1 << 20;
+  Close();
+  auto database =
+      Database::Open(dir_.path().string(), DatabaseOptions{.extra_families = {},
+                                                           .file_system = fault_fs_,
+                                                           .max_wal_bytes = kMaxWalBytes});
+  ASSERT_TRUE(database.ok()) << database.status();
+  database_ = *std::move(database);
+  storage_ = *RocksDbLogStorage::Open(database_.get());
+  // The hard state is written once, like a term that lasts: its family never fills a write
+  // buffer, so only the WAL limit gets its log files released.
+  Persist(std::nullopt, {}, HardState{Term(1), NodeId(1), LogIndex(0)});
+  // 16 MiB of entries in 64 KiB payloads, compacted as a snapshot would every 16 entries.
+  const std::string payload(64 << 10, 'm');
+  for (uint64_t first = 1; first <= 256; first += 16) {
+    std::vector<Entry> entries = Range(first, first + 15, 1);
+    for (Entry& entry : entries) {
+      entry.data = payload;
+      entry.type = EntryType::kNormal;
+    }
+    Persist(std::nullopt, entries, std::nullopt);
+    if (first > 16) {
+      ASSERT_TRUE(storage_->CreateSnapshot(LogIndex(first), ConfState{{NodeId(1)}, {}}, "").ok());
+      ASSERT_TRUE(model_.CreateSnapshot(LogIndex(first), ConfState{{NodeId(1)}, {}}, "").ok());
+      ASSERT_TRUE(storage_->Compact(LogIndex(first - 1)).ok());
+      ASSERT_TRUE(model_.Compact(LogIndex(first - 1)).ok());
+    }
+  }
+  WaitForFlushes();
+  uint64_t wal_bytes = 0;
+  for (const auto& file : fs::directory_iterator(dir_.path())) {
+    if (file.path().extension() == ".log") {
+      wal_bytes += file.file_size();
+    }
+  }
+  // The limit, plus the file being written and one whose flush was still finishing.
+  EXPECT_LE(wal_bytes, 4 * kMaxWalBytes);
+  Reopen();
+  ExpectSameState(*storage_, model_);
 }
 
 TEST_F(RocksDbLogStorageTest, PersistIsOneSyncedWrite) {
