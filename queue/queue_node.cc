@@ -541,6 +541,7 @@ void QueueNode::Run() {
     }
     tasks.clear();
     ProcessReady();
+    MaybeTakeSnapshot();
     AnswerInstalls();
     CheckMembershipWork(ticked);
     if (node_->role() != raft::Role::kLeader && !pending_.empty()) {
@@ -609,7 +610,6 @@ void QueueNode::ProcessReady() {
       }
     }
     node_->Advance();
-    MaybeTakeSnapshot();
   }
 }
 
@@ -708,11 +708,31 @@ absl::Status QueueNode::TakeSnapshot(raft::LogIndex index) {
   return absl::OkStatus();
 }
 
+// A checkpoint flushes the state machine's memtables on this thread, and every commit waits
+// for it: about 100 ms for 10,000 entries. So the flush starts first in RocksDB's background
+// threads, and the snapshot follows in a later round, once it is done; its checkpoint then
+// flushes only what was applied in between.
 void QueueNode::MaybeTakeSnapshot() {
   const raft::LogIndex applied = node_->applied();
   if (failed_ || applied.Since(snapshot_index_) < options_.snapshot_entries) {
     return;
   }
+  if (!snapshot_flush_started_) {
+    if (absl::Status started = state_machine_->StartFlush(); !started.ok()) {
+      Fatal(started);
+      return;
+    }
+    snapshot_flush_started_ = true;
+  }
+  absl::StatusOr<bool> pending = state_machine_->FlushPending();
+  if (!pending.ok()) {
+    Fatal(pending.status());
+    return;
+  }
+  if (*pending) {
+    return;
+  }
+  snapshot_flush_started_ = false;
   if (absl::Status taken = TakeSnapshot(applied); !taken.ok()) {
     Fatal(taken);
   }

@@ -297,6 +297,7 @@ class QueueNode final : public SnapshotReceiver {
   std::shared_ptr<SnapshotStore> snapshots_;  // shared with the transport's transfers
   std::unique_ptr<raft::Node> node_;          // Raft thread only
   raft::LogIndex snapshot_index_;             // Raft thread only: the latest snapshot's
+  bool snapshot_flush_started_ = false;       // Raft thread only: see MaybeTakeSnapshot
   std::vector<IncomingSnapshot> installing_;  // Raft thread only: stepped, not yet answered
 
   std::map<uint64_t, Pending> pending_;  // by log index; Raft thread only

@@ -618,21 +618,24 @@ absl::Status QueueStateMachine::Txn::ReclaimExpiredLeases() {
   return absl::OkStatus();
 }
 
+// Every domain holding an entry that is neither leased, held nor marked for bounce holds a
+// ready key; its counters show it (queued > held + leased), and so may a domain whose only free
+// entries are bounces, which PickDue then passes over. Reading the domain records costs one
+// short scan, where seeking the index once per domain grew with the index.
 absl::StatusOr<std::vector<std::string>> QueueStateMachine::Txn::ReadyDomains() {
   std::vector<std::string> domains;
-  const std::string prefix = keys::ReadyPrefix(keys::ReadyKind::kDeliver);
-  std::unique_ptr<rocksdb::Iterator> it = NewIterator(cf_.index);
-  it->Seek(prefix);
-  while (it->Valid() && it->key().starts_with(prefix)) {
-    std::optional<keys::IndexKey> key =
-        keys::ParseReadyKey(keys::ReadyKind::kDeliver, it->key().ToStringView());
-    if (!key.has_value()) {
-      return absl::DataLossError("malformed ready key");
+  std::unique_ptr<rocksdb::Iterator> it = NewIterator(cf_.domains);
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    DomainRecord record;
+    if (!record.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+      return absl::DataLossError("malformed domain record");
     }
-    domains.push_back(key->domain);
-    it->Seek(keys::PrefixEnd(keys::ReadyPrefix(keys::ReadyKind::kDeliver, key->domain)));
+    const DomainUsage& usage = record.usage();
+    if (usage.queued_messages() > usage.held_messages() + usage.leased_messages()) {
+      domains.push_back(it->key().ToString());
+    }
   }
-  RETURN_IF_ERROR(FromRocks(it->status(), "ready scan"));
+  RETURN_IF_ERROR(FromRocks(it->status(), "domain scan"));
   return domains;
 }
 
@@ -1555,6 +1558,30 @@ absl::Status QueueStateMachine::CreateCheckpoint(const std::string& dir) const {
   // log_size_for_flush = 0 flushes the memtables first, so the copy holds no WAL to replay.
   return FromRocks(checkpoint->CreateCheckpoint(dir, /*log_size_for_flush=*/0),
                    "checkpoint into " + dir);
+}
+
+absl::Status QueueStateMachine::StartFlush() {
+  std::shared_lock lock(db_mutex_);
+  RETURN_IF_ERROR(CheckOpen());
+  rocksdb::FlushOptions options;
+  options.wait = false;
+  options.allow_write_stall = true;  // never wait on this (Raft) thread
+  return FromRocks(db_->Flush(options, handles_), "start a flush");
+}
+
+absl::StatusOr<bool> QueueStateMachine::FlushPending() const {
+  std::shared_lock lock(db_mutex_);
+  RETURN_IF_ERROR(CheckOpen());
+  for (rocksdb::ColumnFamilyHandle* handle : handles_) {
+    uint64_t immutable = 0;
+    if (!db_->GetIntProperty(handle, rocksdb::DB::Properties::kNumImmutableMemTable, &immutable)) {
+      return absl::InternalError("RocksDB has no immutable memtable count");
+    }
+    if (immutable > 0) {
+      return true;
+    }
+  }
+  return false;
 }
 
 absl::Status QueueStateMachine::InstallCheckpoint(const std::string& checkpoint_dir,

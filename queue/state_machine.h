@@ -132,6 +132,11 @@ class QueueStateMachine {
   // which must not exist. The copy includes the applied index it corresponds to. Flushing the
   // memtables for it also makes everything applied so far durable in this database.
   absl::Status CreateCheckpoint(const std::string& dir) const;
+  // Starts flushing every memtable in RocksDB's background threads and returns at once, so that
+  // a checkpoint taken once FlushPending() is false flushes only what was applied since.
+  absl::Status StartFlush();
+  // True while memtables that StartFlush (or RocksDB itself) set aside are not yet written.
+  absl::StatusOr<bool> FlushPending() const;
 
   // Replaces the database directory `db_dir` (closed by the caller) with the checkpoint in
   // `checkpoint_dir` by renames on the same filesystem (SwapInDirectory: a crash leaves the

@@ -1,5 +1,7 @@
 #include "queue/queue_node.h"
 
+#include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <filesystem>
 #include <functional>
@@ -301,6 +303,31 @@ void ExpectSameState(Cluster& cluster, std::vector<Voter*> extra = {}) {
   }
 }
 
+// The highest index among <data_dir>/snapshots/<index>, 0 if none.
+uint64_t HighestSnapshot(const Voter& voter) {
+  uint64_t highest = 0;
+  std::error_code error;
+  for (const auto& dir :
+       std::filesystem::directory_iterator(voter.data_dir() + "/snapshots", error)) {
+    const std::string name = dir.path().filename().string();
+    if (!name.empty() && std::all_of(name.begin(), name.end(), ::isdigit)) {
+      highest = std::max<uint64_t>(highest, std::stoull(name));
+    }
+  }
+  return highest;
+}
+
+// Snapshots follow their flush in a later round of the Raft thread: waits until the leader has
+// taken one at `index` or later (and compacted its log below it).
+void WaitForLeaderSnapshot(Cluster& cluster, uint64_t index) {
+  Voter* leader = cluster.WaitForLeader();
+  ASSERT_NE(leader, nullptr);
+  for (int i = 0; i < 2000 && HighestSnapshot(*leader) < index; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_GE(HighestSnapshot(*leader), index);
+}
+
 TEST(QueueNodeTest, FollowerFarBehindACompactedLeaderCatchesUpBySnapshot) {
   Cluster cluster(3, "snapcatch", /*snapshot_entries=*/200, /*snapshot_keep_entries=*/20);
   AppendManyThroughLeader(cluster, 0, 10);
@@ -308,6 +335,7 @@ TEST(QueueNodeTest, FollowerFarBehindACompactedLeaderCatchesUpBySnapshot) {
   ASSERT_NE(lagging, nullptr);
   lagging->Stop();
   AppendManyThroughLeader(cluster, 10, 1000);
+  WaitForLeaderSnapshot(cluster, 200);
   lagging->Start(cluster.peers());
   AppendManyThroughLeader(cluster, 1010, 1);
   ExpectSameState(cluster);
@@ -322,6 +350,19 @@ TEST(QueueNodeTest, FollowerFarBehindACompactedLeaderCatchesUpBySnapshot) {
   EXPECT_FALSE(std::filesystem::exists(lagging->data_dir() + "/snapshots/incoming"));
 }
 
+TEST(QueueNodeTest, SnapshotFollowsItsBackgroundFlushAfterTheWritesStop) {
+  Cluster cluster(1, "snapidle", /*snapshot_entries=*/100, /*snapshot_keep_entries=*/10);
+  Voter* voter = cluster.WaitForLeader();
+  ASSERT_NE(voter, nullptr);
+  // One entry at a time, so that the last write is the one that crosses the threshold: 100
+  // entries past the founding snapshot at index 1.
+  for (int n = 0; voter->node()->status().applied.value() < 101; ++n) {
+    AppendThroughLeader(cluster, n, 1);
+  }
+  // Nothing is written from here on: the snapshot must still follow its flush.
+  WaitForLeaderSnapshot(cluster, 101);
+}
+
 TEST(QueueNodeTest, CrashAfterTheSnapshotSwapIsCompletedOnRestart) {
   Cluster cluster(3, "snapcrash", /*snapshot_entries=*/100, /*snapshot_keep_entries=*/10);
   AppendManyThroughLeader(cluster, 0, 5);
@@ -329,6 +370,7 @@ TEST(QueueNodeTest, CrashAfterTheSnapshotSwapIsCompletedOnRestart) {
   ASSERT_NE(lagging, nullptr);
   lagging->Stop();
   AppendManyThroughLeader(cluster, 5, 300);
+  WaitForLeaderSnapshot(cluster, 100);
   lagging->options().test_crash = TestCrash::kAfterSnapshotSwap;
   lagging->Start(cluster.peers());
   for (int i = 0; i < 2000 && !lagging->crashed(); ++i) {
@@ -345,6 +387,7 @@ TEST(QueueNodeTest, CrashAfterTheSnapshotSwapIsCompletedOnRestart) {
 TEST(QueueNodeTest, JoiningVoterIsCaughtUpBySnapshotAndEveryMemberLearnsItsAddress) {
   Cluster cluster(3, "snapjoin", /*snapshot_entries=*/100, /*snapshot_keep_entries=*/10);
   AppendManyThroughLeader(cluster, 0, 300);
+  WaitForLeaderSnapshot(cluster, 100);
   Voter joining(4, testing::FreshTempDir("snapjoin4"));
   joining.options().snapshot_entries = 100;
   joining.options().snapshot_keep_entries = 10;
