@@ -1279,10 +1279,6 @@ absl::StatusOr<CommandResult> QueueStateMachine::Apply(uint64_t index, absl::Tim
   return Apply(index, cluster_time, command);
 }
 
-absl::Status QueueStateMachine::SyncAppliedState() {
-  return FromRocks(db_->FlushWAL(/*sync=*/true), "sync WAL");
-}
-
 absl::StatusOr<std::string> QueueStateMachine::ReadValue(rocksdb::ColumnFamilyHandle* cf,
                                                          std::string_view key) const {
   std::string value;

@@ -35,7 +35,7 @@
 // (each one whole or not at all), the stored applied index says exactly which, and the Raft
 // layer replays its log from applied_index + 1. Syncing here would add an fsync per commit for
 // nothing. The Raft log must therefore not be compacted past an index until the state covering
-// it is durable (SyncAppliedState, or a checkpoint).
+// it is durable (QueueNode takes a checkpoint, which flushes, before it compacts).
 //
 // Threads: Apply, ReplaceWith and the other mutators, from one thread at a time (the apply
 // loop). The const queries may run on any thread concurrently with Apply; each sees the state
@@ -100,10 +100,6 @@ class QueueStateMachine {
   uint64_t applied_index() const { return applied_index_.load(std::memory_order_acquire); }
   // Leases this replica has seen run out (their entries due again), since it started.
   uint64_t leases_expired() const { return leases_expired_.load(std::memory_order_relaxed); }
-
-  // Makes everything applied so far durable (syncs the WAL). The Raft layer calls it before
-  // compacting its log up to applied_index(), since Apply itself does not sync.
-  absl::Status SyncAppliedState();
 
   // Read-only views for the admin API and tests. Message bytes of listed entries are not read.
   absl::StatusOr<std::vector<DomainSummary>> Summaries() const;

@@ -1288,16 +1288,6 @@ TEST_F(StateMachineTest, ReopeningKeepsStateAndAppliedIndex) {
   EXPECT_EQ(machine_->GetEntry(ToId(Id(3)))->enqueue_ms(), Ms(kStart));
 }
 
-// A crash losing unsynced writes is the simulator's to inject; here only the call's contract.
-TEST_F(StateMachineTest, SyncAppliedStateKeepsStateAndIndex) {
-  AppendAll({Entry(1)});
-  ASSERT_TRUE(machine_->SyncAppliedState().ok());
-  machine_.reset();
-  machine_ = OpenAt(Dir());
-  EXPECT_EQ(machine_->applied_index(), 1u);
-  EXPECT_TRUE(machine_->GetEntry(ToId(Id(1))).ok());
-}
-
 // Every kind of command, in an order that exercises leases, schedules and limits.
 std::vector<std::pair<absl::Duration, Command>> Script() {
   std::vector<std::pair<absl::Duration, Command>> script;
