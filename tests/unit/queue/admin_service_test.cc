@@ -44,14 +44,15 @@ std::unique_ptr<admin::AdminService::Stub> AdminStub(const std::string& address)
 // A context for one call, with a deadline so that a hung call fails the test instead.
 std::unique_ptr<grpc::ClientContext> Context() {
   auto context = std::make_unique<grpc::ClientContext>();
-  context->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+  context->set_deadline(std::chrono::system_clock::now() +
+                        testing::Patience(std::chrono::seconds(20)));
   return context;
 }
 
 std::unique_ptr<QueueClient> ClientFor(std::vector<std::string> endpoints) {
   QueueClientOptions options;
   options.endpoints = std::move(endpoints);
-  options.call_deadline = absl::Seconds(20);
+  options.call_deadline = absl::FromChrono(testing::Patience(std::chrono::seconds(20)));
   absl::StatusOr<std::unique_ptr<QueueClient>> client = QueueClient::Create(options);
   EXPECT_TRUE(client.ok()) << client.status();
   return client.ok() ? *std::move(client) : nullptr;

@@ -24,8 +24,8 @@ absl::StatusOr<CommandResult> ProposeAndWait(QueueNode* node, Command command) {
   auto future = promise.get_future();
   node->Propose(std::move(command),
                 [&promise](absl::StatusOr<CommandResult> result) { promise.set_value(result); });
-  if (future.wait_for(std::chrono::seconds(20)) != std::future_status::ready) {
-    return absl::DeadlineExceededError("no answer within 20 s");
+  if (future.wait_for(testing::Patience(std::chrono::seconds(20))) != std::future_status::ready) {
+    return absl::DeadlineExceededError("no answer in time");
   }
   return future.get();
 }
@@ -82,7 +82,8 @@ void AppendManyThroughLeader(Cluster& cluster, int first, int count) {
     }
     std::vector<int> failed;
     for (size_t i = 0; i < todo.size(); ++i) {
-      ASSERT_EQ(results[i].wait_for(std::chrono::seconds(30)), std::future_status::ready);
+      ASSERT_EQ(results[i].wait_for(testing::Patience(std::chrono::seconds(30))),
+                std::future_status::ready);
       absl::StatusOr<CommandResult> result = results[i].get();
       if (!result.ok()) {
         failed.push_back(todo[i]);
@@ -114,16 +115,14 @@ absl::Status WaitFor(std::function<void(QueueNode::StatusDone)> start) {
   auto promise = std::make_shared<std::promise<absl::Status>>();
   std::future<absl::Status> result = promise->get_future();
   start([promise](absl::Status status) { promise->set_value(std::move(status)); });
-  if (result.wait_for(std::chrono::seconds(60)) != std::future_status::ready) {
-    return absl::DeadlineExceededError("no answer within 60 s");
+  if (result.wait_for(testing::Patience(std::chrono::seconds(60))) != std::future_status::ready) {
+    return absl::DeadlineExceededError("no answer in time");
   }
   return result.get();
 }
 
 void WaitUntilApplied(QueueNode* node, uint64_t index) {
-  for (int i = 0; i < 2000 && node->state_machine().applied_index() < index; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
+  testing::Eventually([&] { return node->state_machine().applied_index() >= index; });
   ASSERT_GE(node->state_machine().applied_index(), index);
 }
 

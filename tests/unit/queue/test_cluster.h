@@ -9,6 +9,8 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdint>
+#include <cstdlib>
 #include <filesystem>
 #include <functional>
 #include <memory>
@@ -35,16 +37,30 @@ inline std::string FreshTempDir(const std::string& name) {
   return dir;
 }
 
+// How long a wait of these tests polls before it gives up: `base` times BACKSTOP_TIMEOUT_SCALE
+// (default 1), which `make test-tsan` sets because ThreadSanitizer runs a cluster many times
+// slower (tests/system/conftest.py reads it the same way). Only deadlines stretch, never sleeps:
+// every wait still returns as soon as its condition holds.
+inline std::chrono::milliseconds Patience(std::chrono::milliseconds base) {
+  static const double scale = [] {
+    const char* value = std::getenv("BACKSTOP_TIMEOUT_SCALE");
+    const double parsed = value == nullptr ? 1.0 : std::atof(value);
+    return parsed > 1.0 ? parsed : 1.0;
+  }();
+  return std::chrono::milliseconds(static_cast<int64_t>(static_cast<double>(base.count()) * scale));
+}
+
 // Polls `done` (a view that converges asynchronously, e.g. a follower's applied state) for up
-// to 20 s.
+// to Patience(20 s).
 inline bool Eventually(const std::function<bool()>& done) {
-  for (int i = 0; i < 2000; ++i) {
-    if (done()) {
-      return true;
+  const auto deadline = std::chrono::steady_clock::now() + Patience(std::chrono::seconds(20));
+  while (!done()) {
+    if (std::chrono::steady_clock::now() >= deadline) {
+      return false;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
-  return false;
+  return true;
 }
 
 class Voter {
@@ -185,17 +201,19 @@ class Cluster {
     return *voters_.back();
   }
 
-  // The voter that leads, waiting for an election; null if none within 20 s.
+  // The voter that leads, waiting for an election; null if none within Patience(20 s).
   Voter* WaitForLeader() {
-    for (int i = 0; i < 2000; ++i) {
+    Voter* leader = nullptr;
+    Eventually([&] {
       for (auto& voter : voters_) {
         if (QueueNode* node = voter->node(); node != nullptr && node->status().is_leader) {
-          return voter.get();
+          leader = voter.get();
+          return true;
         }
       }
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    return nullptr;
+      return false;
+    });
+    return leader;
   }
 
   std::vector<std::string> endpoints() const {
