@@ -206,9 +206,10 @@ test-asan:
 # snapshot threads, SnapshotStore, the state machine's queries beside Apply). Debian's gRPC,
 # Abseil, protobuf, OpenSSL and RocksDB are not built with TSan, so their internal locking is
 # invisible to it and races inside them that are not ours get reported; tests/tsan.supp silences
-# those (each entry says why), never a race between two stacks of our own code. The system suite
-# stays out (its processes are not TSan builds). BACKSTOP_TIMEOUT_SCALE stretches the deadlines
-# of the queue tests' waits (TSan runs a 3-voter cluster many times slower), not their sleeps.
+# those (each entry says why), never a race between two stacks of our own code. Left out: the
+# simulators (one thread per seed), the corpus replays (one thread) and the system suite.
+# BACKSTOP_TIMEOUT_SCALE stretches the queue tests' wait deadlines and election timeout (TSan
+# runs a 3-voter cluster many times slower), never their sleeps.
 TSAN_TESTS := common_unit_tests raft_unit_tests ingest_unit_tests delivery_unit_tests \
   queue_unit_tests
 test-tsan: deps
