@@ -224,7 +224,10 @@ TEST(QueueNodeTest, FollowerKnowsTheLeadersCommitAndWhenItLastHeardFromIt) {
   ASSERT_TRUE(testing::Eventually([&] {
     status = follower->node()->status();
     return status.leader_commit >= leader_commit && status.Lag() == 0;
-  }));
+  })) << "follower "
+      << status.id.value() << " heard commit " << status.leader_commit.value() << " applied "
+      << status.applied.value() << " leader " << status.leader.value() << "; wanted commit "
+      << leader_commit.value();
   EXPECT_FALSE(status.is_leader);
   EXPECT_TRUE(status.peers.empty());
   EXPECT_EQ(status.leader_address, cluster.peers()[status.leader.value() - 1].address);
@@ -350,10 +353,10 @@ TEST(QueueNodeTest, JoiningVoterIsCaughtUpBySnapshotAndEveryMemberLearnsItsAddre
   joining.Start(cluster.peers(), StartMode::kJoinExisting);
   Voter* leader = cluster.WaitForLeader();
   ASSERT_NE(leader, nullptr);
-  ASSERT_TRUE(
-      WaitFor([&](QueueNode::StatusDone done) {
-        leader->node()->AddVoter(VoterAddress{raft::NodeId(4), joining.address()}, std::move(done));
-      }).ok());
+  const absl::Status added = WaitFor([&](QueueNode::StatusDone done) {
+    leader->node()->AddVoter(VoterAddress{raft::NodeId(4), joining.address()}, std::move(done));
+  });
+  ASSERT_TRUE(added.ok()) << added;
   AppendManyThroughLeader(cluster, 300, 1);
   ExpectSameState(cluster, {&joining});
   EXPECT_GE(joining.transport().stats().snapshots_received, 1u);
