@@ -200,18 +200,25 @@ test-asan:
 	ASAN_OPTIONS=$(ASAN_OPTIONS_TEST) UBSAN_OPTIONS=$(UBSAN_OPTIONS_TEST) \
 	  LSAN_OPTIONS=$(LSAN_OPTIONS_TEST) BACKSTOP_TIMEOUT_SCALE=3 $(MAKE) test PRESET=asan
 
-# ThreadSanitizer on the test executables whose threads are all ours: the event loop, worker pool
-# and HTTP server (common), the Raft node (raft), the SMTP server and callout threads (ingest)
-# and delivery. Debian's gRPC, Abseil, protobuf and RocksDB are not built with TSan, so their
-# internal locking is invisible to it and anything running their threads (the queue role, the
-# system suite) reports races inside them that are not ours; tests/tsan.supp silences reports
-# whose stack lies in those libraries, for the code above that calls into them.
+# ThreadSanitizer on the threaded test executables: the event loop, worker pool and HTTP server
+# (common), the Raft node (raft), the SMTP server and callout threads (ingest), delivery, and the
+# queue (QueueNode's Raft thread, the gRPC services' callbacks, RaftTransport's sender and
+# snapshot threads, SnapshotStore, the state machine's queries beside Apply). Debian's gRPC,
+# Abseil, protobuf, OpenSSL and RocksDB are not built with TSan, so their internal locking is
+# invisible to it and races inside them that are not ours get reported; tests/tsan.supp silences
+# those (each entry says why), never a race between two stacks of our own code. Left out: the
+# simulators (one thread per seed), the corpus replays (one thread) and the system suite.
+# queue_unit_tests is not in the default list yet: it ran with no TSan report, but a few of its
+# 3-voter timing tests still fail there on 2 shared cores (README, "Fuzzing and sanitizers");
+# run it with `make test-tsan TSAN_TESTS=queue_unit_tests`. BACKSTOP_TIMEOUT_SCALE stretches the
+# queue tests' wait deadlines and election timeout (TSan runs a cluster many times slower),
+# never their sleeps.
 TSAN_TESTS := common_unit_tests raft_unit_tests ingest_unit_tests delivery_unit_tests
 test-tsan: deps
 	@[ -f build/tsan/build.ninja ] || cmake --preset tsan
 	cmake --build build/tsan --target $(TSAN_TESTS)
 	TSAN_OPTIONS="suppressions=$(CURDIR)/tests/tsan.supp halt_on_error=1 second_deadlock_stack=1" \
-	  ctest --test-dir build/tsan -j$(JOBS) --output-on-failure \
+	  BACKSTOP_TIMEOUT_SCALE=5 ctest --test-dir build/tsan -j$(JOBS) --output-on-failure \
 	    -R '^($(subst $(space),|,$(strip $(TSAN_TESTS))))$$'
 
 clean:

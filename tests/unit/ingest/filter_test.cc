@@ -185,7 +185,10 @@ TEST(FilterChainTest, WaitsOutADelayOnTheConnectionsLoop) {
   std::promise<std::pair<FilterResult, bool>> result;
   const absl::Time started = absl::Now();
   std::thread runner([&] { (*loop)->Run(); });
-  executor->Run([&] {
+  // Posted, not executor->Run(): until the runner's Run() begins, the loop's creator (this
+  // thread) still counts as its loop thread, and Run() would start the chain here, racing the
+  // runner on the ring (make test-tsan caught it).
+  (*loop)->Post([&] {
     chain->Run(input, [&](FilterResult r) {
       result.set_value({std::move(r), executor->OnLoopThread()});
       (*loop)->Stop();

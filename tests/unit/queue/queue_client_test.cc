@@ -28,6 +28,7 @@ QueueEntry Entry(uint64_t n, const std::string& body) {
 std::unique_ptr<QueueClient> ClientFor(const Cluster& cluster) {
   QueueClientOptions options;
   options.endpoints = cluster.endpoints();
+  options.call_deadline = absl::FromChrono(testing::Patience(std::chrono::seconds(30)));
   absl::StatusOr<std::unique_ptr<QueueClient>> client = QueueClient::Create(options);
   EXPECT_TRUE(client.ok()) << client.status();
   return client.ok() ? *std::move(client) : nullptr;

@@ -26,8 +26,8 @@ absl::StatusOr<CommandResult> ProposeAndWait(QueueNode* node, Command command) {
   auto future = promise.get_future();
   node->Propose(std::move(command),
                 [&promise](absl::StatusOr<CommandResult> result) { promise.set_value(result); });
-  if (future.wait_for(std::chrono::seconds(20)) != std::future_status::ready) {
-    return absl::DeadlineExceededError("no answer within 20 s");
+  if (future.wait_for(testing::Patience(std::chrono::seconds(20))) != std::future_status::ready) {
+    return absl::DeadlineExceededError("no answer in time");
   }
   return future.get();
 }
@@ -84,7 +84,8 @@ void AppendManyThroughLeader(Cluster& cluster, int first, int count) {
     }
     std::vector<int> failed;
     for (size_t i = 0; i < todo.size(); ++i) {
-      ASSERT_EQ(results[i].wait_for(std::chrono::seconds(30)), std::future_status::ready);
+      ASSERT_EQ(results[i].wait_for(testing::Patience(std::chrono::seconds(30))),
+                std::future_status::ready);
       absl::StatusOr<CommandResult> result = results[i].get();
       if (!result.ok()) {
         failed.push_back(todo[i]);
@@ -116,16 +117,14 @@ absl::Status WaitFor(std::function<void(QueueNode::StatusDone)> start) {
   auto promise = std::make_shared<std::promise<absl::Status>>();
   std::future<absl::Status> result = promise->get_future();
   start([promise](absl::Status status) { promise->set_value(std::move(status)); });
-  if (result.wait_for(std::chrono::seconds(60)) != std::future_status::ready) {
-    return absl::DeadlineExceededError("no answer within 60 s");
+  if (result.wait_for(testing::Patience(std::chrono::seconds(60))) != std::future_status::ready) {
+    return absl::DeadlineExceededError("no answer in time");
   }
   return result.get();
 }
 
 void WaitUntilApplied(QueueNode* node, uint64_t index) {
-  for (int i = 0; i < 2000 && node->state_machine().applied_index() < index; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
+  testing::Eventually([&] { return node->state_machine().applied_index() >= index; });
   ASSERT_GE(node->state_machine().applied_index(), index);
 }
 
@@ -227,7 +226,10 @@ TEST(QueueNodeTest, FollowerKnowsTheLeadersCommitAndWhenItLastHeardFromIt) {
   ASSERT_TRUE(testing::Eventually([&] {
     status = follower->node()->status();
     return status.leader_commit >= leader_commit && status.Lag() == 0;
-  }));
+  })) << "follower "
+      << status.id.value() << " heard commit " << status.leader_commit.value() << " applied "
+      << status.applied.value() << " leader " << status.leader.value() << "; wanted commit "
+      << leader_commit.value();
   EXPECT_FALSE(status.is_leader);
   EXPECT_TRUE(status.peers.empty());
   EXPECT_EQ(status.leader_address, cluster.peers()[status.leader.value() - 1].address);
@@ -394,10 +396,10 @@ TEST(QueueNodeTest, JoiningVoterIsCaughtUpBySnapshotAndEveryMemberLearnsItsAddre
   joining.Start(cluster.peers(), StartMode::kJoinExisting);
   Voter* leader = cluster.WaitForLeader();
   ASSERT_NE(leader, nullptr);
-  ASSERT_TRUE(
-      WaitFor([&](QueueNode::StatusDone done) {
-        leader->node()->AddVoter(VoterAddress{raft::NodeId(4), joining.address()}, std::move(done));
-      }).ok());
+  const absl::Status added = WaitFor([&](QueueNode::StatusDone done) {
+    leader->node()->AddVoter(VoterAddress{raft::NodeId(4), joining.address()}, std::move(done));
+  });
+  ASSERT_TRUE(added.ok()) << added;
   AppendManyThroughLeader(cluster, 300, 1);
   ExpectSameState(cluster, {&joining});
   EXPECT_GE(joining.transport().stats().snapshots_received, 1u);

@@ -24,6 +24,7 @@ using raft::Message;
 using raft::MessageType;
 using raft::NodeId;
 using raft::Term;
+using testing::Eventually;
 
 // Collects what a node's inbox receives; tests wait on it for an event, never for a time.
 class Inbox {
@@ -40,7 +41,8 @@ class Inbox {
   // least `count` messages arrived; returns them.
   std::vector<Message> WaitFor(size_t count) {
     std::unique_lock lock(mutex_);
-    changed_.wait_for(lock, std::chrono::seconds(20), [&] { return messages_.size() >= count; });
+    changed_.wait_for(lock, testing::Patience(std::chrono::seconds(20)),
+                      [&] { return messages_.size() >= count; });
     return messages_;
   }
 
@@ -255,7 +257,7 @@ class FakeReceiver final : public SnapshotReceiver {
     }
     installed_.push_back({std::move(message), std::move(files)});
     changed_.notify_all();
-    changed_.wait_for(lock, std::chrono::seconds(20), [this] { return !hold_; });
+    changed_.wait_for(lock, testing::Patience(std::chrono::seconds(20)), [this] { return !hold_; });
     return absl::OkStatus();
   }
 
@@ -268,7 +270,8 @@ class FakeReceiver final : public SnapshotReceiver {
   // Waits until `count` snapshots were handed over; returns the files of each.
   std::vector<std::pair<Message, std::map<std::string, std::string>>> WaitFor(size_t count) {
     std::unique_lock lock(mutex_);
-    changed_.wait_for(lock, std::chrono::seconds(20), [&] { return installed_.size() >= count; });
+    changed_.wait_for(lock, testing::Patience(std::chrono::seconds(20)),
+                      [&] { return installed_.size() >= count; });
     return installed_;
   }
 
@@ -304,14 +307,6 @@ std::shared_ptr<SnapshotStore> SourceStore(const std::string& name, uint64_t ind
   }
   EXPECT_TRUE(store->Publish(LogIndex(index)).ok());
   return store;
-}
-
-template <typename Predicate>
-bool Eventually(Predicate predicate) {
-  for (int i = 0; i < 4000 && !predicate(); ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  return predicate();
 }
 
 TEST(RaftTransportTest, StreamsASnapshotsFilesInChunksAndHandsThemOver) {

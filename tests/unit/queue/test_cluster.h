@@ -9,6 +9,8 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdint>
+#include <cstdlib>
 #include <filesystem>
 #include <functional>
 #include <memory>
@@ -35,16 +37,34 @@ inline std::string FreshTempDir(const std::string& name) {
   return dir;
 }
 
+// BACKSTOP_TIMEOUT_SCALE (default 1), which `make test-tsan` sets because ThreadSanitizer runs a
+// cluster many times slower (tests/system/conftest.py reads it the same way).
+inline double TimeoutScale() {
+  static const double scale = [] {
+    const char* value = std::getenv("BACKSTOP_TIMEOUT_SCALE");
+    const double parsed = value == nullptr ? 1.0 : std::atof(value);
+    return parsed > 1.0 ? parsed : 1.0;
+  }();
+  return scale;
+}
+// How long a wait of these tests polls before it gives up: `base` times TimeoutScale(). Only
+// deadlines stretch, never sleeps: every wait still returns as soon as its condition holds.
+inline std::chrono::milliseconds Patience(std::chrono::milliseconds base) {
+  return std::chrono::milliseconds(
+      static_cast<int64_t>(static_cast<double>(base.count()) * TimeoutScale()));
+}
+
 // Polls `done` (a view that converges asynchronously, e.g. a follower's applied state) for up
-// to 20 s.
+// to Patience(20 s).
 inline bool Eventually(const std::function<bool()>& done) {
-  for (int i = 0; i < 2000; ++i) {
-    if (done()) {
-      return true;
+  const auto deadline = std::chrono::steady_clock::now() + Patience(std::chrono::seconds(20));
+  while (!done()) {
+    if (std::chrono::steady_clock::now() >= deadline) {
+      return false;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
-  return false;
+  return true;
 }
 
 class Voter {
@@ -86,7 +106,8 @@ class Voter {
     options.tick_interval = absl::Milliseconds(20);
     // Heartbeats every 20 ms, but an election only after 0.5–1 s of silence: on a loaded
     // machine (CI, parallel builds) a starved thread must not depose a healthy leader mid-test.
-    options.election_ticks = 25;
+    // Under TSan (BACKSTOP_TIMEOUT_SCALE) threads starve for longer: the silence grows with it.
+    options.election_ticks = static_cast<int>(25 * TimeoutScale());
     options.on_fatal_error = [this, expected = options_.test_crash !=
                                                TestCrash::kNone](const absl::Status& status) {
       if (!expected) {
@@ -185,17 +206,19 @@ class Cluster {
     return *voters_.back();
   }
 
-  // The voter that leads, waiting for an election; null if none within 20 s.
+  // The voter that leads, waiting for an election; null if none within Patience(20 s).
   Voter* WaitForLeader() {
-    for (int i = 0; i < 2000; ++i) {
+    Voter* leader = nullptr;
+    Eventually([&] {
       for (auto& voter : voters_) {
         if (QueueNode* node = voter->node(); node != nullptr && node->status().is_leader) {
-          return voter.get();
+          leader = voter.get();
+          return true;
         }
       }
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    return nullptr;
+      return false;
+    });
+    return leader;
   }
 
   std::vector<std::string> endpoints() const {
