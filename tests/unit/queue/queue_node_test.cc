@@ -324,10 +324,8 @@ uint64_t HighestSnapshot(const Voter& voter) {
 void WaitForLeaderSnapshot(Cluster& cluster, uint64_t index) {
   Voter* leader = cluster.WaitForLeader();
   ASSERT_NE(leader, nullptr);
-  for (int i = 0; i < 2000 && HighestSnapshot(*leader) < index; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  ASSERT_GE(HighestSnapshot(*leader), index);
+  ASSERT_TRUE(testing::Eventually([&] { return HighestSnapshot(*leader) >= index; }))
+      << "the leader's latest snapshot is at " << HighestSnapshot(*leader);
 }
 
 TEST(QueueNodeTest, FollowerFarBehindACompactedLeaderCatchesUpBySnapshot) {
