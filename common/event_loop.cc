@@ -192,6 +192,11 @@ EventLoop::~EventLoop() {
   }
 }
 
+void EventLoop::HandOff() {
+  CheckLoopThread();
+  loop_thread_.store(std::thread::id(), std::memory_order_relaxed);
+}
+
 bool EventLoop::IsLoopThread() const {
   return loop_thread_.load(std::memory_order_relaxed) == std::this_thread::get_id();
 }

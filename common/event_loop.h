@@ -126,6 +126,10 @@ class EventLoop {
   // waits until every operation has delivered its final completion and runs remaining posted
   // tasks, then returns: no handler runs after Run() returns.
   void Run();
+  // The creating thread, which sets the loop up, calls it just before starting the thread that
+  // calls Run(): until Run() starts, no thread is the loop thread, so a LoopExecutor task from
+  // the creator is posted instead of running inline beside the starting loop.
+  void HandOff();
   // Any thread. Makes Run() shut down and return; sticky (a later Run() returns at once).
   void Stop();
   // Any thread. Runs `task` on the loop thread, exactly once, if Run() is or will be running.

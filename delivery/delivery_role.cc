@@ -1071,6 +1071,7 @@ absl::StatusOr<std::unique_ptr<DeliveryRole>> DeliveryRole::Start(
   resolver_options.servers = config.dns.servers;
   ASSIGN_OR_RETURN(role->resolver_, Resolver::Create(*role->loop_, resolver_options));
   DeliveryRole* raw = role.get();
+  role->loop_->HandOff();
   role->loop_thread_ = std::thread([raw] { raw->loop_->Run(); });
   role->lease_thread_ = std::thread([raw] { raw->LeaseLoop(); });
   return role;

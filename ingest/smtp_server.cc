@@ -102,6 +102,7 @@ class SmtpServer::Worker {
     for (auto& listener : listeners_) {
       loop_->Accept(*listener->accept, listener->fd.get());
     }
+    loop_->HandOff();
     thread_ = std::thread([this] {
       loop_->Run();
       // Answers and lookups that come later are dropped; the resolver cancels its lookups on

@@ -196,6 +196,7 @@ absl::StatusOr<std::unique_ptr<BlockingDns>> BlockingDns::Create(std::vector<Hos
     return loop.status();
   }
   dns->loop_ = *std::move(loop);
+  dns->loop_->HandOff();
   dns->thread_ = std::thread([raw = dns.get()] { raw->loop_->Run(); });
   std::promise<absl::Status> created;
   dns->loop_->Post([raw = dns.get(), &created, &servers] {

@@ -385,6 +385,26 @@ TEST(EventLoopTest, PeerResetEndsOnlyThatConnection) {
   EXPECT_EQ(ReadUpTo(newcomer.get(), 13, 13), "still serving");
 }
 
+TEST(EventLoopTest, AfterHandOffTheCreatorsTasksRunOnTheLoopThread) {
+  std::unique_ptr<EventLoop> loop = *EventLoop::Create();
+  LoopExecutor executor(loop.get());
+  loop->HandOff();
+  EXPECT_FALSE(loop->IsLoopThread());
+  std::atomic<bool> ran{false};
+  std::thread::id ran_on;
+  executor.Run([&] {
+    ran_on = std::this_thread::get_id();
+    ran = true;
+    loop->Stop();
+  });
+  EXPECT_FALSE(ran) << "ran inline on the creating thread";
+  std::thread runner([&] { loop->Run(); });
+  const std::thread::id runner_id = runner.get_id();
+  runner.join();
+  EXPECT_TRUE(ran);
+  EXPECT_EQ(ran_on, runner_id);
+}
+
 TEST(EventLoopTest, TimersFireInDeadlineOrder) {
   std::unique_ptr<EventLoop> loop = NewLoop();
   ASSERT_NE(loop, nullptr);
