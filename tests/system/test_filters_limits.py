@@ -175,6 +175,20 @@ def daily_session(address, messages=0):
             assert client.data(DAILY_MESSAGE)[0] == 250
 
 
+def assert_daily_refusal_at_rcpt(address, *rcpts):
+    """A session whose recipients all pass but the last, a@daily.test: 421 4.7.0 for it, and
+    the connection closes."""
+    client = RawClient(address)
+    assert client.reply().startswith("220")
+    client.send(b"EHLO client.test\r\nMAIL FROM:<s@sender.test>\r\n" +
+                b"".join(b"RCPT TO:<%s>\r\n" % r.encode() for r in rcpts + ("a@daily.test",)))
+    for _ in range(2 + len(rcpts)):  # EHLO, MAIL and each recipient before the last
+        assert client.reply().startswith("250")
+    assert client.reply().startswith("421 4.7.0")
+    assert client.closed()
+    client.close()
+
+
 def test_a_domain_over_its_daily_sessions_gets_421(backstop):
     _, address = daily_node(backstop, 2)
     for _ in range(2):
@@ -184,18 +198,8 @@ def test_a_domain_over_its_daily_sessions_gets_421(backstop):
             assert client.rcpt("a@daily.test")[0] == 250
             # A second recipient of the domain in the same session is not another session.
             assert client.rcpt("b@daily.test")[0] == 250
-    client = RawClient(address)
-    assert client.reply().startswith("220")
-    client.send(b"EHLO client.test\r\n")
-    assert client.reply().startswith("250")
     # Another domain is not limited; the third session naming daily.test is.
-    client.send(b"MAIL FROM:<s@sender.test>\r\nRCPT TO:<alice@example.test>\r\n"
-                b"RCPT TO:<a@daily.test>\r\n")
-    assert client.reply().startswith("250")
-    assert client.reply().startswith("250")
-    assert client.reply().startswith("421 4.7.0")
-    assert client.closed()
-    client.close()
+    assert_daily_refusal_at_rcpt(address, "alice@example.test")
 
 
 def test_sessions_answered_before_their_count_are_held_to_the_daily_limit_at_end_of_data(backstop):
@@ -223,14 +227,7 @@ def test_sessions_answered_before_their_count_are_held_to_the_daily_limit_at_end
     assert sorted(replies) == [(250, b"2.0.0")] * 19 + [(421, b"4.7.0")] * 2, replies
     assert len(ctl(node, "queue", "list")) == 20
     # Now the count is known to be at the limit: the next session is refused at RCPT.
-    client = RawClient(address)
-    assert client.reply().startswith("220")
-    client.send(b"EHLO client.test\r\nMAIL FROM:<s@sender.test>\r\nRCPT TO:<a@daily.test>\r\n")
-    assert client.reply().startswith("250")
-    assert client.reply().startswith("250")
-    assert client.reply().startswith("421 4.7.0")
-    assert client.closed()
-    client.close()
+    assert_daily_refusal_at_rcpt(address)
 
 
 def test_sessions_answered_before_their_count_are_counted_once_with_or_without_a_message(backstop):

@@ -15,6 +15,7 @@
 #include "queue/raft/log_storage.h"
 #include "queue/raft/node.h"
 #include "rocksdb/file_system.h"
+#include "tests/unit/queue/test_cluster.h"
 
 namespace backstop::queue {
 namespace {
@@ -295,20 +296,17 @@ class RocksDbLogStorageTest : public ::testing::Test {
   // Until no flush of the Raft families runs or waits (each one releases log files at its end).
   void WaitForFlushes() const {
     rocksdb::DB& db = *database_->db();
-    const auto busy = [&] {
-      uint64_t running = 0;
-      db.GetIntProperty("rocksdb.num-running-flushes", &running);
+    ASSERT_TRUE(testing::Eventually([&] {
+      uint64_t busy = 0;
+      db.GetIntProperty(rocksdb::DB::Properties::kNumRunningFlushes, &busy);
       for (const char* family : {kRaftLogFamily, kRaftStateFamily}) {
         uint64_t immutable = 0;
-        db.GetIntProperty(database_->family(family), "rocksdb.num-immutable-mem-table", &immutable);
-        running += immutable;
+        db.GetIntProperty(database_->family(family), rocksdb::DB::Properties::kNumImmutableMemTable,
+                          &immutable);
+        busy += immutable;
       }
-      return running > 0;
-    };
-    for (int i = 0; i < 600 && busy(); ++i) {
-      usleep(50'000);
-    }
-    ASSERT_FALSE(busy());
+      return busy == 0;
+    }));
   }
 
   TempDir dir_;
