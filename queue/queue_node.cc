@@ -73,7 +73,7 @@ absl::StatusOr<std::unique_ptr<QueueNode>> QueueNode::Start(const QueueNodeOptio
                   {{"node_id", options.id.value()}, {"voters", conf_state.voters.size()}});
   }
 
-  RETURN_IF_ERROR(node->CompleteInterruptedInstall());
+  RETURN_IF_ERROR(node->ReconcileAppliedIndex());
 
   raft::NodeOptions raft_options;
   raft_options.id = options.id;
@@ -123,32 +123,41 @@ QueueNode::~QueueNode() {
   transport_->SetSnapshotReceiver(nullptr);
 }
 
-absl::Status QueueNode::CompleteInterruptedInstall() {
+absl::Status QueueNode::ReconcileAppliedIndex() {
   const raft::LogIndex applied(state_machine_->applied_index());
   const raft::HardState hard_state = storage_->GetHardState();
   ASSIGN_OR_RETURN(const raft::Snapshot held, storage_->GetSnapshot());
-  // Applying never outruns the durable commit index (each Ready's hard state is persisted before
-  // its entries are applied): only a swapped-in snapshot can be ahead of the log.
   if (applied <= std::max(hard_state.commit, held.meta.index)) {
     return absl::OkStatus();
   }
+  raft::HardState reconciled = hard_state;
   absl::StatusOr<raft::SnapshotMeta> meta = ReadSnapshotMeta(options_.data_dir + "/state");
-  if (!meta.ok() || meta->index != applied) {
-    return absl::DataLossError(fmt::format(
-        "queue state machine applied index {} is beyond the Raft log's commit index {} and "
-        "holds no snapshot metadata for it",
-        applied.value(), hard_state.commit.value()));
+  if (meta.ok() && meta->index == applied) {
+    // A crash between the swap of an installed snapshot and its record in the log: record it,
+    // as the install would have.
+    if (reconciled.term < meta->term) {
+      reconciled.term = meta->term;
+      reconciled.vote = raft::kNoNode;
+    }
+    reconciled.commit = meta->index;
+    Logger().Info("completing a snapshot install interrupted by a restart",
+                  {{"index", meta->index.value()}});
+    return storage_->Persist(raft::Snapshot{*meta, {}}, {}, reconciled);
   }
-  raft::HardState completed = hard_state;
-  if (completed.term < meta->term) {
-    completed.term = meta->term;
-    completed.vote = raft::kNoNode;
+  if (applied <= storage_->LastIndex()) {
+    // The commit index is written without an fsync of its own (RocksDbLogStorage::Persist), so
+    // a crash can lose its latest values while the state machine kept what it applied. Entries
+    // are applied only once committed and durable in this log, which never rewrites committed
+    // entries: they are still here, and committed.
+    reconciled.commit = applied;
+    Logger().Info("commit index restored to the applied index after a crash",
+                  {{"commit", hard_state.commit.value()}, {"applied", applied.value()}});
+    return storage_->Persist(std::nullopt, {}, reconciled);
   }
-  completed.commit = meta->index;
-  Logger().Info("completing a snapshot install interrupted by a restart",
-                {{"index", meta->index.value()}});
-  RETURN_IF_ERROR(storage_->Persist(raft::Snapshot{*meta, {}}, {}, completed));
-  return absl::OkStatus();
+  return absl::DataLossError(fmt::format(
+      "queue state machine applied index {} is beyond the Raft log's last index {} and holds no "
+      "snapshot metadata for it",
+      applied.value(), storage_->LastIndex().value()));
 }
 
 absl::StatusOr<std::unique_ptr<SnapshotStaging>> QueueNode::BeginSnapshot(

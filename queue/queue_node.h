@@ -3,8 +3,9 @@
 // One queue voter: the Raft node, its RocksDB log, the queue state machine and the transport,
 // driven by one thread (the Raft thread). Proposals and incoming messages arrive from gRPC
 // threads through a mutex-guarded inbox; the Raft thread ticks, steps, proposes, persists each
-// Ready as one synced write (so concurrent proposals share one fsync: group commit), sends,
-// applies committed entries and answers the proposers.
+// Ready as one write (so concurrent proposals share one fsync: group commit; a Ready that only
+// moves the commit index needs none), sends, applies committed entries and answers the
+// proposers.
 //
 // A proposal is answered only after its entry is applied on this node while it is still the
 // leader of the term that created the entry (DESIGN §3.1); if leadership changes first, the
@@ -267,9 +268,10 @@ class QueueNode final : public SnapshotReceiver {
   // Raft thread: a snapshot at the applied index `index`, then the log compaction below it.
   absl::Status TakeSnapshot(raft::LogIndex index);
   void MaybeTakeSnapshot();
-  // Start: the state machine holds a snapshot the Raft log does not know yet (a crash during
-  // an install): record it in the log, as the install would have.
-  absl::Status CompleteInterruptedInstall();
+  // Start: the state machine may be ahead of the Raft log's durable commit index, after a crash
+  // during a snapshot install (the log does not know the snapshot yet) or after a crash lost the
+  // latest unsynced commit index. Brings the log up to the state machine.
+  absl::Status ReconcileAppliedIndex();
   // Raft thread: applies a committed entry to the state machine. A membership change records
   // the member's address there (SetMember) and updates the transport and PeerAddress.
   absl::StatusOr<CommandResult> ApplyEntry(const raft::Entry& entry);

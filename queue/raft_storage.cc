@@ -373,7 +373,7 @@ absl::Status RocksDbLogStorage::StageEntries(std::span<const Entry> entries, Cha
   return absl::OkStatus();
 }
 
-absl::Status RocksDbLogStorage::Commit(Change& change) {
+absl::Status RocksDbLogStorage::Commit(Change& change, Durability durability) {
   if (failed()) {
     return failure_;
   }
@@ -385,10 +385,12 @@ absl::Status RocksDbLogStorage::Commit(Change& change) {
     status = rocksdb::Status::IOError("RocksDB reported a background error");
   } else {
     rocksdb::WriteOptions write_options;
-    write_options.sync = true;
+    write_options.sync = durability == Durability::kSynced;
     const absl::Time started = absl::Now();
     status = db->Write(write_options, &change.batch);
-    fsync_seconds_.Observe(absl::ToDoubleSeconds(absl::Now() - started));
+    if (write_options.sync) {
+      fsync_seconds_.Observe(absl::ToDoubleSeconds(absl::Now() - started));
+    }
   }
   if (!status.ok()) {
     failure_ = absl::InternalError(
@@ -396,7 +398,9 @@ absl::Status RocksDbLogStorage::Commit(Change& change) {
         status.ToString());
     return failure_;
   }
-  ++synced_writes_;
+  if (durability == Durability::kSynced) {
+    ++synced_writes_;
+  }
   Apply(change);
   return absl::OkStatus();
 }
@@ -447,7 +451,16 @@ absl::Status RocksDbLogStorage::Persist(const std::optional<raft::Snapshot>& sna
   if (change.batch.Count() == 0) {
     return absl::OkStatus();
   }
-  return Commit(change);
+  // A moved commit index alone is not worth an fsync (most Readies of a busy voter carry only
+  // that besides entries to apply): losing its latest value in a crash loses nothing, because the
+  // committed entries are durable in a quorum's logs and Raft learns the commit index again
+  // (QueueNode::ReconcileAppliedIndex covers a state machine that kept more). It becomes durable
+  // with the next synced write. Entries, snapshots, the term and the vote must be durable before
+  // any peer or client hears of them.
+  const bool commit_only = !snapshot.has_value() && entries.empty() && hard_state.has_value() &&
+                           hard_state->term == hard_state_.term &&
+                           hard_state->vote == hard_state_.vote;
+  return Commit(change, commit_only ? Durability::kBuffered : Durability::kSynced);
 }
 
 absl::Status RocksDbLogStorage::Append(std::span<const Entry> entries) {
@@ -476,7 +489,7 @@ absl::Status RocksDbLogStorage::CreateSnapshot(LogIndex index, const raft::ConfS
   RETURN_IF_ERROR(
       FromRocks(change.batch.Put(state_family_, kSnapshotKey, EncodeSnapshotMeta(*change.snapshot)),
                 "staging the snapshot"));
-  return Commit(change);
+  return Commit(change, Durability::kSynced);
 }
 
 absl::Status RocksDbLogStorage::Compact(LogIndex index) {
@@ -499,7 +512,7 @@ absl::Status RocksDbLogStorage::Compact(LogIndex index) {
       change.batch.Put(state_family_, kLogStartKey, EncodeLogStart(index, stamp.term, stamp.time)),
       "staging the compaction"));
   change.new_start = {index, stamp};
-  return Commit(change);
+  return Commit(change, Durability::kSynced);
 }
 
 }  // namespace backstop::queue

@@ -124,7 +124,8 @@ class RocksDbLogStorage final : public raft::LogStorage {
   absl::StatusOr<raft::Snapshot> GetSnapshot() const override;
 
   // The group commit: the snapshot's metadata, then the entries, then the hard state of one
-  // Ready (each optional), as ONE synced WriteBatch.
+  // Ready (each optional), as ONE WriteBatch, synced unless all it changes is the commit index
+  // (which then becomes durable with the next synced write).
   absl::Status Persist(const std::optional<raft::Snapshot>& snapshot,
                        std::span<const raft::Entry> entries,
                        const std::optional<raft::HardState>& hard_state);
@@ -132,7 +133,7 @@ class RocksDbLogStorage final : public raft::LogStorage {
     return Persist(ready.snapshot, ready.entries, ready.hard_state);
   }
 
-  // LogStorage's write side, each one synced WriteBatch.
+  // LogStorage's write side, each one WriteBatch, synced as Persist decides.
   absl::Status Append(std::span<const raft::Entry> entries) override;
   absl::Status SetHardState(const raft::HardState& hard_state) override;
   absl::Status ApplySnapshot(const raft::Snapshot& snapshot) override;
@@ -143,7 +144,8 @@ class RocksDbLogStorage final : public raft::LogStorage {
   // The first write error, or OK while the storage is healthy.
   const absl::Status& failure() const { return failure_; }
   bool failed() const { return !failure_.ok(); }
-  // Number of synced WriteBatches written (one fsync of the write-ahead log each).
+  // Number of synced WriteBatches written (one fsync of the write-ahead log each); buffered
+  // commit-index updates do not count.
   uint64_t synced_writes() const { return synced_writes_; }
   RocksDbHealth health() const { return ReadRocksDbHealth(*database_->db()); }
   // Durations of the synced log writes; thread-safe.
@@ -162,8 +164,12 @@ class RocksDbLogStorage final : public raft::LogStorage {
   absl::StatusOr<Stamp> StampAt(raft::LogIndex index) const;
   absl::Status StageSnapshot(const raft::SnapshotMeta& meta, Change& change) const;
   absl::Status StageEntries(std::span<const raft::Entry> entries, Change& change) const;
-  // Writes the batch synced and, if it is durable, applies `change`; fail-stop otherwise.
-  absl::Status Commit(Change& change);
+  enum class Durability : uint8_t {
+    kSynced,    // fdatasync'd before Commit returns
+    kBuffered,  // in the write-ahead log; durable with the next synced write
+  };
+  // Writes the batch and, if that succeeded, applies `change`; fail-stop otherwise.
+  absl::Status Commit(Change& change, Durability durability);
   void Apply(Change& change);
 
   Database* database_;

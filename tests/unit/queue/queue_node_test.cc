@@ -363,6 +363,34 @@ TEST(QueueNodeTest, SnapshotFollowsItsBackgroundFlushAfterTheWritesStop) {
   WaitForLeaderSnapshot(cluster, 101);
 }
 
+// The commit index is persisted without an fsync of its own, so a crash can leave the state
+// machine ahead of it; the restarted voter takes the applied index as committed and serves on.
+TEST(QueueNodeTest, RestartsWhenACrashLostTheLatestCommitIndex) {
+  Cluster cluster(1, "lostcommit");
+  AppendThroughLeader(cluster, 0, 10);
+  Voter& voter = *cluster.voters().front();
+  const uint64_t applied = voter.node()->state_machine().applied_index();
+  voter.Stop();
+  {
+    // What a crash that dropped the unsynced tail of the log leaves: an older commit index.
+    auto database = Database::Open(voter.data_dir() + "/raft", DatabaseOptions{});
+    ASSERT_TRUE(database.ok()) << database.status();
+    auto storage = RocksDbLogStorage::Open(database->get());
+    ASSERT_TRUE(storage.ok()) << storage.status();
+    raft::HardState lost = (*storage)->GetHardState();
+    ASSERT_EQ(lost.commit.value(), applied);
+    lost.commit = raft::LogIndex(applied - 5);
+    ASSERT_TRUE((*storage)->SetHardState(lost).ok());
+  }
+  voter.Start(cluster.peers());
+  AppendThroughLeader(cluster, 10, 1);
+  EXPECT_FALSE(voter.crashed());
+  EXPECT_GT(voter.node()->status().commit.value(), applied);
+  absl::StatusOr<QueueDepth> depth = voter.node()->Depth();
+  ASSERT_TRUE(depth.ok()) << depth.status();
+  EXPECT_EQ(depth->messages, 11u);
+}
+
 TEST(QueueNodeTest, CrashAfterTheSnapshotSwapIsCompletedOnRestart) {
   Cluster cluster(3, "snapcrash", /*snapshot_entries=*/100, /*snapshot_keep_entries=*/10);
   AppendManyThroughLeader(cluster, 0, 5);

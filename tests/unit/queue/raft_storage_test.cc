@@ -8,6 +8,7 @@
 #include <optional>
 #include <ostream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -291,6 +292,25 @@ class RocksDbLogStorageTest : public ::testing::Test {
     return wal;
   }
 
+  // What a crash that cut the write-ahead log after `wal_bytes` leaves, reopened: a copy of the
+  // directory at `copy`. Null storage (and a test failure) if it does not open.
+  std::pair<std::unique_ptr<Database>, std::unique_ptr<RocksDbLogStorage>> OpenAfterCrash(
+      const fs::path& copy, uintmax_t wal_bytes) const {
+    fs::copy(dir_.path(), copy, fs::copy_options::recursive);
+    fs::resize_file(WalPath(copy), wal_bytes);
+    auto database = Database::Open(copy.string(), DatabaseOptions{});
+    EXPECT_TRUE(database.ok()) << database.status();
+    if (!database.ok()) {
+      return {};
+    }
+    auto storage = RocksDbLogStorage::Open(database->get());
+    EXPECT_TRUE(storage.ok()) << storage.status();
+    if (!storage.ok()) {
+      return {};
+    }
+    return {*std::move(database), *std::move(storage)};
+  }
+
   uint64_t Sequence() const { return database_->db()->GetLatestSequenceNumber(); }
 
   // Until no flush of the Raft families runs or waits (each one releases log files at its end).
@@ -390,6 +410,42 @@ TEST_F(RocksDbLogStorageTest, PersistIsOneSyncedWrite) {
   EXPECT_GT(Sequence(), sequence);
 }
 
+// A Ready that only moves the commit index is written without an fsync of its own (most
+// Readies of a busy voter): a crash may lose it, so it must not be synced ahead of the next
+// entries, and a term or vote change must still be.
+TEST_F(RocksDbLogStorageTest, CommitIndexAloneIsWrittenWithoutAnFsync) {
+  Persist(std::nullopt, Range(1, 6, 1), HardState{Term(1), NodeId(1), LogIndex(2)});
+  const uint64_t writes = storage_->synced_writes();
+  const uint64_t syncs = fault_fs_->sync_count();
+  const uintmax_t synced_wal = fs::file_size(WalPath(dir_.path()));
+
+  Persist(std::nullopt, {}, HardState{Term(1), NodeId(1), LogIndex(6)});
+  EXPECT_EQ(storage_->synced_writes(), writes);
+  EXPECT_EQ(fault_fs_->sync_count(), syncs);
+  EXPECT_EQ(storage_->GetHardState().commit, LogIndex(6));
+  EXPECT_GT(fs::file_size(WalPath(dir_.path())), synced_wal);  // written, just not synced
+
+  // A crash that drops the unsynced tail of the log loses only that commit index.
+  TempDir crash;
+  {
+    auto [database, storage] = OpenAfterCrash(crash.path() / "lost-commit", synced_wal);
+    ASSERT_NE(storage, nullptr);
+    EXPECT_EQ(storage->GetHardState().commit, LogIndex(2));
+    EXPECT_EQ(storage->LastIndex(), LogIndex(6));
+  }
+
+  // The term and the vote are never left unsynced, nor are entries.
+  Persist(std::nullopt, {}, HardState{Term(2), NodeId(1), LogIndex(6)});
+  EXPECT_EQ(fault_fs_->sync_count(), syncs + 1);
+  Persist(std::nullopt, {}, HardState{Term(2), NodeId(2), LogIndex(6)});
+  EXPECT_EQ(fault_fs_->sync_count(), syncs + 2);
+  Persist(std::nullopt, Range(7, 7, 2), std::nullopt);
+  EXPECT_EQ(fault_fs_->sync_count(), syncs + 3);
+  EXPECT_EQ(storage_->synced_writes(), writes + 3);
+  Reopen();
+  ExpectSameState(*storage_, model_);
+}
+
 TEST_F(RocksDbLogStorageTest, PersistOfNothingWritesNothing) {
   const uint64_t syncs = fault_fs_->sync_count();
   ASSERT_TRUE(storage_->Persist(std::nullopt, {}, std::nullopt).ok());
@@ -445,15 +501,11 @@ TEST_F(RocksDbLogStorageTest, CrashAnywhereInTheLogRecoversTheStateAfterAWholePe
     for (uintmax_t cut : {ends[k], ends[k] + 1, mid, ends[k + 1] - 1, ends[k + 1]}) {
       SCOPED_TRACE("cut the WAL at byte " + std::to_string(cut) + " (persist " +
                    std::to_string(k + 1) + ")");
-      const fs::path copy = crash.path() / (std::to_string(k) + "-" + std::to_string(cut));
-      fs::copy(dir_.path(), copy, fs::copy_options::recursive);
-      fs::resize_file(WalPath(copy), cut);
-      auto database = Database::Open(copy.string(), DatabaseOptions{});
-      ASSERT_TRUE(database.ok()) << database.status();
-      auto storage = RocksDbLogStorage::Open(database->get());
-      ASSERT_TRUE(storage.ok()) << storage.status();
+      auto [database, storage] =
+          OpenAfterCrash(crash.path() / (std::to_string(k) + "-" + std::to_string(cut)), cut);
+      ASSERT_NE(storage, nullptr);
       const size_t whole = cut == ends[k + 1] ? k + 1 : k;
-      ExpectSameState(**storage, states[whole]);
+      ExpectSameState(*storage, states[whole]);
     }
   }
 }
