@@ -47,8 +47,11 @@ using AppendFunction =
     std::function<absl::StatusOr<queue::AppendResult>(const queue::AppendMessages&)>;
 
 struct QueueHandoffOptions {
-  // Append RPCs in flight at once.
-  size_t senders = 4;
+  // Append RPCs in flight at once. Two: while one waits for its commit, the next batch grows
+  // and a large transaction does not hold up the small ones behind it. More make smaller
+  // batches, so more RPCs and Raft entries for the same messages (2 KiB, 50 sessions, 3 voters,
+  // alternating runs: 4 senders 2,555 msg/s, 2 senders 2,719, medians of 3; 1 sender no faster).
+  size_t senders = 2;
   // One RPC carries at most this many entries (a session to count weighs one) / bytes of
   // messages (a single larger transaction still goes alone).
   size_t max_batch_entries = 512;
