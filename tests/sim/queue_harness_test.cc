@@ -33,6 +33,7 @@ TEST(QueueSimulationTest, ReplicasMatchTheModelUnderFaults) {
   EXPECT_GT(q.digest_checks, 1'000u);
   EXPECT_GT(q.model_checks, 1'000u);
   EXPECT_GT(r.totals.crashes, 100u);
+  EXPECT_GT(r.totals.applied_past_commit, 0u);
   EXPECT_GT(q.installs, 0u);
 }
 

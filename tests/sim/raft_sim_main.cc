@@ -79,10 +79,12 @@ int main(int argc, char** argv) {
   }
   const backstop::raft::sim::SimStats& t = result.totals;
   std::printf(
-      "%lu seeds x %d steps: %zu failed; highest commit index %lu; %lu elections, %lu crashes, "
-      "%lu snapshots installed, %lu membership changes, %lu reads, %lu messages\n",
+      "%lu seeds x %d steps: %zu failed; highest commit index %lu; %lu elections, %lu crashes "
+      "(%lu lost an unsynced commit index, %lu restarted applied past it), %lu snapshots "
+      "installed, %lu membership changes, %lu reads, %lu messages\n",
       result.runs, sweep.run.steps, result.failing_seeds.size(), t.committed, t.elections,
-      t.crashes, t.snapshots_installed, t.conf_changes, t.reads, t.messages);
+      t.crashes, t.commit_losses, t.applied_past_commit, t.snapshots_installed, t.conf_changes,
+      t.reads, t.messages);
   if (queue) {
     const sim::QueueStats& q = t.queue;
     std::printf(

@@ -120,6 +120,10 @@ struct SimNode {
   bool slow_disk = false;
   int down_until = 0;
   LogIndex checked_commit;
+  // The commit index as of the last synced write. A Ready that changes nothing durable but the
+  // commit index is written without an fsync (RocksDbLogStorage::Persist), so a crash may take
+  // the storage back to this value.
+  LogIndex synced_commit;
 
   bool alive() const { return node != nullptr; }
 };
@@ -277,8 +281,19 @@ class Simulation {
       }
       if (image.has_value()) {
         options.applied = image->index;
+        // QueueNode::ReconcileAppliedIndex: the replica kept entries applied past a commit
+        // index the crash lost; they are in the log, and committed.
+        if (HardState hard_state = n.storage->GetHardState();
+            image->index > hard_state.commit && image->index <= n.storage->LastIndex()) {
+          Log("n%lu takes its applied index %lu as committed (commit index %lu)", n.id.value(),
+              image->index.value(), hard_state.commit.value());
+          hard_state.commit = image->index;
+          (void)n.storage->SetHardState(hard_state);
+          ++result_.stats.applied_past_commit;
+        }
       }
     }
+    n.synced_commit = n.storage->GetHardState().commit;
     absl::StatusOr<std::unique_ptr<Node>> node = Node::Create(options, n.storage.get());
     if (!node.ok()) {
       Fail("restart of n" + std::to_string(n.id.value()) +
@@ -301,6 +316,14 @@ class Simulation {
     Log("n%lu crashes%s", n.id.value(), n.pending ? " with an unpersisted Ready" : "");
     n.node.reset();
     n.pending.reset();
+    if (HardState durable = n.storage->GetHardState();
+        durable.commit > n.synced_commit && rng_.OneIn(2)) {
+      Log("n%lu loses its unsynced commit index %lu (back to %lu)", n.id.value(),
+          durable.commit.value(), n.synced_commit.value());
+      durable.commit = n.synced_commit;
+      (void)n.storage->SetHardState(durable);
+      ++result_.stats.commit_losses;
+    }
     if (queue_ != nullptr) {
       queue_->Close(n.id);
     }
@@ -718,8 +741,16 @@ class Simulation {
       Fail("storage refused entries");
       return;
     }
+    const HardState before = n.storage->GetHardState();
+    const bool commit_only = !rd.snapshot.has_value() && rd.entries.empty() &&
+                             rd.hard_state.has_value() && rd.hard_state->term == before.term &&
+                             rd.hard_state->vote == before.vote;
     if (rd.hard_state.has_value()) {
       (void)n.storage->SetHardState(*rd.hard_state);
+    }
+    const bool writes = rd.snapshot.has_value() || !rd.entries.empty() || rd.hard_state.has_value();
+    if (writes && !commit_only) {
+      n.synced_commit = n.storage->GetHardState().commit;
     }
     for (const Message& m : rd.messages_after_persist) {
       Send(m);
@@ -1119,6 +1150,8 @@ SweepResult RunSweep(const SweepOptions& sweep) {
       out.totals.committed = std::max(out.totals.committed, r.stats.committed);
       out.totals.elections += r.stats.elections;
       out.totals.crashes += r.stats.crashes;
+      out.totals.commit_losses += r.stats.commit_losses;
+      out.totals.applied_past_commit += r.stats.applied_past_commit;
       out.totals.snapshots_installed += r.stats.snapshots_installed;
       out.totals.conf_changes += r.stats.conf_changes;
       out.totals.reads += r.stats.reads;

@@ -44,6 +44,8 @@ struct SimStats {
   uint64_t committed = 0;  // highest committed index seen
   uint64_t elections = 0;  // distinct (term, leader) pairs
   uint64_t crashes = 0;
+  uint64_t commit_losses = 0;  // crashes that took a node back to its last synced commit index
+  uint64_t applied_past_commit = 0;  // queue restarts ahead of the durable commit index
   uint64_t snapshots_installed = 0;
   uint64_t conf_changes = 0;
   uint64_t reads = 0;

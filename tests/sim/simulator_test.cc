@@ -25,6 +25,7 @@ TEST(SimulatorTest, ThousandSeedsKeepEveryInvariant) {
   EXPECT_GT(r.totals.elections, 10'000u);
   EXPECT_GT(r.totals.committed, 500u);
   EXPECT_GT(r.totals.crashes, 1'000u);
+  EXPECT_GT(r.totals.commit_losses, 100u);
   EXPECT_GT(r.totals.snapshots_installed, 100u);
   EXPECT_GT(r.totals.conf_changes, 1'000u);
   EXPECT_GT(r.totals.reads, 1'000u);
