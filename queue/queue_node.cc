@@ -148,7 +148,8 @@ absl::Status QueueNode::ReconcileAppliedIndex() {
     // The commit index is written without an fsync of its own (RocksDbLogStorage::Persist), so
     // a crash can lose its latest values while the state machine kept what it applied. Entries
     // are applied only once committed and durable in this log, which never rewrites committed
-    // entries: they are still here, and committed.
+    // entries: they are still here, and committed. (This write is itself a commit-only one,
+    // buffered: a crash before the next synced write only brings us here again.)
     reconciled.commit = applied;
     Logger().Info("commit index restored to the applied index after a crash",
                   {{"commit", hard_state.commit.value()}, {"applied", applied.value()}});

@@ -270,7 +270,8 @@ class QueueNode final : public SnapshotReceiver {
   void MaybeTakeSnapshot();
   // Start: the state machine may be ahead of the Raft log's durable commit index, after a crash
   // during a snapshot install (the log does not know the snapshot yet) or after a crash lost the
-  // latest unsynced commit index. Brings the log up to the state machine.
+  // latest unsynced commit index. Records the snapshot, or raises the commit index (buffered,
+  // like every commit index) to the applied one.
   absl::Status ReconcileAppliedIndex();
   // Raft thread: applies a committed entry to the state machine. A membership change records
   // the member's address there (SetMember) and updates the transport and PeerAddress.

@@ -284,7 +284,8 @@ class Simulation {
         // QueueNode::ReconcileAppliedIndex: the replica kept entries applied past a commit
         // index the crash lost; they are in the log, and committed.
         if (HardState hard_state = n.storage->GetHardState();
-            image->index > hard_state.commit && image->index <= n.storage->LastIndex()) {
+            image->index > std::max(hard_state.commit, n.storage->GetSnapshot()->meta.index) &&
+            image->index <= n.storage->LastIndex()) {
           Log("n%lu takes its applied index %lu as committed (commit index %lu)", n.id.value(),
               image->index.value(), hard_state.commit.value());
           hard_state.commit = image->index;
@@ -619,6 +620,7 @@ class Simulation {
         !n.storage->Compact(applied - rng_.Below(5)).ok()) {
       Fail("snapshot/compaction refused at " + std::to_string(applied.value()));
     }
+    n.synced_commit = n.storage->GetHardState().commit;  // both are synced writes
   }
 
   void TickNodes() {

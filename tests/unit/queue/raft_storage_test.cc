@@ -434,12 +434,21 @@ TEST_F(RocksDbLogStorageTest, CommitIndexAloneIsWrittenWithoutAnFsync) {
     EXPECT_EQ(storage->LastIndex(), LogIndex(6));
   }
 
-  // The term and the vote are never left unsynced, nor are entries.
-  Persist(std::nullopt, {}, HardState{Term(2), NodeId(1), LogIndex(6)});
+  // Entries are synced, and with them the commit index written before them.
+  Persist(std::nullopt, Range(7, 7, 1), std::nullopt);
   EXPECT_EQ(fault_fs_->sync_count(), syncs + 1);
-  Persist(std::nullopt, {}, HardState{Term(2), NodeId(2), LogIndex(6)});
+  {
+    auto [database, storage] =
+        OpenAfterCrash(crash.path() / "kept-commit", fs::file_size(WalPath(dir_.path())));
+    ASSERT_NE(storage, nullptr);
+    EXPECT_EQ(storage->GetHardState().commit, LogIndex(6));
+    EXPECT_EQ(storage->LastIndex(), LogIndex(7));
+  }
+
+  // The term and the vote are never left unsynced.
+  Persist(std::nullopt, {}, HardState{Term(2), NodeId(1), LogIndex(6)});
   EXPECT_EQ(fault_fs_->sync_count(), syncs + 2);
-  Persist(std::nullopt, Range(7, 7, 2), std::nullopt);
+  Persist(std::nullopt, {}, HardState{Term(2), NodeId(2), LogIndex(6)});
   EXPECT_EQ(fault_fs_->sync_count(), syncs + 3);
   EXPECT_EQ(storage_->synced_writes(), writes + 3);
   Reopen();
