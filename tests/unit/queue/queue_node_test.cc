@@ -123,6 +123,39 @@ absl::Status WaitFor(std::function<void(QueueNode::StatusDone)> start) {
   return result.get();
 }
 
+// AddVoter through whichever voter leads, retried like an operator would when leadership
+// changes midway (a slow machine can starve heartbeats): done once `voter` is a voter; a
+// learner an interrupted attempt left behind, which no later leader promotes, is removed first.
+absl::Status AddVoterThroughLeader(Cluster& cluster, const VoterAddress& voter) {
+  absl::Status last = absl::UnavailableError("not tried");
+  for (int attempt = 0; attempt < 20; ++attempt) {
+    Voter* leader = cluster.WaitForLeader();
+    if (leader == nullptr) {
+      return absl::UnavailableError("no leader");
+    }
+    const raft::ConfState members = leader->node()->status().members;
+    auto has = [&](const std::vector<raft::NodeId>& ids) {
+      return std::find(ids.begin(), ids.end(), voter.id) != ids.end();
+    };
+    if (has(members.voters)) {
+      return absl::OkStatus();
+    }
+    last = WaitFor([&](QueueNode::StatusDone done) {
+      if (has(members.learners)) {
+        leader->node()->ProposeConfChange(raft::ConfChange(raft::ConfChangeType::kRemove, voter.id),
+                                          "", std::move(done));
+      } else {
+        leader->node()->AddVoter(voter, std::move(done));
+      }
+    });
+    if (!last.ok() && last.code() != absl::StatusCode::kUnavailable &&
+        last.code() != absl::StatusCode::kFailedPrecondition) {
+      return last;
+    }
+  }
+  return last;
+}
+
 void WaitUntilApplied(QueueNode* node, uint64_t index) {
   testing::Eventually([&] { return node->state_machine().applied_index() >= index; });
   ASSERT_GE(node->state_machine().applied_index(), index);
@@ -420,11 +453,8 @@ TEST(QueueNodeTest, JoiningVoterIsCaughtUpBySnapshotAndEveryMemberLearnsItsAddre
   joining.options().snapshot_entries = 100;
   joining.options().snapshot_keep_entries = 10;
   joining.Start(cluster.peers(), StartMode::kJoinExisting);
-  Voter* leader = cluster.WaitForLeader();
-  ASSERT_NE(leader, nullptr);
-  const absl::Status added = WaitFor([&](QueueNode::StatusDone done) {
-    leader->node()->AddVoter(VoterAddress{raft::NodeId(4), joining.address()}, std::move(done));
-  });
+  const absl::Status added =
+      AddVoterThroughLeader(cluster, VoterAddress{raft::NodeId(4), joining.address()});
   ASSERT_TRUE(added.ok()) << added;
   AppendManyThroughLeader(cluster, 300, 1);
   ExpectSameState(cluster, {&joining});
@@ -457,7 +487,7 @@ TEST(QueueNodeTest, JoiningVoterIsCaughtUpBySnapshotAndEveryMemberLearnsItsAddre
     if (attempt > 0) {
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
-    leader = cluster.WaitForLeader();
+    Voter* leader = cluster.WaitForLeader();
     ASSERT_NE(leader, nullptr);
     removal = WaitFor([&](QueueNode::StatusDone done) {
       leader->node()->ProposeConfChange(raft::ConfChange(raft::ConfChangeType::kRemove, removed_id),
