@@ -208,12 +208,12 @@ test-asan:
 # invisible to it and races inside them that are not ours get reported; tests/tsan.supp silences
 # those (each entry says why), never a race between two stacks of our own code. Left out: the
 # simulators (one thread per seed), the corpus replays (one thread) and the system suite.
-# queue_unit_tests is not in the default list yet: it ran with no TSan report, but a few of its
-# 3-voter timing tests still fail there on 2 shared cores (README, "Fuzzing and sanitizers");
-# run it with `make test-tsan TSAN_TESTS=queue_unit_tests`. BACKSTOP_TIMEOUT_SCALE stretches the
-# queue tests' wait deadlines and election timeout (TSan runs a cluster many times slower),
-# never their sleeps.
-TSAN_TESTS := common_unit_tests raft_unit_tests ingest_unit_tests delivery_unit_tests
+# BACKSTOP_TIMEOUT_SCALE stretches the queue tests' wait deadlines and election timeout (TSan
+# runs a cluster many times slower), never their sleeps; on a heavily loaded machine a 3-voter
+# timing test can still fail there (README, "Fuzzing and sanitizers"): run the queue alone with
+# `make test-tsan TSAN_TESTS=queue_unit_tests`.
+TSAN_TESTS := common_unit_tests raft_unit_tests ingest_unit_tests delivery_unit_tests \
+  queue_unit_tests
 test-tsan: deps
 	@[ -f build/tsan/build.ninja ] || cmake --preset tsan
 	cmake --build build/tsan --target $(TSAN_TESTS)
