@@ -377,6 +377,7 @@ absl::Status RocksDbLogStorage::Commit(Change& change, Durability durability) {
   if (failed()) {
     return failure_;
   }
+  const bool synced = durability == Durability::kSynced;
   rocksdb::DB* db = database_->db();
   uint64_t background_errors = 0;
   rocksdb::Status status;
@@ -385,10 +386,10 @@ absl::Status RocksDbLogStorage::Commit(Change& change, Durability durability) {
     status = rocksdb::Status::IOError("RocksDB reported a background error");
   } else {
     rocksdb::WriteOptions write_options;
-    write_options.sync = durability == Durability::kSynced;
+    write_options.sync = synced;
     const absl::Time started = absl::Now();
     status = db->Write(write_options, &change.batch);
-    if (write_options.sync) {
+    if (synced) {
       fsync_seconds_.Observe(absl::ToDoubleSeconds(absl::Now() - started));
     }
   }
@@ -398,7 +399,7 @@ absl::Status RocksDbLogStorage::Commit(Change& change, Durability durability) {
         status.ToString());
     return failure_;
   }
-  if (durability == Durability::kSynced) {
+  if (synced) {
     ++synced_writes_;
   }
   Apply(change);
@@ -451,16 +452,12 @@ absl::Status RocksDbLogStorage::Persist(const std::optional<raft::Snapshot>& sna
   if (change.batch.Count() == 0) {
     return absl::OkStatus();
   }
-  // A moved commit index alone is not worth an fsync (most Readies of a busy voter carry only
-  // that besides entries to apply): losing its latest value in a crash loses nothing, because the
-  // committed entries are durable in a quorum's logs and Raft learns the commit index again
-  // (QueueNode::ReconcileAppliedIndex covers a state machine that kept more). It becomes durable
-  // with the next synced write. Entries, snapshots, the term and the vote must be durable before
-  // any peer or client hears of them.
-  const bool commit_only = !snapshot.has_value() && entries.empty() && hard_state.has_value() &&
-                           hard_state->term == hard_state_.term &&
-                           hard_state->vote == hard_state_.vote;
-  return Commit(change, commit_only ? Durability::kBuffered : Durability::kSynced);
+  // Most Readies of a busy voter carry only a moved commit index besides entries to apply:
+  // those wait for the next synced write (QueueNode::ReconcileAppliedIndex covers a state
+  // machine that kept more than the durable commit index after a crash).
+  const bool must_sync =
+      raft::MustSync(hard_state_, snapshot.has_value(), !entries.empty(), hard_state);
+  return Commit(change, must_sync ? Durability::kSynced : Durability::kBuffered);
 }
 
 absl::Status RocksDbLogStorage::Append(std::span<const Entry> entries) {

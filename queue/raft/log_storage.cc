@@ -20,6 +20,13 @@ bool IsCompacted(const absl::Status& status) {
          std::string(status.message()).starts_with(kCompactedPrefix);
 }
 
+bool MustSync(const HardState& durable, bool has_snapshot, bool has_entries,
+              const std::optional<HardState>& hard_state) {
+  return has_snapshot || has_entries ||
+         (hard_state.has_value() &&
+          (hard_state->term != durable.term || hard_state->vote != durable.vote));
+}
+
 absl::StatusOr<std::pair<Term, absl::Time>> MemoryLogStorage::StampAt(LogIndex index) const {
   if (index < offset_) {
     return CompactedError(index);

@@ -6,6 +6,7 @@
 // own writes (in Backstop both happen on the queue's Raft thread).
 
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <utility>
@@ -20,6 +21,14 @@ namespace backstop::raft {
 // Index below the first retained entry: the caller must fall back to the snapshot.
 absl::Status CompactedError(LogIndex index);
 bool IsCompacted(const absl::Status& status);
+
+// Whether a write of one Ready's snapshot, entries and hard state over the `durable` hard state
+// must be synced before any peer or client hears of it: yes, unless it writes nothing or only
+// moves the commit index. Losing the latest commit index in a crash loses nothing (committed
+// entries are durable in a quorum's logs, and Raft learns the commit index again), so such a
+// write may wait for the next synced one.
+bool MustSync(const HardState& durable, bool has_snapshot, bool has_entries,
+              const std::optional<HardState>& hard_state);
 
 class LogStorage {
  public:

@@ -743,15 +743,12 @@ class Simulation {
       Fail("storage refused entries");
       return;
     }
-    const HardState before = n.storage->GetHardState();
-    const bool commit_only = !rd.snapshot.has_value() && rd.entries.empty() &&
-                             rd.hard_state.has_value() && rd.hard_state->term == before.term &&
-                             rd.hard_state->vote == before.vote;
+    const bool synced = MustSync(n.storage->GetHardState(), rd.snapshot.has_value(),
+                                 !rd.entries.empty(), rd.hard_state);
     if (rd.hard_state.has_value()) {
       (void)n.storage->SetHardState(*rd.hard_state);
     }
-    const bool writes = rd.snapshot.has_value() || !rd.entries.empty() || rd.hard_state.has_value();
-    if (writes && !commit_only) {
+    if (synced) {
       n.synced_commit = n.storage->GetHardState().commit;
     }
     for (const Message& m : rd.messages_after_persist) {
